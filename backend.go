@@ -1,0 +1,148 @@
+package uio
+
+import (
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Backend is one kernel submission/completion interface driven by a Loop.
+// A Loop calls every method but Wake and Counters from its own locked OS
+// thread; Wake and Counters may be called from any goroutine.
+//
+// The contract a Loop relies on:
+//   - Prepare stages an op under id without a syscall. The *Op stays valid
+//     and unmoved until id's completion has been delivered. ErrBackendFull
+//     means "no room now", never a lost op.
+//   - Flush hands every staged op to the kernel in one syscall. Ops the
+//     kernel did not take (a full ring) stay staged for the next Flush; an
+//     op the kernel rejects completes with its -errno through Reap.
+//   - Reap delivers the completions that are ready without a syscall.
+//   - Wait sleeps in the kernel until at least one completion is ready,
+//     Wake is called, or timeout passes (timeout < 0: no limit), and
+//     delivers what it reaped.
+//   - Cancel asks for id's op to end early. Exactly one completion for id
+//     is still delivered: -ECANCELED, or the op's real result if it had
+//     already finished or cannot be cancelled.
+//   - Every id handed to Prepare is delivered exactly once.
+type Backend interface {
+	Name() string
+	// Capacity is how many ops may be in the kernel's hands at once.
+	Capacity() int
+	Prepare(id OpID, op *Op) error
+	// Staged is the number of prepared ops not yet taken by the kernel.
+	Staged() int
+	Flush() (accepted int, err error)
+	Reap(deliver func(id OpID, res int32, flags uint32)) int
+	Wait(timeout time.Duration, deliver func(id OpID, res int32, flags uint32)) (int, error)
+	Cancel(id OpID) error
+	Wake() error
+	Counters() BackendCounters
+	Close() error
+}
+
+// BackendCounters are a backend's exact syscall counts and how its
+// completions were reaped.
+type BackendCounters struct {
+	Submits   uint64 // io_submit
+	GetEvents uint64 // io_getevents
+	Enters    uint64 // io_uring_enter
+	Other     uint64 // every other syscall the backend made (io_cancel, eventfd writes, accept4, connect, close, ...)
+
+	ReapedUser    uint64 // completions read from the ring in userspace
+	ReapedSyscall uint64 // completions returned by io_getevents
+}
+
+// ErrBackendFull is returned by Backend.Prepare when the backend has no room
+// for another op this round.
+var ErrBackendFull = errors.New("uio: backend full")
+
+// Backend names accepted by Config.Backend.
+const (
+	BackendAuto  = "auto"
+	BackendAIO   = "aio"
+	BackendUring = "uring"
+)
+
+// newBackend opens the named backend. It runs on the loop's locked thread,
+// because an io_uring with SINGLE_ISSUER belongs to the thread that made it.
+func newBackend(name string, depth int) (Backend, error) {
+	switch name {
+	case BackendAIO:
+		return newAIOBackend(depth)
+	case BackendUring:
+		return newUringBackend(depth)
+	case BackendAuto, "":
+		b, err := newUringBackend(depth)
+		if err == nil {
+			return b, nil
+		}
+		b2, err2 := newAIOBackend(depth)
+		if err2 != nil {
+			return nil, fmt.Errorf("uio: no usable backend: io_uring: %v; aio: %w", err, err2)
+		}
+		return b2, nil
+	default:
+		return nil, fmt.Errorf("uio: unknown backend %q (want %q, %q or %q)", name, BackendAuto, BackendAIO, BackendUring)
+	}
+}
+
+// internalTag marks the ids a backend uses for its own ops (the doorbell).
+// Engine ids never have the top bit set: generations stay below 1<<31.
+const internalTag = OpID(1) << 63
+
+// counter is a statistic written by one goroutine and read by any. A plain
+// load and store, not an atomic add, because there is a single writer: on
+// amd64 and arm64 both are ordinary moves.
+type counter struct{ v atomic.Uint64 }
+
+func (c *counter) add(n uint64) { c.v.Store(c.v.Load() + n) }
+func (c *counter) load() uint64 { return c.v.Load() }
+
+// buildIovecs fills dst with iovecs for bufs and returns it.
+func buildIovecs(dst []unix.Iovec, bufs [][]byte) []unix.Iovec {
+	dst = dst[:0]
+	for _, b := range bufs {
+		var v unix.Iovec
+		if len(b) > 0 {
+			v.Base = &b[0]
+			v.SetLen(len(b))
+		}
+		dst = append(dst, v)
+	}
+	return dst
+}
+
+// errnoRes turns an error into a negated errno for a Result.
+func errnoRes(err error) int32 {
+	var e unix.Errno
+	if errors.As(err, &e) {
+		return -int32(e)
+	}
+	return -int32(unix.EIO)
+}
+
+// pollMask limits a poll result to what was asked plus the conditions the
+// kernel always reports: the AIO wake key carries bits nobody asked for.
+func pollMask(res int32, events uint32) int32 {
+	if res < 0 {
+		return res
+	}
+	return res & int32(events|unix.POLLERR|unix.POLLHUP|unix.POLLNVAL)
+}
+
+// chunked is a growable array whose elements never move, so their addresses
+// can be handed to the kernel. Elements are addressed by an engine slot index.
+type chunked[T any] struct{ chunks []*[chunkSize]T }
+
+const chunkSize = 256
+
+func (c *chunked[T]) at(i uint32) *T {
+	for int(i/chunkSize) >= len(c.chunks) {
+		c.chunks = append(c.chunks, new([chunkSize]T))
+	}
+	return &c.chunks[i/chunkSize][i%chunkSize]
+}

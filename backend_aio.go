@@ -1,0 +1,407 @@
+package uio
+
+import (
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/userland-io/uio/aio"
+)
+
+// aioBackend drives a Linux AIO context. Socket reads and writes run inside
+// io_submit (they are tried with RWF_NOWAIT, so they never block the loop),
+// which puts their completion in the ring before io_submit returns; the
+// round then reaps it without a syscall. Readiness is IOCB_CMD_POLL, and the
+// ops AIO lacks (accept, connect, close) run inline with one syscall each,
+// after a POLL has said they will not block.
+type aioBackend struct {
+	ctx      *aio.Context
+	capacity int
+	inKernel int // iocbs submitted and not yet reaped, doorbell included
+
+	slots  chunked[aioSlot]
+	staged []*aio.Iocb
+	ready  []aioCompletion // completions made without the kernel's ring
+	events []aio.Event
+
+	nosignal uint32 // RWF_NOSIGNAL where the kernel has it (6.15+)
+
+	// The doorbell: a POLL on a nonblocking eventfd stays armed, so Wake's
+	// write ends an io_getevents sleep. When it fires, a PREAD that drains
+	// the counter and a new POLL go out in the next round's io_submit.
+	wakeFd   int
+	wakePoll aio.Iocb
+	wakeRead aio.Iocb
+	wakeBuf  [8]byte
+	// wakeArmed is false while the doorbell POLL is not in the kernel;
+	// Wait flushes it first so a sleep can always be woken.
+	wakeArmed bool
+
+	other atomic.Uint64 // syscalls outside the aio binding; Wake runs on other goroutines
+}
+
+type aioSlotKind uint8
+
+const (
+	aioRW          aioSlotKind = iota // the iocb is the op itself
+	aioPoll                           // OpPoll
+	aioAcceptPoll                     // POLLIN on a listener, then accept4
+	aioConnectPoll                    // POLLOUT after EINPROGRESS, then SO_ERROR
+)
+
+type aioSlot struct {
+	cb        aio.Iocb // stays at this address: io_cancel matches on it
+	op        *Op
+	kind      aioSlotKind
+	staged    bool
+	cancelled bool
+	iov       []unix.Iovec
+}
+
+type aioCompletion struct {
+	id  OpID
+	res int32
+}
+
+const (
+	aioWakePollTag = internalTag | 1
+	aioWakeReadTag = internalTag | 2
+	aioReserved    = 2 // ring slots kept for the doorbell
+)
+
+func newAIOBackend(depth int) (*aioBackend, error) {
+	if depth < 8 {
+		depth = 8
+	}
+	ctx, err := aio.Setup(depth + aioReserved)
+	if err != nil {
+		return nil, err
+	}
+	b := &aioBackend{ctx: ctx, capacity: depth, events: make([]aio.Event, 256)}
+	b.wakeFd, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	b.other.Add(1)
+	if err != nil {
+		ctx.Destroy()
+		return nil, fmt.Errorf("uio: aio doorbell: eventfd: %w", err)
+	}
+	b.probeNoSignal()
+	b.armDoorbell(false)
+	return b, nil
+}
+
+// probeNoSignal keeps RWF_NOSIGNAL when the kernel accepts it on a socket
+// write. Without it a write to a reset peer raises SIGPIPE, which Go ignores
+// for non-stdio fds but still delivers, at the cost of a signal.
+func (b *aioBackend) probeNoSignal() {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	b.other.Add(1)
+	if err != nil {
+		return
+	}
+	defer func() { unix.Close(fds[0]); unix.Close(fds[1]); b.other.Add(2) }()
+	var cb aio.Iocb
+	cb.PrepPwrite(fds[0], []byte{0}, 0)
+	cb.RWFlags = aio.RWF_NOWAIT | aio.RWF_NOSIGNAL
+	cb.Data = uint64(internalTag | 3)
+	if n, err := b.ctx.Submit([]*aio.Iocb{&cb}); n != 1 || err != nil {
+		return
+	}
+	ev := make([]aio.Event, 1)
+	for got := 0; got == 0; {
+		got = b.ctx.Reap(ev)
+		if got == 0 {
+			got, _ = b.ctx.GetEvents(1, ev, time.Second)
+		}
+	}
+	if ev[0].Res == 1 {
+		b.nosignal = aio.RWF_NOSIGNAL
+	}
+}
+
+func (b *aioBackend) armDoorbell(drain bool) {
+	if drain {
+		b.wakeRead.PrepPread(b.wakeFd, b.wakeBuf[:], 0)
+		b.wakeRead.Data = uint64(aioWakeReadTag)
+		b.staged = append(b.staged, &b.wakeRead)
+	}
+	b.wakePoll.PrepPoll(b.wakeFd, unix.POLLIN)
+	b.wakePoll.Data = uint64(aioWakePollTag)
+	b.staged = append(b.staged, &b.wakePoll)
+}
+
+func (b *aioBackend) Name() string  { return BackendAIO }
+func (b *aioBackend) Capacity() int { return b.capacity }
+func (b *aioBackend) Staged() int   { return len(b.staged) }
+
+func (b *aioBackend) Prepare(id OpID, op *Op) error {
+	if b.inKernel+len(b.staged) >= b.capacity+aioReserved {
+		return ErrBackendFull
+	}
+	s := b.slots.at(id.index())
+	s.op, s.kind, s.cancelled, s.staged = op, aioRW, false, false
+	cb := &s.cb
+	switch op.Kind {
+	case OpRead:
+		cb.PrepPread(op.Fd, op.Buf, op.Offset)
+		cb.RWFlags = op.Flags
+	case OpWrite:
+		cb.PrepPwrite(op.Fd, op.Buf, op.Offset)
+		cb.RWFlags = op.Flags
+	case OpReadv:
+		s.iov = buildIovecs(s.iov, op.Iovecs)
+		cb.PrepPreadv(op.Fd, s.iov, op.Offset)
+		cb.RWFlags = op.Flags
+	case OpWritev:
+		s.iov = buildIovecs(s.iov, op.Iovecs)
+		cb.PrepPwritev(op.Fd, s.iov, op.Offset)
+		cb.RWFlags = op.Flags
+	case OpFsync:
+		cb.PrepFsync(op.Fd)
+	case OpFdatasync:
+		cb.PrepFdsync(op.Fd)
+	case OpRecv:
+		// RWF_NOWAIT: a blocking socket must not stall the loop inside
+		// io_submit; -EAGAIN sends the engine to wait for POLLIN.
+		cb.PrepPread(op.Fd, op.Buf, 0)
+		cb.RWFlags = aio.RWF_NOWAIT
+	case OpSend:
+		cb.PrepPwrite(op.Fd, op.Buf, 0)
+		cb.RWFlags = aio.RWF_NOWAIT | b.nosignal
+	case OpPoll:
+		s.kind = aioPoll
+		cb.PrepPoll(op.Fd, op.Events)
+	case OpAccept:
+		// POLL first: it completes inside io_submit when a connection is
+		// already waiting, so an accept costs one accept4 and no failed one.
+		s.kind = aioAcceptPoll
+		cb.PrepPoll(op.Fd, unix.POLLIN)
+	case OpConnect:
+		err := unix.Connect(op.Fd, op.Addr)
+		b.other.Add(1)
+		if err != unix.EINPROGRESS {
+			b.ready = append(b.ready, aioCompletion{id, errRes(err)})
+			return nil
+		}
+		s.kind = aioConnectPoll
+		cb.PrepPoll(op.Fd, unix.POLLOUT)
+	case OpClose:
+		err := unix.Close(op.Fd)
+		b.other.Add(1)
+		b.ready = append(b.ready, aioCompletion{id, errRes(err)})
+		return nil
+	default:
+		b.ready = append(b.ready, aioCompletion{id, -int32(unix.EOPNOTSUPP)})
+		return nil
+	}
+	cb.Data = uint64(id)
+	b.stage(s)
+	return nil
+}
+
+func (b *aioBackend) stage(s *aioSlot) {
+	s.staged = true
+	b.staged = append(b.staged, &s.cb)
+}
+
+func errRes(err error) int32 {
+	if err == nil {
+		return 0
+	}
+	return errnoRes(err)
+}
+
+// Flush submits every staged iocb in one io_submit. A short count is
+// backpressure: the rest stay staged. An iocb the kernel rejects completes
+// with its errno, and the ones behind it wait for the next round, so a
+// round never makes a second io_submit.
+func (b *aioBackend) Flush() (int, error) {
+	if len(b.staged) == 0 {
+		return 0, nil
+	}
+	n, err := b.ctx.Submit(b.staged)
+	for _, cb := range b.staged[:n] {
+		b.submitted(cb)
+	}
+	rest := b.staged[n:]
+	if err != nil && len(rest) > 0 {
+		b.reject(rest[0], err)
+		rest = rest[1:]
+	}
+	b.staged = append(b.staged[:0], rest...)
+	return n, nil
+}
+
+func (b *aioBackend) submitted(cb *aio.Iocb) {
+	b.inKernel++
+	id := OpID(cb.Data)
+	if id&internalTag != 0 {
+		if id == aioWakePollTag {
+			b.wakeArmed = true
+		}
+		return
+	}
+	b.slots.at(id.index()).staged = false
+}
+
+func (b *aioBackend) reject(cb *aio.Iocb, err error) {
+	id := OpID(cb.Data)
+	if id&internalTag != 0 {
+		// The doorbell cannot be refused unless the eventfd is gone;
+		// nothing can be done about it but to stop relying on it.
+		return
+	}
+	b.slots.at(id.index()).staged = false
+	b.ready = append(b.ready, aioCompletion{id, errnoRes(err)})
+}
+
+func (b *aioBackend) Reap(deliver func(OpID, int32, uint32)) int {
+	n := b.deliverReady(deliver)
+	for {
+		got := b.ctx.Reap(b.events)
+		for _, ev := range b.events[:got] {
+			n += b.complete(ev, deliver)
+		}
+		if got < len(b.events) {
+			return n
+		}
+	}
+}
+
+func (b *aioBackend) deliverReady(deliver func(OpID, int32, uint32)) int {
+	n := len(b.ready)
+	for i := 0; i < len(b.ready); i++ { // deliver may append
+		c := b.ready[i]
+		deliver(c.id, c.res, 0)
+	}
+	b.ready = b.ready[:0]
+	return n
+}
+
+// complete turns one ring event into a delivery, or into the next step of
+// an op that takes two (accept, connect). It returns the deliveries made.
+func (b *aioBackend) complete(ev aio.Event, deliver func(OpID, int32, uint32)) int {
+	b.inKernel--
+	id, res := OpID(ev.Data), int32(ev.Res)
+	switch id {
+	case aioWakePollTag:
+		b.wakeArmed = false
+		b.armDoorbell(true)
+		return 0
+	case aioWakeReadTag:
+		return 0
+	}
+	s := b.slots.at(id.index())
+	if s.cancelled && res == 0 && s.kind != aioRW {
+		// io_cancel of a POLL completes it with res 0.
+		deliver(id, -int32(unix.ECANCELED), 0)
+		return 1
+	}
+	switch s.kind {
+	case aioPoll:
+		res = pollMask(res, s.op.Events)
+	case aioAcceptPoll:
+		if res >= 0 {
+			nfd, _, err := unix.Accept4(s.op.Fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+			b.other.Add(1)
+			if err == unix.EAGAIN && !s.cancelled {
+				// Another loop took the connection: wait again.
+				b.stage(s)
+				return 0
+			}
+			res = int32(nfd)
+			if err != nil {
+				res = errnoRes(err)
+			}
+		}
+	case aioConnectPoll:
+		if res >= 0 {
+			soerr, err := unix.GetsockoptInt(s.op.Fd, unix.SOL_SOCKET, unix.SO_ERROR)
+			b.other.Add(1)
+			switch {
+			case err != nil:
+				res = errnoRes(err)
+			default:
+				res = -int32(soerr)
+			}
+		}
+	}
+	deliver(id, res, 0)
+	return 1
+}
+
+func (b *aioBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uint32)) (int, error) {
+	if len(b.ready) > 0 {
+		return b.deliverReady(deliver), nil
+	}
+	if !b.wakeArmed {
+		// The doorbell fired in the last reap and its re-arm is still
+		// staged; flush it, or nothing could wake this sleep.
+		if _, err := b.Flush(); err != nil {
+			return 0, err
+		}
+	}
+	got, err := b.ctx.GetEvents(1, b.events, timeout)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, ev := range b.events[:got] {
+		n += b.complete(ev, deliver)
+	}
+	return n, nil
+}
+
+func (b *aioBackend) Cancel(id OpID) error {
+	s := b.slots.at(id.index())
+	if s.cancelled {
+		return nil
+	}
+	s.cancelled = true
+	if s.staged {
+		// Not in the kernel yet: take it out of the next io_submit.
+		for i, cb := range b.staged {
+			if cb == &s.cb {
+				b.staged = append(b.staged[:i], b.staged[i+1:]...)
+				break
+			}
+		}
+		s.staged = false
+		b.ready = append(b.ready, aioCompletion{id, -int32(unix.ECANCELED)})
+		return nil
+	}
+	if s.kind == aioRW {
+		// AIO cancels only POLL. A socket op already ran inside io_submit;
+		// a file op finishes with its real result.
+		return nil
+	}
+	return b.ctx.Cancel(&s.cb)
+}
+
+func (b *aioBackend) Wake() error {
+	var one = [8]byte{1}
+	_, err := unix.Write(b.wakeFd, one[:])
+	b.other.Add(1)
+	if err == unix.EAGAIN { // the counter is saturated: a wake is pending anyway
+		err = nil
+	}
+	return err
+}
+
+func (b *aioBackend) Counters() BackendCounters {
+	c := b.ctx.Counters()
+	return BackendCounters{
+		Submits:       c.Submits,
+		GetEvents:     c.GetEvents,
+		Other:         c.Cancels + b.other.Load(),
+		ReapedUser:    c.ReapedUser,
+		ReapedSyscall: c.ReapedSyscall,
+	}
+}
+
+func (b *aioBackend) Close() error {
+	err := b.ctx.Destroy()
+	unix.Close(b.wakeFd)
+	return err
+}

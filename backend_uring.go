@@ -1,0 +1,258 @@
+package uio
+
+import (
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/userland-io/uio/uring"
+)
+
+// uringBackend drives one io_uring. Every op has a native opcode; a round
+// is one io_uring_enter that submits the round's SQEs and, on a
+// DEFER_TASKRUN ring, runs the completions' task work so the CQEs are in the
+// ring when the loop reaps right after it.
+type uringBackend struct {
+	ring     *uring.Ring
+	capacity int
+	inKernel int // submitted ops whose CQE has not been reaped, internal ones included
+
+	slots chunked[uringSlot]
+	ready []aioCompletion // completions made without the kernel
+	cqes  []uring.CQE
+
+	// The doorbell: a READ on a blocking eventfd stays in flight; Wake's
+	// write completes it, which ends an io_uring_enter sleep.
+	wakeFd    int
+	wakeBuf   [8]byte
+	wakeArmed bool
+
+	cancels []OpID // cancellations that found the SQ full; staged next round
+
+	reaped counter
+
+	other atomic.Uint64
+}
+
+type uringSlot struct {
+	op  *Op
+	sa  uring.Sockaddr // CONNECT reads it when the op runs
+	iov []unix.Iovec
+}
+
+const (
+	uringWakeTag   = internalTag | 1
+	uringCancelTag = internalTag | 2
+)
+
+func newUringBackend(depth int) (*uringBackend, error) {
+	if depth < 8 {
+		depth = 8
+	}
+	ring, err := uring.New(uint32(depth))
+	if err != nil {
+		return nil, err
+	}
+	b := &uringBackend{ring: ring, capacity: int(ring.SQEntries()), cqes: make([]uring.CQE, 256)}
+	if c := int(ring.CQEntries()) / 2; c < b.capacity {
+		b.capacity = c // leave CQ room for cancels and the doorbell
+	}
+	b.wakeFd, err = unix.Eventfd(0, unix.EFD_CLOEXEC)
+	b.other.Add(1)
+	if err != nil {
+		ring.Close()
+		return nil, fmt.Errorf("uio: io_uring doorbell: eventfd: %w", err)
+	}
+	b.armDoorbell()
+	return b, nil
+}
+
+func (b *uringBackend) armDoorbell() {
+	sqe := b.ring.GetSQE()
+	if sqe == nil {
+		return // retried before the next sleep
+	}
+	sqe.PrepRead(b.wakeFd, b.wakeBuf[:], 0)
+	sqe.SetData(uint64(uringWakeTag))
+	b.wakeArmed = true
+}
+
+func (b *uringBackend) Name() string  { return BackendUring }
+func (b *uringBackend) Capacity() int { return b.capacity }
+func (b *uringBackend) Staged() int   { return int(b.ring.SQReady()) }
+
+func (b *uringBackend) Prepare(id OpID, op *Op) error {
+	if b.inKernel+int(b.ring.SQReady()) >= b.capacity {
+		return ErrBackendFull
+	}
+	s := b.slots.at(id.index())
+	s.op = op
+	if op.Kind == OpConnect {
+		if err := s.sa.Set(op.Addr); err != nil {
+			b.ready = append(b.ready, aioCompletion{id, -int32(unix.EAFNOSUPPORT)})
+			return nil
+		}
+	}
+	if op.Kind == OpReadv || op.Kind == OpWritev {
+		s.iov = buildIovecs(s.iov, op.Iovecs)
+	}
+	sqe := b.ring.GetSQE()
+	if sqe == nil {
+		return ErrBackendFull
+	}
+	switch op.Kind {
+	case OpRead:
+		sqe.PrepRead(op.Fd, op.Buf, op.Offset)
+		sqe.OpcodeFlags = op.Flags
+	case OpWrite:
+		sqe.PrepWrite(op.Fd, op.Buf, op.Offset)
+		sqe.OpcodeFlags = op.Flags
+	case OpReadv:
+		sqe.PrepReadv(op.Fd, s.iov, op.Offset)
+		sqe.OpcodeFlags = op.Flags
+	case OpWritev:
+		sqe.PrepWritev(op.Fd, s.iov, op.Offset)
+		sqe.OpcodeFlags = op.Flags
+	case OpFsync:
+		sqe.PrepFsync(op.Fd, 0)
+	case OpFdatasync:
+		sqe.PrepFsync(op.Fd, uring.IORING_FSYNC_DATASYNC)
+	case OpRecv:
+		sqe.PrepRecv(op.Fd, op.Buf, int(op.Flags))
+	case OpSend:
+		sqe.PrepSend(op.Fd, op.Buf, int(op.Flags)|unix.MSG_NOSIGNAL)
+	case OpPoll:
+		sqe.PrepPollAdd(op.Fd, op.Events)
+	case OpAccept:
+		sqe.PrepAccept(op.Fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+	case OpConnect:
+		sqe.PrepConnect(op.Fd, &s.sa)
+	case OpClose:
+		sqe.PrepClose(op.Fd)
+	case OpSplice:
+		sqe.PrepSplice(op.Fd, op.Offset, op.FdOut, op.OffsetOut, uint32(op.Len), op.Flags)
+	default:
+		// Loop.Submit lets no other kind through; a NOP keeps the slot
+		// accounted for and completes the op with EOPNOTSUPP.
+		sqe.PrepNop()
+		b.ready = append(b.ready, aioCompletion{id, -int32(unix.EOPNOTSUPP)})
+		sqe.SetData(uint64(uringCancelTag))
+		return nil
+	}
+	sqe.SetData(uint64(id))
+	return nil
+}
+
+func (b *uringBackend) stageCancels() {
+	for len(b.cancels) > 0 {
+		sqe := b.ring.GetSQE()
+		if sqe == nil {
+			return
+		}
+		sqe.PrepCancel(uint64(b.cancels[0]), 0)
+		sqe.SetData(uint64(uringCancelTag))
+		b.cancels = b.cancels[1:]
+	}
+}
+
+// Flush submits the round's SQEs with one io_uring_enter.
+func (b *uringBackend) Flush() (int, error) {
+	if !b.wakeArmed {
+		b.armDoorbell()
+	}
+	b.stageCancels()
+	n, err := b.ring.Submit()
+	b.inKernel += n
+	return n, err
+}
+
+func (b *uringBackend) Reap(deliver func(OpID, int32, uint32)) int {
+	n := b.deliverReady(deliver)
+	for {
+		got := b.ring.PeekCQEs(b.cqes)
+		for i := range b.cqes[:got] {
+			n += b.complete(&b.cqes[i], deliver)
+		}
+		b.reaped.add(uint64(got))
+		if got < len(b.cqes) {
+			return n
+		}
+	}
+}
+
+func (b *uringBackend) deliverReady(deliver func(OpID, int32, uint32)) int {
+	n := len(b.ready)
+	for i := 0; i < len(b.ready); i++ {
+		deliver(b.ready[i].id, b.ready[i].res, 0)
+	}
+	b.ready = b.ready[:0]
+	return n
+}
+
+func (b *uringBackend) complete(c *uring.CQE, deliver func(OpID, int32, uint32)) int {
+	b.inKernel--
+	id := OpID(c.UserData)
+	if id&internalTag != 0 {
+		if id == uringWakeTag {
+			b.wakeArmed = false
+			b.armDoorbell()
+		}
+		return 0
+	}
+	res := c.Res
+	s := b.slots.at(id.index())
+	if s.op.Kind == OpPoll {
+		res = pollMask(res, s.op.Events)
+	}
+	deliver(id, res, c.Flags)
+	return 1
+}
+
+func (b *uringBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uint32)) (int, error) {
+	if len(b.ready) > 0 {
+		return b.deliverReady(deliver), nil
+	}
+	if !b.wakeArmed {
+		b.armDoorbell()
+	}
+	b.stageCancels()
+	n, err := b.ring.SubmitAndWait(1, timeout)
+	b.inKernel += n
+	if err != nil {
+		return 0, err
+	}
+	return b.Reap(deliver), nil
+}
+
+// Cancel stages an ASYNC_CANCEL for id. The SQEs of a round are issued in
+// order, so a cancel staged behind its target in the same round still finds
+// it. The cancel's own CQE is the backend's; the target's is the op's one
+// completion.
+func (b *uringBackend) Cancel(id OpID) error {
+	b.cancels = append(b.cancels, id)
+	b.stageCancels()
+	return nil
+}
+
+func (b *uringBackend) Wake() error {
+	var one = [8]byte{1}
+	_, err := unix.Write(b.wakeFd, one[:])
+	b.other.Add(1)
+	return err
+}
+
+func (b *uringBackend) Counters() BackendCounters {
+	return BackendCounters{
+		Enters:     b.ring.Enters(),
+		Other:      b.other.Load(),
+		ReapedUser: b.reaped.load(),
+	}
+}
+
+func (b *uringBackend) Close() error {
+	err := b.ring.Close()
+	unix.Close(b.wakeFd)
+	return err
+}

@@ -1,0 +1,73 @@
+// Package uio is a batched asynchronous I/O engine for Linux: one
+// submission/completion loop with two kernel backends, Linux AIO (package
+// aio) and io_uring (package uring).
+//
+// # Rounds
+//
+// A Loop runs on its own goroutine, locked to one OS thread. Its life is a
+// sequence of rounds:
+//
+//  1. run the functions other goroutines Posted, and the timers that are due;
+//  2. hand every op staged since the last round to the backend;
+//  3. flush them to the kernel in ONE syscall (io_submit or io_uring_enter);
+//  4. reap the completions that are ready straight from the ring shared
+//     with the kernel, without a syscall;
+//  5. run each completed op's Done, which may stage more ops for the next
+//     round.
+//
+// Only when a round finds nothing to do does the loop sleep in the kernel
+// (io_getevents, or io_uring_enter with GETEVENTS), until a completion, a
+// Post or the next timer. So the syscalls a loop makes grow with the number
+// of rounds, not the number of ops: a busy loop carrying many connections
+// moves hundreds of reads and writes per syscall. Stats counts every syscall
+// by kind, so that claim can be checked (the tests check it against strace).
+//
+// # Submitting
+//
+// From the loop's own goroutine (a Done, a Posted function, a timer), call
+// Submit: no locks, no syscall. From any other goroutine call Post to run a
+// function on the loop, or Do to submit one op and wait for it; a doorbell
+// (an eventfd the backend keeps a read or poll armed on) wakes a sleeping
+// loop, and costs nothing while the loop is busy. Ops from many goroutines
+// posted in the same round go to the kernel in the same syscall.
+//
+// # Ownership
+//
+// An op's buffers belong to the kernel from Submit until its Done runs: do
+// not read, write, resize or reuse them in between. The engine holds a
+// reference to them for that time, so the garbage collector neither frees
+// nor (the Go heap being non-moving) moves them. The kernel is never given a
+// Go pointer to identify an op: the tag it carries (aio_data, user_data) is
+// an OpID, a slab index plus a generation, so a late or duplicate
+// completion can never be mistaken for a newer op in the same slot.
+//
+// Close an fd only after every op on it has completed (OpClose is an op
+// like any other): the kernel would otherwise act on whatever file next
+// gets that fd number.
+//
+// # Completion, cancellation, backpressure
+//
+// Every submitted op completes exactly once: its Done runs once, on the
+// loop's goroutine, with the kernel's result (a count, an fd, a poll mask,
+// or a negated errno). Cancel does not change that: the Done still runs
+// once, with -ECANCELED or with the op's real result if it finished first or
+// cannot be stopped (AIO can cancel only polls; a file read in flight
+// finishes). Stream ops (OpRecv, OpSend, OpAccept) never complete with
+// EAGAIN: the engine waits for readiness with a poll and retries.
+//
+// A full ring is backpressure, not an error: ops beyond the backend's
+// capacity (Config.Depth) wait in the engine, in order, and go out as
+// completions make room.
+//
+// # Backends
+//
+// Config.Backend chooses "aio", "uring" or "auto" (io_uring where the kernel
+// allows it, else AIO). On AIO, socket reads and writes run inside io_submit
+// and their completions are in the ring when it returns, so a round of
+// socket I/O costs one syscall in all; polls (IOCB_CMD_POLL) replace epoll;
+// accept, connect and close, which AIO lacks, run inline after a poll. On
+// io_uring every op has its own opcode and the ring is set up with
+// SINGLE_ISSUER and DEFER_TASKRUN where the kernel has them.
+//
+// A Group runs one Loop per core and hands out loops in turn.
+package uio

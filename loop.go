@@ -1,0 +1,456 @@
+package uio
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// Config configures a Loop.
+type Config struct {
+	// Backend is "auto" (io_uring where usable, else AIO), "aio" or "uring".
+	Backend string
+	// Depth is the most ops the loop keeps in the kernel's hands at once;
+	// more are queued in the engine (backpressure, not an error). It sizes
+	// the AIO ring or the io_uring SQ. Default 1024.
+	Depth int
+	// Logger receives the loop's rare events (backend chosen, submit
+	// errors). Default: no logging.
+	Logger *zap.Logger
+}
+
+// ErrClosed is returned for ops submitted to a loop that is closing.
+var ErrClosed = errors.New("uio: loop closed")
+
+// Loop is one submission/completion loop on its own locked OS thread. See
+// the package documentation for the model.
+type Loop struct {
+	b   Backend
+	log *zap.Logger
+
+	slots    chunked[slot]
+	free     []uint32 // free slot indices
+	nslots   uint32
+	pending  []uint32 // ops waiting for room in the backend, in order
+	inflight int      // ops handed to the backend
+	timers   timerHeap
+	closing  bool
+	later    []func() // loop-internal work for the next round
+
+	// Posting from other goroutines: a mutex-guarded queue, and a doorbell
+	// rung only when the loop is (about to be) asleep.
+	mu       sync.Mutex
+	posted   []func()
+	spare    []func()
+	sleeping atomic.Bool
+	closed   atomic.Bool
+	done     chan struct{}
+
+	stats loopStats
+}
+
+type slotState uint8
+
+const (
+	slotFree    slotState = iota
+	slotPending           // queued in the engine, not yet in the backend
+	slotKernel            // handed to the backend
+	slotTimer             // an OpTimeout waiting in the timer heap
+)
+
+type slot struct {
+	op    Op
+	gen   uint32
+	state slotState
+	// polling: the backend is running a readiness poll for this op (after
+	// the op itself found nothing to do); the op is retried when it fires.
+	polling bool
+	cancel  bool
+	pollOp  Op
+	timer   *Timer
+}
+
+// NewLoop starts a loop on a new goroutine locked to its OS thread and
+// returns once the backend is open on that thread.
+func NewLoop(cfg Config) (*Loop, error) {
+	if cfg.Depth <= 0 {
+		cfg.Depth = 1024
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	l := &Loop{log: log, done: make(chan struct{})}
+	errc := make(chan error, 1)
+	go func() {
+		// A SINGLE_ISSUER ring belongs to the thread that created it, and
+		// the loop never gives its thread back.
+		runtime.LockOSThread()
+		b, err := newBackend(cfg.Backend, cfg.Depth)
+		if err != nil {
+			errc <- err
+			close(l.done)
+			return
+		}
+		l.b = b
+		l.stats.backend = b.Name()
+		errc <- nil
+		l.run()
+	}()
+	if err := <-errc; err != nil {
+		return nil, err
+	}
+	log.Debug("uio loop started", zap.String("backend", l.b.Name()), zap.Int("capacity", l.b.Capacity()))
+	return l, nil
+}
+
+// Backend returns the name of the backend the loop runs on.
+func (l *Loop) Backend() string { return l.stats.backend }
+
+// Submit stages op for this round's flush and returns its ID. It must be
+// called on the loop's goroutine: from an op's Done, a Posted function or a
+// timer. It never blocks and never fails for a full ring; ops beyond the
+// backend's capacity wait in the engine.
+func (l *Loop) Submit(op Op) (OpID, error) {
+	if err := op.validate(); err != nil {
+		return 0, err
+	}
+	if l.closing {
+		return 0, ErrClosed
+	}
+	idx := l.alloc()
+	s := l.slots.at(idx)
+	s.op = op
+	id := makeOpID(idx, s.gen)
+	l.stats.opsSubmitted.add(1)
+	if op.Kind == OpTimeout {
+		s.state = slotTimer
+		s.timer = l.AfterFunc(op.Timeout, func() {
+			s.timer = nil
+			l.finish(id, s, -int32(unix.ETIME), 0)
+		})
+		return id, nil
+	}
+	s.state = slotPending
+	l.pending = append(l.pending, idx)
+	return id, nil
+}
+
+func (l *Loop) alloc() uint32 {
+	if n := len(l.free); n > 0 {
+		idx := l.free[n-1]
+		l.free = l.free[:n-1]
+		return idx
+	}
+	idx := l.nslots
+	l.nslots++
+	return idx
+}
+
+// Cancel asks for the op to end early. Its Done still runs exactly once:
+// with -ECANCELED, or with its real result if it finished first or cannot be
+// stopped (an AIO file read in flight). Cancelling an ID that has already
+// completed does nothing. Loop goroutine only.
+func (l *Loop) Cancel(id OpID) {
+	s := l.lookup(id)
+	if s == nil || s.cancel {
+		return
+	}
+	s.cancel = true
+	switch s.state {
+	case slotPending:
+		// Still ours: it completes in this round's dispatch, never reaching
+		// the kernel. Staging skips it.
+		l.stats.cancelled.add(1)
+	case slotTimer:
+		s.timer.Stop()
+		s.timer = nil
+		l.finishLater(id, -int32(unix.ECANCELED))
+	case slotKernel:
+		if err := l.b.Cancel(id); err != nil {
+			l.log.Debug("uio: cancel", zap.Uint64("op", uint64(id)), zap.Error(err))
+		}
+	}
+}
+
+func (l *Loop) lookup(id OpID) *slot {
+	if id&internalTag != 0 || id.index() >= l.nslots {
+		return nil
+	}
+	s := l.slots.at(id.index())
+	if s.gen != id.gen() || s.state == slotFree {
+		return nil
+	}
+	return s
+}
+
+// finishLater completes an op in this round's dispatch rather than inside
+// the caller, so a Done never runs re-entrantly inside Submit or Cancel.
+func (l *Loop) finishLater(id OpID, res int32) {
+	l.later = append(l.later, func() {
+		if s := l.lookup(id); s != nil {
+			l.finish(id, s, res, 0)
+		}
+	})
+}
+
+func (l *Loop) runLater() int {
+	n := 0
+	for len(l.later) > 0 { // a Done may add more
+		fns := l.later
+		l.later = nil
+		for _, fn := range fns {
+			fn()
+		}
+		n += len(fns)
+	}
+	return n
+}
+
+// finish frees the op's slot and runs its Done: the op's one completion.
+func (l *Loop) finish(id OpID, s *slot, res int32, flags uint32) {
+	done, kind := s.op.Done, s.op.Kind
+	s.op = Op{} // drop the buffers: the kernel is done with them
+	s.pollOp = Op{}
+	s.state, s.polling, s.cancel = slotFree, false, false
+	s.gen = (s.gen + 1) & (1<<31 - 1)
+	l.free = append(l.free, id.index())
+	l.stats.completions.add(1)
+	if done != nil {
+		done(Result{ID: id, Kind: kind, Res: res, Flags: flags})
+	}
+}
+
+// deliver is the backends' completion callback.
+func (l *Loop) deliver(id OpID, res int32, flags uint32) {
+	s := l.lookup(id)
+	if s == nil || s.state != slotKernel {
+		l.log.Warn("uio: completion for an unknown op", zap.Uint64("op", uint64(id)), zap.Int32("res", res))
+		return
+	}
+	l.inflight--
+	if s.polling {
+		s.polling = false
+		if s.cancel || res < 0 {
+			if s.cancel {
+				res = -int32(unix.ECANCELED)
+			}
+			l.finish(id, s, res, flags)
+			return
+		}
+		l.requeue(s, id) // ready now: run the op itself again
+		return
+	}
+	if res == -int32(unix.EAGAIN) && !s.cancel && retriesOnEAGAIN(&s.op) {
+		// Nothing to read, no room to write, no connection yet: wait for
+		// readiness, then try again. The caller never sees EAGAIN.
+		s.polling = true
+		events := uint32(unix.POLLIN)
+		if s.op.Kind == OpSend {
+			events = unix.POLLOUT
+		}
+		s.pollOp = Op{Kind: OpPoll, Fd: s.op.Fd, Events: events}
+		l.requeue(s, id)
+		return
+	}
+	l.finish(id, s, res, flags)
+}
+
+func retriesOnEAGAIN(op *Op) bool {
+	switch op.Kind {
+	case OpRecv, OpSend:
+		return op.Flags&unix.MSG_DONTWAIT == 0
+	case OpAccept:
+		return true
+	}
+	return false
+}
+
+func (l *Loop) requeue(s *slot, id OpID) {
+	s.state = slotPending
+	l.pending = append(l.pending, id.index())
+}
+
+// stage hands pending ops to the backend until it is full. It returns the
+// number of cancelled ops it completed instead.
+func (l *Loop) stage() int {
+	i, done := 0, 0
+	for ; i < len(l.pending); i++ {
+		idx := l.pending[i]
+		s := l.slots.at(idx)
+		id := makeOpID(idx, s.gen)
+		if s.cancel {
+			l.finish(id, s, -int32(unix.ECANCELED), 0)
+			done++
+			continue
+		}
+		op := &s.op
+		if s.polling {
+			op = &s.pollOp
+		}
+		if err := l.b.Prepare(id, op); err != nil {
+			break // ErrBackendFull: the rest wait for room
+		}
+		s.state = slotKernel
+		l.inflight++
+	}
+	n := copy(l.pending, l.pending[i:])
+	l.pending = l.pending[:n]
+	return done
+}
+
+// Post runs fn on the loop's goroutine at the start of a coming round. It
+// may be called from any goroutine, the loop's included.
+func (l *Loop) Post(fn func()) error {
+	if l.closed.Load() {
+		return ErrClosed
+	}
+	l.mu.Lock()
+	l.posted = append(l.posted, fn)
+	l.mu.Unlock()
+	// Ring the doorbell only when the loop sleeps or is about to: it sets
+	// sleeping before its last look at the queue, so either it sees fn or
+	// we see sleeping. A busy loop costs posters no syscall.
+	if l.sleeping.Load() && l.sleeping.CompareAndSwap(true, false) {
+		return l.b.Wake()
+	}
+	return nil
+}
+
+func (l *Loop) runPosted() int {
+	l.mu.Lock()
+	fns := l.posted
+	l.posted = l.spare[:0]
+	l.mu.Unlock()
+	for i, fn := range fns {
+		fn()
+		fns[i] = nil
+	}
+	l.spare = fns
+	return len(fns)
+}
+
+func (l *Loop) hasPosted() bool {
+	l.mu.Lock()
+	n := len(l.posted)
+	l.mu.Unlock()
+	return n > 0
+}
+
+// Do submits op from a goroutine other than the loop's and waits for its
+// completion. Ops from many goroutines batch into the same rounds.
+func (l *Loop) Do(op Op) (Result, error) {
+	if err := op.validate(); err != nil {
+		return Result{}, err
+	}
+	ch := make(chan Result, 1)
+	op.Done = func(r Result) { ch <- r }
+	err := l.Post(func() {
+		if _, err := l.Submit(op); err != nil {
+			ch <- Result{Kind: op.Kind, Res: errnoRes(err)}
+		}
+	})
+	if err != nil {
+		return Result{}, err
+	}
+	return <-ch, nil
+}
+
+// run is the loop: one round per iteration.
+//
+//	post -> timers -> stage -> flush (1 syscall) -> reap (0 syscalls) -> dispatch
+//
+// and a sleep in the kernel only when a round found nothing to do.
+func (l *Loop) run() {
+	defer close(l.done)
+	for {
+		l.stats.rounds.add(1)
+		work := l.runPosted()
+		work += l.timers.fire(time.Now())
+		work += l.runLater()
+		work += l.stage()
+		if staged := l.b.Staged(); staged > 0 {
+			n, err := l.b.Flush()
+			l.stats.batch(n)
+			if err != nil {
+				l.log.Error("uio: flush", zap.String("backend", l.b.Name()), zap.Error(err))
+			}
+		}
+		work += l.b.Reap(l.deliver)
+		work += l.runLater()
+		if l.closing && l.inflight == 0 && len(l.pending) == 0 && len(l.later) == 0 && !l.hasPosted() {
+			l.shutdown()
+			return
+		}
+		// Ops still pending here found the backend full: only completions
+		// make room, so they are no reason to skip the sleep.
+		if work > 0 || l.hasPosted() {
+			continue
+		}
+		// Nothing ready: sleep in the kernel until a completion, a Post
+		// or the next timer.
+		l.sleeping.Store(true)
+		if l.hasPosted() {
+			l.sleeping.Store(false)
+			continue
+		}
+		timeout := time.Duration(-1)
+		if when, ok := l.timers.next(); ok {
+			timeout = max(time.Until(when), 0)
+		}
+		if _, err := l.b.Wait(timeout, l.deliver); err != nil {
+			l.log.Error("uio: wait", zap.String("backend", l.b.Name()), zap.Error(err))
+		}
+		l.sleeping.Store(false)
+	}
+}
+
+// Close stops the loop: new submissions fail with ErrClosed, every op in
+// flight is cancelled and its Done runs, then the backend is closed. It
+// waits for the loop to exit. Call it from outside the loop.
+func (l *Loop) Close() error {
+	if l.closed.Load() {
+		<-l.done
+		return nil
+	}
+	err := l.Post(func() {
+		l.closed.Store(true)
+		l.closing = true
+		for _, idx := range l.pending {
+			l.slots.at(idx).cancel = true
+		}
+		for i := uint32(0); i < l.nslots; i++ {
+			s := l.slots.at(i)
+			if s.state == slotKernel || s.state == slotTimer {
+				l.Cancel(makeOpID(i, s.gen))
+			}
+		}
+		l.timers.clear() // AfterFunc callbacks that have not run never will
+	})
+	if err != nil {
+		return err
+	}
+	<-l.done
+	return nil
+}
+
+func (l *Loop) shutdown() {
+	// Run what was posted after Close; such ops are refused.
+	l.runPosted()
+	if err := l.b.Close(); err != nil {
+		l.log.Warn("uio: closing backend", zap.Error(err))
+	}
+}
+
+// Done is closed when the loop has exited.
+func (l *Loop) Done() <-chan struct{} { return l.done }
+
+func (l *Loop) String() string {
+	return fmt.Sprintf("uio.Loop(%s)", l.Backend())
+}

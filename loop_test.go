@@ -1,0 +1,488 @@
+package uio
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+var backends = []string{BackendAIO, BackendUring}
+
+// forEachBackend runs f as a subtest on a fresh loop of each backend.
+func forEachBackend(t *testing.T, cfg Config, f func(t *testing.T, l *Loop)) {
+	for _, name := range backends {
+		t.Run(name, func(t *testing.T) {
+			c := cfg
+			c.Backend = name
+			l, err := NewLoop(c)
+			if err != nil {
+				t.Fatalf("NewLoop(%s): %v", name, err)
+			}
+			t.Cleanup(func() {
+				if err := l.Close(); err != nil {
+					t.Errorf("Close: %v", err)
+				}
+			})
+			if got := l.Backend(); got != name {
+				t.Fatalf("backend = %q, want %q", got, name)
+			}
+			f(t, l)
+		})
+	}
+}
+
+func mustDo(t *testing.T, l *Loop, op Op) Result {
+	t.Helper()
+	r, err := l.Do(op)
+	if err != nil {
+		t.Fatalf("Do(%s): %v", op.Kind, err)
+	}
+	return r
+}
+
+func socketpair(t testing.TB) (int, int) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fds[0]); unix.Close(fds[1]) })
+	return fds[0], fds[1]
+}
+
+func TestFileOps(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		f, err := os.Create(filepath.Join(t.TempDir(), "f"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		fd := int(f.Fd())
+		data := []byte("hello, uio engine")
+		if r := mustDo(t, l, Op{Kind: OpWrite, Fd: fd, Buf: data, Offset: 100}); r.Res != int32(len(data)) {
+			t.Fatalf("write = %d, want %d", r.Res, len(data))
+		}
+		got := make([]byte, len(data))
+		if r := mustDo(t, l, Op{Kind: OpRead, Fd: fd, Buf: got, Offset: 100}); r.Res != int32(len(data)) || !bytes.Equal(got, data) {
+			t.Fatalf("read = %d %q, want %q", r.Res, got, data)
+		}
+		a, b := []byte("vec"), []byte("tored")
+		if r := mustDo(t, l, Op{Kind: OpWritev, Fd: fd, Iovecs: [][]byte{a, b}, Offset: 0}); r.Res != 8 {
+			t.Fatalf("writev = %d, want 8", r.Res)
+		}
+		x, y := make([]byte, 5), make([]byte, 3)
+		if r := mustDo(t, l, Op{Kind: OpReadv, Fd: fd, Iovecs: [][]byte{x, y}, Offset: 0}); r.Res != 8 || string(x)+string(y) != "vectored" {
+			t.Fatalf("readv = %d %q%q", r.Res, x, y)
+		}
+		for _, k := range []OpKind{OpFsync, OpFdatasync} {
+			if r := mustDo(t, l, Op{Kind: k, Fd: fd}); r.Res != 0 {
+				t.Fatalf("%s = %d", k, r.Res)
+			}
+		}
+		// A bad fd is the op's error, not the loop's.
+		if r := mustDo(t, l, Op{Kind: OpRead, Fd: 1 << 20, Buf: got}); !errors.Is(r.Err(), unix.EBADF) {
+			t.Fatalf("read on bad fd = %v, want EBADF", r.Err())
+		}
+	})
+}
+
+func TestRecvWaitsForData(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		a, b := socketpair(t)
+		buf := make([]byte, 64)
+		got := make(chan Result, 1)
+		l.Post(func() {
+			l.Submit(Op{Kind: OpRecv, Fd: b, Buf: buf, Done: func(r Result) { got <- r }})
+		})
+		select {
+		case r := <-got:
+			t.Fatalf("recv completed with no data: %d", r.Res)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if _, err := unix.Write(a, []byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		r := <-got
+		if r.Res != 4 || string(buf[:4]) != "ping" {
+			t.Fatalf("recv = %d %q", r.Res, buf[:max(r.Res, 0)])
+		}
+		// End of stream is a 0-byte recv.
+		unix.Shutdown(a, unix.SHUT_WR)
+		if r := mustDo(t, l, Op{Kind: OpRecv, Fd: b, Buf: buf}); r.Res != 0 {
+			t.Fatalf("recv at EOF = %d, want 0", r.Res)
+		}
+	})
+}
+
+func TestSendWaitsForRoom(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		a, b := socketpair(t)
+		chunk := make([]byte, 64<<10)
+		// Fill the socket until the kernel says EAGAIN.
+		for {
+			if _, err := unix.Write(a, chunk); err == unix.EAGAIN {
+				break
+			} else if err != nil {
+				t.Fatal(err)
+			}
+		}
+		got := make(chan Result, 1)
+		l.Post(func() {
+			l.Submit(Op{Kind: OpSend, Fd: a, Buf: []byte("late"), Done: func(r Result) { got <- r }})
+		})
+		select {
+		case r := <-got:
+			t.Fatalf("send completed on a full socket: %d", r.Res)
+		case <-time.After(50 * time.Millisecond):
+		}
+		drain := make([]byte, 1<<20)
+		for {
+			if _, err := unix.Read(b, drain); err != nil {
+				break
+			}
+		}
+		if r := <-got; r.Res != 4 {
+			t.Fatalf("send = %d, want 4", r.Res)
+		}
+	})
+}
+
+func TestPollAndCancel(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		a, b := socketpair(t)
+		// A poll that fires.
+		got := make(chan Result, 2)
+		l.Post(func() {
+			l.Submit(Op{Kind: OpPoll, Fd: b, Events: unix.POLLIN, Done: func(r Result) { got <- r }})
+		})
+		time.Sleep(10 * time.Millisecond)
+		unix.Write(a, []byte("x"))
+		if r := <-got; r.Res&unix.POLLIN == 0 || r.Res&^int32(unix.POLLIN|unix.POLLERR|unix.POLLHUP|unix.POLLNVAL) != 0 {
+			t.Fatalf("poll = %#x, want POLLIN and no unasked bits", r.Res)
+		}
+		// A poll that is cancelled completes exactly once, with ECANCELED.
+		c, d := socketpair(t)
+		_ = c
+		idc := make(chan OpID, 1)
+		l.Post(func() {
+			id, _ := l.Submit(Op{Kind: OpPoll, Fd: d, Events: unix.POLLIN, Done: func(r Result) { got <- r }})
+			idc <- id
+		})
+		id := <-idc
+		time.Sleep(10 * time.Millisecond) // let it reach the kernel
+		l.Post(func() { l.Cancel(id) })
+		if r := <-got; !errors.Is(r.Err(), unix.ECANCELED) || r.ID != id {
+			t.Fatalf("cancelled poll = %v (id %x), want ECANCELED (id %x)", r.Err(), r.ID, id)
+		}
+		select {
+		case r := <-got:
+			t.Fatalf("second completion for a cancelled poll: %+v", r)
+		case <-time.After(50 * time.Millisecond):
+		}
+		// Cancelling again, or an ID that is done, does nothing.
+		l.Post(func() { l.Cancel(id); l.Cancel(id) })
+	})
+}
+
+func TestCancelBeforeFlush(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		_, b := socketpair(t)
+		got := make(chan Result, 1)
+		l.Post(func() {
+			id, _ := l.Submit(Op{Kind: OpRecv, Fd: b, Buf: make([]byte, 8), Done: func(r Result) { got <- r }})
+			l.Cancel(id)
+		})
+		if r := <-got; !errors.Is(r.Err(), unix.ECANCELED) {
+			t.Fatalf("got %v, want ECANCELED", r.Err())
+		}
+	})
+}
+
+func TestTimeoutOp(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		start := time.Now()
+		r := mustDo(t, l, Op{Kind: OpTimeout, Timeout: 30 * time.Millisecond})
+		if el := time.Since(start); !errors.Is(r.Err(), unix.ETIME) || el < 30*time.Millisecond {
+			t.Fatalf("timeout = %v after %v", r.Err(), el)
+		}
+		got := make(chan Result, 1)
+		l.Post(func() {
+			id, _ := l.Submit(Op{Kind: OpTimeout, Timeout: time.Hour, Done: func(r Result) { got <- r }})
+			l.Cancel(id)
+		})
+		if r := <-got; !errors.Is(r.Err(), unix.ECANCELED) {
+			t.Fatalf("cancelled timeout = %v", r.Err())
+		}
+	})
+}
+
+func TestAcceptConnectClose(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(lfd)
+		if err := unix.Bind(lfd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+			t.Fatal(err)
+		}
+		unix.Listen(lfd, 16)
+		sa, _ := unix.Getsockname(lfd)
+		accepted := make(chan Result, 1)
+		l.Post(func() {
+			l.Submit(Op{Kind: OpAccept, Fd: lfd, Done: func(r Result) { accepted <- r }})
+		})
+		cfd, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if r := mustDo(t, l, Op{Kind: OpConnect, Fd: cfd, Addr: sa}); r.Res != 0 {
+			t.Fatalf("connect = %v", r.Err())
+		}
+		ar := <-accepted
+		if ar.Res < 0 {
+			t.Fatalf("accept = %v", ar.Err())
+		}
+		sfd := int(ar.Res)
+		if r := mustDo(t, l, Op{Kind: OpSend, Fd: cfd, Buf: []byte("hi")}); r.Res != 2 {
+			t.Fatalf("send = %d", r.Res)
+		}
+		buf := make([]byte, 8)
+		if r := mustDo(t, l, Op{Kind: OpRecv, Fd: sfd, Buf: buf}); r.Res != 2 {
+			t.Fatalf("recv = %d", r.Res)
+		}
+		for _, fd := range []int{sfd, cfd} {
+			if r := mustDo(t, l, Op{Kind: OpClose, Fd: fd}); r.Res != 0 {
+				t.Fatalf("close = %v", r.Err())
+			}
+			if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != unix.EBADF {
+				t.Fatalf("fd %d still open after OpClose", fd)
+			}
+		}
+		// Connection refused comes back as the op's error.
+		dead, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		defer unix.Close(dead)
+		port := freePort(t)
+		if r := mustDo(t, l, Op{Kind: OpConnect, Fd: dead, Addr: &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}}); !errors.Is(r.Err(), unix.ECONNREFUSED) {
+			t.Fatalf("connect to a closed port = %v, want ECONNREFUSED", r.Err())
+		}
+	})
+}
+
+func freePort(t *testing.T) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	return port
+}
+
+// A ring far smaller than the work: everything still completes, in order
+// per fd, and nothing is reported as an error.
+func TestBackpressure(t *testing.T) {
+	forEachBackend(t, Config{Depth: 8}, func(t *testing.T, l *Loop) {
+		f, err := os.Create(filepath.Join(t.TempDir(), "f"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		const n = 2000
+		var wg sync.WaitGroup
+		wg.Add(n)
+		var mu sync.Mutex
+		var bad []Result
+		l.Post(func() {
+			for i := 0; i < n; i++ {
+				buf := []byte{byte(i)}
+				l.Submit(Op{Kind: OpWrite, Fd: int(f.Fd()), Buf: buf, Offset: int64(i), Done: func(r Result) {
+					if r.Res != 1 {
+						mu.Lock()
+						bad = append(bad, r)
+						mu.Unlock()
+					}
+					wg.Done()
+				}})
+			}
+		})
+		wg.Wait()
+		if len(bad) > 0 {
+			t.Fatalf("%d writes failed, first: %v", len(bad), bad[0].Err())
+		}
+		data, _ := os.ReadFile(f.Name())
+		for i := 0; i < n; i++ {
+			if data[i] != byte(i) {
+				t.Fatalf("byte %d = %d", i, data[i])
+			}
+		}
+		if st := l.Stats(); st.Completions < n {
+			t.Fatalf("completions = %d", st.Completions)
+		}
+	})
+}
+
+// Ops posted by many goroutines share rounds: fewer flushes than ops.
+func TestDoFromManyGoroutines(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		f, err := os.Create(filepath.Join(t.TempDir(), "f"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		before := l.Stats()
+		var wg sync.WaitGroup
+		const workers, each = 16, 200
+		for w := 0; w < workers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				buf := make([]byte, 16)
+				for i := 0; i < each; i++ {
+					r, err := l.Do(Op{Kind: OpWrite, Fd: int(f.Fd()), Buf: buf, Offset: int64(w*each+i) * 16})
+					if err != nil || r.Res != 16 {
+						t.Errorf("write: %v %v", err, r.Err())
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		d := l.Stats().Sub(before)
+		if d.Completions != workers*each {
+			t.Fatalf("completions = %d, want %d", d.Completions, workers*each)
+		}
+		t.Logf("%d ops in %d flushes (%s)", d.FlushedOps, d.Flushes, d)
+	})
+}
+
+func TestCloseCancelsInFlight(t *testing.T) {
+	for _, name := range backends {
+		t.Run(name, func(t *testing.T) {
+			l, err := NewLoop(Config{Backend: name})
+			if err != nil {
+				t.Fatal(err)
+			}
+			const n = 50
+			results := make(chan Result, n+1)
+			var fds []int
+			for i := 0; i < n; i++ {
+				_, b := socketpair(t)
+				fds = append(fds, b)
+			}
+			l.Post(func() {
+				for _, fd := range fds {
+					l.Submit(Op{Kind: OpRecv, Fd: fd, Buf: make([]byte, 8), Done: func(r Result) { results <- r }})
+				}
+			})
+			time.Sleep(20 * time.Millisecond)
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < n; i++ {
+				select {
+				case r := <-results:
+					if !errors.Is(r.Err(), unix.ECANCELED) {
+						t.Fatalf("op %d ended with %v, want ECANCELED", i, r.Err())
+					}
+				default:
+					t.Fatalf("only %d of %d ops completed at Close", i, n)
+				}
+			}
+			if _, err := l.Do(Op{Kind: OpTimeout}); !errors.Is(err, ErrClosed) {
+				t.Fatalf("Do after Close = %v, want ErrClosed", err)
+			}
+			if err := l.Close(); err != nil {
+				t.Fatalf("second Close: %v", err)
+			}
+		})
+	}
+}
+
+func TestInvalidOps(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		for _, op := range []Op{
+			{},
+			{Kind: opKindEnd},
+			{Kind: OpRead, Fd: -1},
+			{Kind: OpConnect, Fd: 3},
+			{Kind: OpPoll, Fd: 3},
+			{Kind: OpPoll, Fd: 3, Events: 1 << 20},
+			{Kind: OpSplice, Fd: 3, FdOut: -1, Len: 1},
+			{Kind: OpTimeout, Timeout: -1},
+		} {
+			if _, err := l.Do(op); err == nil {
+				t.Errorf("Do(%+v) accepted an invalid op", op)
+			}
+		}
+	})
+	if _, err := NewLoop(Config{Backend: "epoll"}); err == nil {
+		t.Fatal("NewLoop accepted an unknown backend")
+	}
+}
+
+func TestSpliceSupport(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		a, b := socketpair(t)
+		var p [2]int
+		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(p[0])
+		defer unix.Close(p[1])
+		unix.Write(a, []byte("spliced"))
+		r := mustDo(t, l, Op{Kind: OpSplice, Fd: b, Offset: -1, FdOut: p[1], OffsetOut: -1, Len: 64})
+		if l.Backend() == BackendAIO {
+			if !errors.Is(r.Err(), unix.EOPNOTSUPP) {
+				t.Fatalf("aio splice = %v, want EOPNOTSUPP", r.Err())
+			}
+			return
+		}
+		if r.Res != 7 {
+			t.Fatalf("splice = %v %d", r.Err(), r.Res)
+		}
+		out := make([]byte, 16)
+		n, _ := unix.Read(p[0], out)
+		if string(out[:n]) != "spliced" {
+			t.Fatalf("pipe holds %q", out[:n])
+		}
+	})
+}
+
+func TestAutoBackend(t *testing.T) {
+	l, err := NewLoop(Config{Backend: BackendAuto})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if l.Backend() != BackendUring && l.Backend() != BackendAIO {
+		t.Fatalf("auto chose %q", l.Backend())
+	}
+}
+
+func TestGroup(t *testing.T) {
+	g, err := NewGroup(3, Config{Backend: BackendAIO})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	seen := map[*Loop]bool{}
+	for i := 0; i < 6; i++ {
+		seen[g.Next()] = true
+	}
+	if len(seen) != 3 || len(g.Loops()) != 3 {
+		t.Fatalf("Next visited %d loops", len(seen))
+	}
+	for _, l := range g.Loops() {
+		if r := mustDo(t, l, Op{Kind: OpTimeout}); !errors.Is(r.Err(), unix.ETIME) {
+			t.Fatal(r.Err())
+		}
+	}
+	if c := g.Stats().Completions; c != 3 {
+		t.Fatalf("group completions = %d, want 3", c)
+	}
+}

@@ -1,0 +1,160 @@
+package uio
+
+import (
+	"fmt"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// OpKind names what an Op asks the kernel to do.
+type OpKind uint8
+
+const (
+	// OpRead reads len(Buf) bytes at Offset (pread). Offset -1 reads at the
+	// file position where the backend allows it.
+	OpRead OpKind = iota + 1
+	// OpWrite writes Buf at Offset (pwrite).
+	OpWrite
+	// OpReadv reads into Iovecs at Offset (preadv).
+	OpReadv
+	// OpWritev writes Iovecs at Offset (pwritev).
+	OpWritev
+	// OpFsync flushes data and metadata (fsync).
+	OpFsync
+	// OpFdatasync flushes data (fdatasync).
+	OpFdatasync
+	// OpRecv reads from a stream socket or pipe into Buf. It completes when
+	// data, end of stream or an error is there, never with EAGAIN: the
+	// engine waits for readiness and retries by itself.
+	OpRecv
+	// OpSend writes Buf to a stream socket or pipe; short writes are
+	// reported as they are. Like OpRecv it never completes with EAGAIN.
+	OpSend
+	// OpPoll waits once for Events (POLLIN, POLLOUT, ...) on Fd; the result
+	// is the ready mask, limited to Events plus POLLERR|POLLHUP|POLLNVAL.
+	OpPoll
+	// OpAccept accepts a connection on the listening socket Fd; the result
+	// is the new fd, created nonblocking and close-on-exec.
+	OpAccept
+	// OpConnect connects the nonblocking socket Fd to Addr; the result is 0
+	// or -errno.
+	OpConnect
+	// OpClose closes Fd. Close an fd only after every other op on it has
+	// completed: the kernel may otherwise act on a reused fd number.
+	OpClose
+	// OpSplice moves up to Len bytes from Fd (at Offset, -1 for pipes and
+	// sockets) to FdOut (at OffsetOut); one side must be a pipe. io_uring
+	// only: the AIO backend completes it with -EOPNOTSUPP.
+	OpSplice
+	// OpTimeout completes after Timeout with -ETIME; the engine's own timer,
+	// so it costs no syscall on either backend.
+	OpTimeout
+	opKindEnd
+)
+
+var opKindNames = [...]string{
+	OpRead: "read", OpWrite: "write", OpReadv: "readv", OpWritev: "writev",
+	OpFsync: "fsync", OpFdatasync: "fdatasync", OpRecv: "recv", OpSend: "send",
+	OpPoll: "poll", OpAccept: "accept", OpConnect: "connect", OpClose: "close",
+	OpSplice: "splice", OpTimeout: "timeout",
+}
+
+func (k OpKind) String() string {
+	if k > 0 && k < opKindEnd {
+		return opKindNames[k]
+	}
+	return fmt.Sprintf("OpKind(%d)", uint8(k))
+}
+
+// Op is one request to the kernel. The engine copies the Op when it is
+// submitted; the memory its slices point to belongs to the kernel until the
+// op's Done runs and must not be touched, reused or resized before then.
+// The engine keeps a reference to it, so it stays reachable (and, the Go
+// heap being non-moving, unmoved) for as long as the kernel may use it.
+type Op struct {
+	Kind   OpKind
+	Fd     int
+	Buf    []byte   // read/write/recv/send buffer
+	Iovecs [][]byte // readv/writev buffers
+	Offset int64    // file offset (read, write, readv, writev, splice input)
+
+	// Flags are RWF_* flags for file reads and writes (RWF_NOWAIT,
+	// RWF_DSYNC, ...), MSG_* flags for recv and send, SPLICE_F_* flags
+	// for splice.
+	Flags uint32
+	// Events is the poll mask for OpPoll.
+	Events uint32
+	// Addr is the peer for OpConnect.
+	Addr unix.Sockaddr
+	// FdOut, OffsetOut and Len describe the output side of OpSplice.
+	FdOut     int
+	OffsetOut int64
+	Len       int
+	// Timeout is the delay of OpTimeout.
+	Timeout time.Duration
+
+	// Done is called on the loop's goroutine with the op's one and only
+	// completion. It may submit further ops; it must not block.
+	Done func(Result)
+}
+
+// Result is the completion of an Op.
+type Result struct {
+	ID   OpID
+	Kind OpKind
+	// Res is the kernel's result: a byte count, a file descriptor, a poll
+	// mask, or a negated errno.
+	Res int32
+	// Flags are the completion flags the backend reported (io_uring CQE
+	// flags; 0 on AIO).
+	Flags uint32
+}
+
+// Err returns the error in Res, or nil when Res is not negative.
+func (r Result) Err() error {
+	if r.Res >= 0 {
+		return nil
+	}
+	return unix.Errno(-r.Res)
+}
+
+// OpID identifies a submitted op: a slab index plus a generation, so an ID
+// that outlives its op never names a newer op that reuses the slot. It is
+// also the tag the kernel sees (aio_data, user_data).
+type OpID uint64
+
+func makeOpID(idx, gen uint32) OpID { return OpID(uint64(gen)<<32 | uint64(idx)) }
+func (id OpID) index() uint32       { return uint32(id) }
+func (id OpID) gen() uint32         { return uint32(id >> 32) }
+
+// needsFd reports whether the op acts on Fd.
+func (k OpKind) needsFd() bool { return k != OpTimeout }
+
+func (op *Op) validate() error {
+	if op.Kind == 0 || op.Kind >= opKindEnd {
+		return fmt.Errorf("uio: invalid op kind %d", op.Kind)
+	}
+	if op.Kind.needsFd() && op.Fd < 0 {
+		return fmt.Errorf("uio: %s: invalid fd %d", op.Kind, op.Fd)
+	}
+	switch op.Kind {
+	case OpConnect:
+		if op.Addr == nil {
+			return fmt.Errorf("uio: connect fd %d: no address", op.Fd)
+		}
+	case OpPoll:
+		if op.Events == 0 || op.Events > 0xffff {
+			return fmt.Errorf("uio: poll fd %d: events %#x must be a non-zero 16-bit mask", op.Fd, op.Events)
+		}
+	case OpSplice:
+		if op.FdOut < 0 || op.Len <= 0 {
+			return fmt.Errorf("uio: splice fd %d -> %d: invalid output fd or length %d", op.Fd, op.FdOut, op.Len)
+		}
+	case OpTimeout:
+		if op.Timeout < 0 {
+			return fmt.Errorf("uio: timeout: negative duration %v", op.Timeout)
+		}
+	}
+	return nil
+}

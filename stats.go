@@ -1,0 +1,145 @@
+package uio
+
+import (
+	"fmt"
+	"math/bits"
+	"strings"
+)
+
+// BatchBuckets is the number of buckets in Stats.Batches. Bucket 0 counts
+// flushes of 1 op and bucket i (1..8) flushes of 2^(i-1)+1 to 2^i ops
+// (2, 3-4, 5-8, ..., 129-256); the last bucket counts larger ones.
+const BatchBuckets = 10
+
+// Stats is a snapshot of a loop's (or a group's) counters. Every counter
+// only grows; subtract two snapshots to measure an interval.
+type Stats struct {
+	Backend string
+
+	// Syscalls by kind, exactly as the kernel saw them.
+	Submits   uint64 // io_submit (AIO)
+	GetEvents uint64 // io_getevents (AIO)
+	Enters    uint64 // io_uring_enter (io_uring)
+	Other     uint64 // everything else the engine calls: io_cancel, eventfd writes, accept4, connect, close, ...
+
+	Rounds        uint64
+	OpsSubmitted  uint64 // ops accepted by Submit (timeouts included)
+	Completions   uint64 // Done calls
+	ReapedUser    uint64 // kernel completions read from the ring without a syscall
+	ReapedSyscall uint64 // kernel completions returned by io_getevents
+	Flushes       uint64 // flushes that handed at least one op to the kernel
+	FlushedOps    uint64 // ops handed to the kernel by those flushes
+
+	// Batches is the histogram of ops per flush; see BatchBuckets.
+	Batches [BatchBuckets]uint64
+}
+
+// Syscalls is the total number of syscalls the engine made.
+func (s Stats) Syscalls() uint64 { return s.Submits + s.GetEvents + s.Enters + s.Other }
+
+// PerOp is syscalls per completed op.
+func (s Stats) PerOp() float64 {
+	if s.Completions == 0 {
+		return 0
+	}
+	return float64(s.Syscalls()) / float64(s.Completions)
+}
+
+// Sub returns the counters accumulated between old and s.
+func (s Stats) Sub(old Stats) Stats {
+	d := s
+	d.Submits -= old.Submits
+	d.GetEvents -= old.GetEvents
+	d.Enters -= old.Enters
+	d.Other -= old.Other
+	d.Rounds -= old.Rounds
+	d.OpsSubmitted -= old.OpsSubmitted
+	d.Completions -= old.Completions
+	d.ReapedUser -= old.ReapedUser
+	d.ReapedSyscall -= old.ReapedSyscall
+	d.Flushes -= old.Flushes
+	d.FlushedOps -= old.FlushedOps
+	for i := range d.Batches {
+		d.Batches[i] -= old.Batches[i]
+	}
+	return d
+}
+
+func (s *Stats) add(o Stats) {
+	if s.Backend == "" {
+		s.Backend = o.Backend
+	} else if o.Backend != s.Backend {
+		s.Backend = "mixed"
+	}
+	s.Submits += o.Submits
+	s.GetEvents += o.GetEvents
+	s.Enters += o.Enters
+	s.Other += o.Other
+	s.Rounds += o.Rounds
+	s.OpsSubmitted += o.OpsSubmitted
+	s.Completions += o.Completions
+	s.ReapedUser += o.ReapedUser
+	s.ReapedSyscall += o.ReapedSyscall
+	s.Flushes += o.Flushes
+	s.FlushedOps += o.FlushedOps
+	for i := range s.Batches {
+		s.Batches[i] += o.Batches[i]
+	}
+}
+
+func (s Stats) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: syscalls=%d (submit=%d getevents=%d enter=%d other=%d) ops=%d completions=%d per-op=%.4f reaped user/syscall=%d/%d rounds=%d",
+		s.Backend, s.Syscalls(), s.Submits, s.GetEvents, s.Enters, s.Other, s.OpsSubmitted, s.Completions, s.PerOp(),
+		s.ReapedUser, s.ReapedSyscall, s.Rounds)
+	if s.Flushes > 0 {
+		fmt.Fprintf(&b, " mean-batch=%.1f", float64(s.FlushedOps)/float64(s.Flushes))
+	}
+	return b.String()
+}
+
+// loopStats are the loop's own counters; the backend keeps the syscall ones.
+type loopStats struct {
+	backend      string
+	rounds       counter
+	opsSubmitted counter
+	completions  counter
+	cancelled    counter
+	flushes      counter
+	flushedOps   counter
+	batches      [BatchBuckets]counter
+}
+
+func (ls *loopStats) batch(n int) {
+	if n <= 0 {
+		return
+	}
+	ls.flushes.add(1)
+	ls.flushedOps.add(uint64(n))
+	ls.batches[batchBucket(n)].add(1)
+}
+
+func batchBucket(n int) int {
+	b := bits.Len(uint(n - 1)) // 1->0, 2->1, 3..4->2, 5..8->3, ... 129..256->8
+	return min(b, BatchBuckets-1)
+}
+
+// Stats returns a snapshot of the loop's counters. Safe from any goroutine.
+func (l *Loop) Stats() Stats {
+	ls := &l.stats
+	s := Stats{
+		Backend:      ls.backend,
+		Rounds:       ls.rounds.load(),
+		OpsSubmitted: ls.opsSubmitted.load(),
+		Completions:  ls.completions.load(),
+		Flushes:      ls.flushes.load(),
+		FlushedOps:   ls.flushedOps.load(),
+	}
+	for i := range s.Batches {
+		s.Batches[i] = ls.batches[i].load()
+	}
+	c := l.b.Counters()
+	s.Submits, s.GetEvents, s.Enters, s.Other = c.Submits, c.GetEvents, c.Enters, c.Other
+	s.ReapedUser, s.ReapedSyscall = c.ReapedUser, c.ReapedSyscall
+	return s
+}
