@@ -1,0 +1,433 @@
+#!/usr/bin/env bash
+# TCP proxy benchmark: uioproxy (aio and uring) next to HAProxy (mode tcp,
+# splice-auto), nginx stream, socat and a plain Go io.Copy proxy, all on
+# loopback in front of one Go echo upstream, all driven by one load
+# generator of ours (bench/proxy/loadgen). Prints one table and writes it
+# into bench/RESULTS.md between the proxy-bench markers.
+#
+# Usage: bench/proxy/run.sh            (5 s per cell, about 5 minutes)
+#        QUICK=1 bench/proxy/run.sh    (1 s per cell, about 1.5 minutes)
+#
+# Environment (all optional):
+#   QUICK=1            1 s cells and a 1 s strace run
+#   CELL_SECONDS=N     seconds per measurement cell (default 5, QUICK 1)
+#   STRACE_SECONDS=N   seconds of the extra echo x64 run under strace (default 2, QUICK 1)
+#   PROXIES="..."      subset/order of: direct haproxy nginx socat iocopy uioproxy-aio uioproxy-uring
+#   UIOPROXY=path      uioproxy binary (default: <repo>/bin/uioproxy; rows say n/a if missing)
+#   PIN=0              do not pin; by default the proxy gets the last CPU and the
+#                      load generator plus echo upstream the others, so every
+#                      proxy is measured on exactly one core and none competes
+#                      with the load it serves
+#   BASE_PORT=N        first loopback port used (default 19000)
+#   RESULTS=path       file to write (default <repo>/bench/RESULTS.md)
+#   NO_INSTALL=1       never call apt-get; missing peers become n/a rows
+#
+# Every run stops by itself: each load generator call has a -duration and a
+# timeout(1) bound, every proxy runs under timeout(1) as well, and the EXIT
+# trap kills every process this script started (and their children).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+
+# The exact command, with the knobs that were set, for RESULTS.md.
+COMMAND_LINE=""
+for v in QUICK CELL_SECONDS STRACE_SECONDS PROXIES UIOPROXY PIN BASE_PORT NO_INSTALL; do
+	if [[ -n ${!v+x} ]]; then COMMAND_LINE+="$v=${!v} "; fi
+done
+COMMAND_LINE+="bench/proxy/run.sh"
+
+if [[ ${QUICK:-0} == 1 ]]; then
+	CELL_SECONDS=${CELL_SECONDS:-1}
+	STRACE_SECONDS=${STRACE_SECONDS:-1}
+else
+	CELL_SECONDS=${CELL_SECONDS:-5}
+	STRACE_SECONDS=${STRACE_SECONDS:-2}
+fi
+PROXIES=${PROXIES:-"direct haproxy nginx socat iocopy uioproxy-aio uioproxy-uring"}
+UIOPROXY=${UIOPROXY:-$ROOT/bin/uioproxy}
+BASE_PORT=${BASE_PORT:-19000}
+RESULTS=${RESULTS:-$ROOT/bench/RESULTS.md}
+PIN=${PIN:-1}
+ECHO_CONNS=(1 64 512)
+BULK_STREAMS=(1 8)
+CONNECT_WORKERS=8
+UPSTREAM_PORT=$BASE_PORT
+# Upper bounds on the processes we start, from the worst case of one proxy's
+# cells (each may add 10 s of dial and op timeouts); the trap normally ends
+# them long before.
+PER_PROXY_SECONDS=$((6 * (CELL_SECONDS + 10) + STRACE_SECONDS + 15))
+MAX_PROXY_SECONDS=$((PER_PROXY_SECONDS + 60))
+set -- $PROXIES
+MAX_RUN_SECONDS=$(($# * PER_PROXY_SECONDS + 60))
+
+NCPU=$(nproc)
+if [[ $PIN == 1 && $NCPU -ge 2 ]]; then
+	PROXY_CPUS=$((NCPU - 1))
+	LOAD_CPUS=0
+	if ((NCPU > 2)); then LOAD_CPUS="0-$((NCPU - 2))"; fi
+	PROXY_WORKERS=1
+	PIN_NOTE="proxy pinned to CPU $PROXY_CPUS with 1 worker/thread/loop; load generator and echo upstream on CPU $LOAD_CPUS"
+else
+	PROXY_CPUS="0-$((NCPU - 1))"
+	LOAD_CPUS=$PROXY_CPUS
+	PROXY_WORKERS=$NCPU
+	PIN_NOTE="not pinned; proxies use $NCPU workers and share all CPUs with the load generator"
+fi
+
+log() { printf '%s\n' "run.sh: $*" >&2; }
+
+WORK=$(mktemp -d /tmp/proxy-bench.XXXXXX)
+STARTED_PIDS=()
+
+# descendants PID: PID and all its descendants, parents first.
+descendants() {
+	local pid=$1 child
+	echo "$pid"
+	for child in $(pgrep -P "$pid" 2>/dev/null || true); do
+		descendants "$child"
+	done
+}
+
+# kill_tree PID: TERM the process and its descendants, then KILL stragglers.
+kill_tree() {
+	local pids p
+	pids=$(descendants "$1")
+	for p in $pids; do kill -TERM "$p" 2>/dev/null || true; done
+	for _ in 1 2 3 4 5 6 7 8 9 10; do
+		local alive=0
+		for p in $pids; do kill -0 "$p" 2>/dev/null && alive=1; done
+		[[ $alive == 0 ]] && break
+		sleep 0.1
+	done
+	for p in $pids; do kill -KILL "$p" 2>/dev/null || true; done
+	wait "$1" 2>/dev/null || true
+}
+
+cleanup() {
+	local pid
+	for pid in "${STARTED_PIDS[@]}"; do kill_tree "$pid"; done
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- dependencies ------------------------------------------------------------
+
+apt_updated=0
+apt_install() {
+	[[ ${NO_INSTALL:-0} == 1 ]] && return 1
+	local sudo=""
+	if [[ $(id -u) != 0 ]]; then
+		command -v sudo >/dev/null || return 1
+		sudo="sudo"
+	fi
+	if [[ $apt_updated == 0 ]]; then
+		$sudo apt-get update -qq >&2 || return 1
+		apt_updated=1
+	fi
+	# policy-rc.d on most build machines keeps the packaged services from
+	# starting; we never rely on them and start our own instances.
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+NGINX_STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
+need=()
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v nginx >/dev/null || need+=(nginx)
+[[ -f $NGINX_STREAM_MODULE ]] || need+=(libnginx-mod-stream)
+command -v socat >/dev/null || need+=(socat)
+command -v pgrep >/dev/null || need+=(procps)
+command -v strace >/dev/null || need+=(strace)
+if ((${#need[@]})); then
+	log "installing ${need[*]}"
+	apt_install "${need[@]}" || log "could not install ${need[*]}; their rows will say n/a"
+fi
+command -v pgrep >/dev/null || { log "pgrep (procps) is required to find proxy processes"; exit 1; }
+
+# --- our Go tools --------------------------------------------------------------
+
+log "building loadgen, echoserver, iocopy"
+mkdir -p "$WORK/bin"
+for tool in loadgen echoserver iocopy; do
+	(cd "$ROOT" && GOFLAGS=-ldflags=-checklinkname=0 go build -o "$WORK/bin/$tool" "./bench/proxy/$tool")
+done
+LOADGEN=$WORK/bin/loadgen
+
+# 512 connections through a proxy need over 1024 descriptors in one process.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [[ $(ulimit -n) != unlimited && $(ulimit -n) -lt 4096 ]]; then
+	log "open file limit is $(ulimit -n); 512-connection cells may fail"
+fi
+
+# wait_port PORT: wait until something accepts on 127.0.0.1:PORT (5 s at most).
+wait_port() {
+	local i
+	for i in $(seq 50); do
+		if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+		sleep 0.1
+	done
+	return 1
+}
+
+# start NAME CMD...: start CMD on the proxy CPUs (load CPUs for the upstream),
+# bounded by timeout(1), logging to $WORK/NAME.log; sets STARTED_PID.
+start() {
+	local name=$1 cpus=$PROXY_CPUS bound=$MAX_PROXY_SECONDS
+	shift
+	if [[ $name == echoserver ]]; then
+		cpus=$LOAD_CPUS
+		bound=$MAX_RUN_SECONDS
+	fi
+	timeout -s TERM "$bound" taskset -c "$cpus" "$@" >"$WORK/$name.log" 2>&1 &
+	STARTED_PID=$!
+	STARTED_PIDS+=("$STARTED_PID")
+}
+
+start echoserver "$WORK/bin/echoserver" -listen "127.0.0.1:$UPSTREAM_PORT" -max-time "${MAX_RUN_SECONDS}s"
+wait_port "$UPSTREAM_PORT" || { log "echo upstream did not start:"; cat "$WORK/echoserver.log" >&2; exit 1; }
+
+# --- the proxies ---------------------------------------------------------------
+
+# start_proxy NAME PORT: start proxy NAME listening on PORT and forwarding to
+# the upstream. Sets PROXY_PID, or returns 1 with NA_REASON set.
+start_proxy() {
+	local name=$1 port=$2 dir=$WORK/$1
+	mkdir -p "$dir"
+	NA_REASON=""
+	case $name in
+	haproxy)
+		command -v haproxy >/dev/null || { NA_REASON="n/a (not installed)"; return 1; }
+		cat >"$dir/haproxy.cfg" <<-EOF
+			global
+			    nbthread $PROXY_WORKERS
+			    maxconn 4096
+			defaults
+			    mode tcp
+			    option splice-auto
+			    timeout connect 5s
+			    timeout client 60s
+			    timeout server 60s
+			listen forward
+			    bind 127.0.0.1:$port
+			    server upstream 127.0.0.1:$UPSTREAM_PORT
+		EOF
+		start "$name" haproxy -db -f "$dir/haproxy.cfg"
+		;;
+	nginx)
+		command -v nginx >/dev/null && [[ -f $NGINX_STREAM_MODULE ]] || { NA_REASON="n/a (not installed)"; return 1; }
+		cat >"$dir/nginx.conf" <<-EOF
+			load_module $NGINX_STREAM_MODULE;
+			daemon off;
+			master_process on;
+			worker_processes $PROXY_WORKERS;
+			worker_rlimit_nofile 65536;
+			pid $dir/nginx.pid;
+			error_log $dir/error.log warn;
+			events { worker_connections 8192; }
+			stream {
+			    server {
+			        listen 127.0.0.1:$port backlog=4096;
+			        proxy_pass 127.0.0.1:$UPSTREAM_PORT;
+			        proxy_connect_timeout 5s;
+			        proxy_timeout 60s;
+			    }
+			}
+		EOF
+		start "$name" nginx -p "$dir" -e "$dir/error.log" -c "$dir/nginx.conf"
+		;;
+	socat)
+		command -v socat >/dev/null || { NA_REASON="n/a (not installed)"; return 1; }
+		# socat's default listen backlog is 5, which drops SYNs at 512
+		# connections; nodelay matches what haproxy and nginx do.
+		start "$name" socat "TCP-LISTEN:$port,bind=127.0.0.1,fork,reuseaddr,backlog=4096,nodelay" "TCP:127.0.0.1:$UPSTREAM_PORT,nodelay"
+		;;
+	iocopy)
+		start "$name" "$WORK/bin/iocopy" -listen "127.0.0.1:$port" -target "127.0.0.1:$UPSTREAM_PORT" -max-time "${MAX_PROXY_SECONDS}s"
+		;;
+	uioproxy-aio | uioproxy-uring)
+		[[ -x $UIOPROXY ]] || { NA_REASON="n/a (not built)"; return 1; }
+		start "$name" "$UIOPROXY" -backend "${name#uioproxy-}" -loops "$PROXY_WORKERS" -log-level warn "127.0.0.1:$port:127.0.0.1:$UPSTREAM_PORT"
+		;;
+	*)
+		log "unknown proxy $name in PROXIES"
+		NA_REASON="n/a (unknown)"
+		return 1
+		;;
+	esac
+	PROXY_PID=$STARTED_PID
+	if ! wait_port "$port"; then
+		NA_REASON="n/a (did not start)"
+		log "$name did not start; its log:"
+		tail -n 20 "$WORK/$name.log" >&2 || true
+		kill_tree "$PROXY_PID"
+		return 1
+	fi
+}
+
+# cpu_ticks PID: utime+stime+cutime+cstime summed over PID and descendants.
+# cutime/cstime carry the time of children already reaped (socat's
+# per-connection forks), so a delta over a cell counts every process.
+cpu_ticks() {
+	local total=0 p stat rest
+	for p in $(descendants "$1"); do
+		stat=$(cat "/proc/$p/stat" 2>/dev/null) || continue
+		rest=${stat##*) } # fields from 3 on; comm may contain spaces
+		read -r -a f <<<"$rest"
+		total=$((total + f[11] + f[12] + f[13] + f[14]))
+	done
+	echo "$total"
+}
+CLK_TCK=$(getconf CLK_TCK)
+
+# json FILE KEY: a numeric or string field of loadgen's one-line JSON.
+json() {
+	sed -n "s/.*\"$2\":\"\{0,1\}\([^,\"}]*\).*/\1/p" "$1" | head -n 1
+}
+
+# run_loadgen OUTFILE ARGS...: one bounded load generator run on the load CPUs.
+run_loadgen() {
+	local out=$1
+	shift
+	timeout -s KILL $((CELL_SECONDS + STRACE_SECONDS + 30)) taskset -c "$LOAD_CPUS" "$LOADGEN" "$@" >"$out" 2>>"$WORK/loadgen.err" || true
+	[[ -s $out ]] || echo '{"errors":1,"first_error":"loadgen produced no result"}' >"$out"
+}
+
+ERROR_NOTES=()
+note_errors() { # note_errors PROXY CELL FILE
+	local n
+	n=$(json "$3" errors)
+	if [[ -n $n && $n != 0 ]]; then
+		ERROR_NOTES+=("$1 $2: $n errors, first: $(json "$3" first_error)")
+	fi
+}
+
+fmt0() { awk -v x="${1:-}" 'BEGIN { if (x == "") print "-"; else printf "%.0f", x }'; }
+
+ROWS=() # tab-separated table rows
+port=$BASE_PORT
+for proxy in $PROXIES; do
+	port=$((port + 1))
+	addr=127.0.0.1:$port
+	row="$proxy"
+	if [[ $proxy == direct ]]; then
+		addr=127.0.0.1:$UPSTREAM_PORT
+		PROXY_PID=""
+		row="none (direct)"
+	elif ! start_proxy "$proxy" "$port"; then
+		row="$proxy	$NA_REASON"
+		for _ in $(seq 10); do row+="	-"; done
+		ROWS+=("$row")
+		continue
+	fi
+	log "measuring $proxy on $addr (${CELL_SECONDS}s cells)"
+	res=$WORK/$proxy.results
+	mkdir -p "$res"
+	cpu_per_req="-"
+	for c in "${ECHO_CONNS[@]}"; do
+		if [[ -n $PROXY_PID ]]; then t0=$(cpu_ticks "$PROXY_PID"); fi
+		run_loadgen "$res/echo$c.json" -mode echo -addr "$addr" -conns "$c" -duration "${CELL_SECONDS}s" -label "$proxy"
+		if [[ -n $PROXY_PID && $c == 64 ]]; then
+			t1=$(cpu_ticks "$PROXY_PID")
+			cpu_per_req=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$(json "$res/echo$c.json" requests)" \
+				'BEGIN { if (n > 0) printf "%.1f", d * 1e6 / hz / n; else print "-" }')
+		fi
+		note_errors "$proxy" "echo x$c" "$res/echo$c.json"
+		row+="	$(fmt0 "$(json "$res/echo$c.json" rps)")	$(fmt0 "$(json "$res/echo$c.json" p50_us)")/$(fmt0 "$(json "$res/echo$c.json" p99_us)")"
+	done
+	for s in "${BULK_STREAMS[@]}"; do
+		run_loadgen "$res/bulk$s.json" -mode bulk -addr "$addr" -conns "$s" -duration "${CELL_SECONDS}s" -label "$proxy"
+		note_errors "$proxy" "bulk x$s" "$res/bulk$s.json"
+		row+="	$(fmt0 "$(json "$res/bulk$s.json" mb_per_s)")"
+	done
+	run_loadgen "$res/connect.json" -mode connect -addr "$addr" -conns "$CONNECT_WORKERS" -duration "${CELL_SECONDS}s" -label "$proxy"
+	note_errors "$proxy" "connect" "$res/connect.json"
+	row+="	$(fmt0 "$(json "$res/connect.json" cps)")"
+
+	sys_per_req="-"
+	if [[ -n $PROXY_PID ]] && command -v strace >/dev/null; then
+		# A separate, shorter echo x64 run under strace: ptrace slows the
+		# proxy several times over, so only calls per request is kept.
+		pflags=()
+		for p in $(descendants "$PROXY_PID"); do
+			# Skip the timeout(1) and taskset wrappers: they only wait.
+			case $(cat "/proc/$p/comm" 2>/dev/null) in timeout | taskset) continue ;; esac
+			pflags+=(-p "$p")
+		done
+		timeout -s INT $((STRACE_SECONDS + 30)) strace -f -c -o "$res/strace.txt" "${pflags[@]}" 2>>"$WORK/strace.err" &
+		strace_pid=$!
+		STARTED_PIDS+=("$strace_pid")
+		sleep 1 # let strace attach to every thread
+		run_loadgen "$res/strace-echo64.json" -mode echo -addr "$addr" -conns 64 -duration "${STRACE_SECONDS}s" -label "$proxy+strace"
+		# timeout(1) relays the SIGINT to strace, which detaches and writes
+		# its summary.
+		kill -INT "$strace_pid" 2>/dev/null || true
+		wait "$strace_pid" 2>/dev/null || true
+		calls=$(awk '$NF == "total" { print $4 }' "$res/strace.txt" 2>/dev/null)
+		sys_per_req=$(awk -v c="${calls:-0}" -v n="$(json "$res/strace-echo64.json" requests)" \
+			'BEGIN { if (n > 0 && c > 0) printf "%.2f", c / n; else print "-" }')
+	fi
+	row+="	$cpu_per_req	$sys_per_req"
+	ROWS+=("$row")
+	if [[ -n $PROXY_PID ]]; then kill_tree "$PROXY_PID"; fi
+done
+
+# --- the table -------------------------------------------------------------------
+
+HEADER="proxy	echo x1 req/s	x1 p50/p99 us	echo x64 req/s	x64 p50/p99 us	echo x512 req/s	x512 p50/p99 us	bulk x1 MB/s	bulk x8 MB/s	connect/s	CPU us/req	syscalls/req"
+TABLE=$(printf '%s\n' "$HEADER" "${ROWS[@]}" | awk -F'\t' '
+	{ for (i = 1; i <= NF; i++) { cell[NR, i] = $i; if (length($i) > w[i]) w[i] = length($i) } if (NF > nf) nf = NF; rows = NR }
+	END {
+		for (r = 1; r <= rows; r++) {
+			line = "|"
+			for (i = 1; i <= nf; i++) line = line sprintf(" %" (i == 1 ? "-" : "") w[i] "s |", cell[r, i])
+			print line
+			if (r == 1) {
+				line = "|"
+				for (i = 1; i <= nf; i++) { d = ""; for (k = 0; k < w[i]; k++) d = d "-"; line = line (i == 1 ? " " d " |" : " " substr(d, 2) ": |") }
+				print line
+			}
+		}
+	}')
+
+echo "$TABLE"
+for n in "${ERROR_NOTES[@]}"; do echo "note: $n"; done
+
+CPU_MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+BLOCK=$WORK/block.md
+{
+	echo "<!-- proxy-bench:begin -->"
+	echo "## TCP proxy benchmark (bench/proxy/run.sh)"
+	echo
+	echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+	echo "- kernel: $(uname -sr); CPU: ${CPU_MODEL:-unknown} x $NCPU"
+	echo "- command: \`$COMMAND_LINE\`"
+	echo "- ${CELL_SECONDS} s per cell, loopback only, one Go echo upstream; $PIN_NOTE"
+	echo "- echo: 64-byte request, wait for the 64-byte echo, one in flight per connection; latency p50/p99 in microseconds"
+	echo "- bulk: 64 KiB writes per stream through the proxy to the echo upstream, MB/s (10^6 B) of data echoed back"
+	echo "- connect: $CONNECT_WORKERS workers each connect, do one 64-byte round trip, close"
+	echo "- CPU us/req: proxy utime+stime from /proc/PID/stat (all its processes and threads) over the echo x64 cell, per request (one request plus its echo)"
+	echo "- syscalls/req: strace -f -c on the proxy during a separate ${STRACE_SECONDS} s echo x64 run; strace slows the proxy, only the count per request is meaningful"
+	echo "- peers: haproxy mode tcp with option splice-auto; nginx stream proxy_pass; socat TCP-LISTEN fork; iocopy = goroutines + io.Copy (splices on Linux)"
+	echo
+	echo "$TABLE"
+	if ((${#ERROR_NOTES[@]})); then
+		echo
+		for n in "${ERROR_NOTES[@]}"; do echo "- note: $n"; done
+	fi
+	echo "<!-- proxy-bench:end -->"
+} >"$BLOCK"
+
+if [[ -f $RESULTS ]] && grep -q '<!-- proxy-bench:begin -->' "$RESULTS" && grep -q '<!-- proxy-bench:end -->' "$RESULTS"; then
+	awk -v block="$BLOCK" '
+		/<!-- proxy-bench:begin -->/ { while ((getline l < block) > 0) print l; skip = 1; next }
+		/<!-- proxy-bench:end -->/ { skip = 0; next }
+		!skip { print }' "$RESULTS" >"$WORK/results.new"
+	cat "$WORK/results.new" >"$RESULTS"
+elif [[ -f $RESULTS ]]; then
+	{ echo; cat "$BLOCK"; } >>"$RESULTS"
+else
+	mkdir -p "$(dirname "$RESULTS")"
+	{ echo "# Benchmark results"; echo; cat "$BLOCK"; } >"$RESULTS"
+fi
+log "table written to $RESULTS"

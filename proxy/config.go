@@ -1,0 +1,327 @@
+package proxy
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is everything uioproxy is told on its command line.
+type Config struct {
+	Mappings       []Mapping
+	Backend        string // "auto", "aio" or "uring"
+	Loops          int    // event loops, each with its own submission/completion engine
+	ConnectTimeout time.Duration
+	IdleTimeout    time.Duration // 0: connections never time out for idleness
+	DrainTimeout   time.Duration // how long open connections may finish after a stop signal
+	MaxConns       int           // 0: no limit beyond file descriptors
+	BufferSize     int           // bytes per direction per connection
+	Splice         bool
+	LogLevel       string        // "debug", "info", "warn" or "error"
+	LogFormat      string        // "console" or "json"
+	StatsInterval  time.Duration // 0: no periodic stats line
+	MetricsAddr    string        // "": no metrics listener
+}
+
+// Buffer size bounds: below 4 KiB every message costs several submissions;
+// above 64 MiB a few thousand connections exhaust memory.
+const (
+	MinBufferSize = 4 << 10
+	MaxBufferSize = 64 << 20
+)
+
+// Backends are the accepted -backend values.
+var Backends = []string{"auto", "aio", "uring"}
+
+// LogLevels and LogFormats are the accepted -log-level and -log-format values.
+var (
+	LogLevels  = []string{"debug", "info", "warn", "error"}
+	LogFormats = []string{"console", "json"}
+)
+
+// UsageLine is printed after every command-line mistake.
+const UsageLine = "usage: uioproxy [flags] [bind:]port:host:hostport ..."
+
+// UsageHead and UsageExamples frame the flag list that -help prints.
+const UsageHead = UsageLine + `
+
+Forwards TCP connections like ssh -L, batching socket I/O through Linux AIO
+or io_uring. Each mapping listens on bind:port and connects every accepted
+connection to host:hostport.
+
+Mappings:
+  port:host:hostport         listen on localhost:port (the default bind, as ssh -L)
+  bind:port:host:hostport    listen on bind:port; bind "*" or "" = all interfaces
+  [::1]:8080:[2001:db8::1]:80  IPv6 literals go in brackets
+  Listen port 0 picks a free port. Host names are resolved at connect time and
+  every address the name has is tried in turn.
+
+Flags (may come before, between or after mappings; "--" ends them):
+`
+
+const UsageExamples = `
+Sizes take k, M or G suffixes, all powers of 1024 (64k, 1M, 1MiB, 65536).
+Durations are Go durations (500ms, 10s, 2m); 0 turns a timeout off.
+
+Examples:
+  uioproxy 8080:127.0.0.1:80
+      forward localhost:8080 to port 80 of this machine
+  uioproxy -backend uring -loops 4 '*:443:backend.internal:8443'
+      all interfaces, io_uring, four event loops
+  uioproxy -buffer 256k -splice 5432:db1:5432 6379:cache:6379
+      two forwards in one process, 256 KiB buffers, splice(2) for the bodies
+  uioproxy -log-format json -metrics 127.0.0.1:9100 -stats 10s [::1]:8080:[2001:db8::1]:80
+`
+
+// ExitCode is the process exit status for an error from ParseArgs: 0 for a
+// help request, 2 for any command-line mistake (the flag package's
+// convention), so cmd/uioproxy need not inspect the error.
+func ExitCode(err error) int {
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
+	default:
+		return 2
+	}
+}
+
+// ParseArgs parses the command line (without the program name). Flags and
+// mappings may be interleaved. On -h/-help it writes the full usage to
+// stderr and returns flag.ErrHelp; on any mistake it writes the error and
+// UsageLine to stderr and returns that error, which names the flag or
+// mapping and the offending value. The caller only has to exit with
+// ExitCode(err).
+func ParseArgs(args []string, stderr io.Writer) (Config, error) {
+	cfg, fs := newFlagSet()
+	var mappingArgs []string
+	rest := args
+	for {
+		if err := fs.Parse(rest); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				writeUsage(stderr, fs)
+				return Config{}, err
+			}
+			return Config{}, usageError(stderr, err)
+		}
+		left := fs.Args()
+		if len(left) == 0 {
+			break
+		}
+		consumed := len(rest) - len(left)
+		if consumed > 0 && rest[consumed-1] == "--" {
+			mappingArgs = append(mappingArgs, left...)
+			break
+		}
+		// flag stops at the first non-flag: take it as a mapping and go on
+		// parsing, so "uioproxy 80:h:80 -loops 2" works as people expect.
+		mappingArgs = append(mappingArgs, left[0])
+		rest = left[1:]
+	}
+	// Report bad mappings and bad flags together, so one run shows every
+	// mistake; "no mappings given" would only confuse after a bad mapping.
+	mappingErr := cfg.parseMappings(mappingArgs)
+	if err := errors.Join(mappingErr, cfg.validate(len(mappingArgs) == 0)); err != nil {
+		return Config{}, usageError(stderr, err)
+	}
+	return *cfg, nil
+}
+
+// Validate checks the values ParseArgs cannot check one flag at a time; it
+// is exported so a Config built in code gets the same checks.
+func (c *Config) Validate() error { return c.validate(true) }
+
+func (c *Config) validate(requireMappings bool) error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if !oneOf(c.Backend, Backends) {
+		bad("-backend %q: want one of %s", c.Backend, strings.Join(Backends, ", "))
+	}
+	if c.Loops < 1 {
+		bad("-loops %d: want at least 1", c.Loops)
+	}
+	for _, d := range []struct {
+		flag  string
+		value time.Duration
+	}{
+		{"-connect-timeout", c.ConnectTimeout},
+		{"-idle-timeout", c.IdleTimeout},
+		{"-drain-timeout", c.DrainTimeout},
+		{"-stats", c.StatsInterval},
+	} {
+		if d.value < 0 {
+			bad("%s %v: must not be negative", d.flag, d.value)
+		}
+	}
+	if c.MaxConns < 0 {
+		bad("-max-conns %d: must not be negative (0 = no limit)", c.MaxConns)
+	}
+	if c.BufferSize < MinBufferSize || c.BufferSize > MaxBufferSize {
+		bad("-buffer %s (%d bytes): want %s..%s", byteSize(c.BufferSize), c.BufferSize, byteSize(MinBufferSize), byteSize(MaxBufferSize))
+	}
+	if !oneOf(c.LogLevel, LogLevels) {
+		bad("-log-level %q: want one of %s", c.LogLevel, strings.Join(LogLevels, ", "))
+	}
+	if !oneOf(c.LogFormat, LogFormats) {
+		bad("-log-format %q: want one of %s", c.LogFormat, strings.Join(LogFormats, ", "))
+	}
+	if c.MetricsAddr != "" {
+		if err := checkListenAddr(c.MetricsAddr); err != nil {
+			bad("-metrics %q: %v", c.MetricsAddr, err)
+		}
+	}
+	if requireMappings && len(c.Mappings) == 0 {
+		bad("no mappings given: want at least one %s", mappingSyntax)
+	}
+	// Two mappings on one listen address would fail at bind time with a
+	// less helpful "address already in use"; port 0 never collides.
+	seen := map[string]Mapping{}
+	for _, m := range c.Mappings {
+		if m.BindPort == 0 {
+			continue
+		}
+		if prev, dup := seen[m.BindAddr()]; dup {
+			bad("mappings %q and %q both listen on %s", prev.String(), m.String(), m.BindAddr())
+		}
+		seen[m.BindAddr()] = m
+	}
+	return errors.Join(errs...)
+}
+
+func newFlagSet() (*Config, *flag.FlagSet) {
+	cfg := &Config{BufferSize: 64 << 10}
+	fs := flag.NewFlagSet("uioproxy", flag.ContinueOnError)
+	// ParseArgs writes errors and usage itself, in one place and once.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	fs.StringVar(&cfg.Backend, "backend", "auto", "I/O engine: auto (io_uring if the kernel allows it, else aio), aio or uring")
+	fs.IntVar(&cfg.Loops, "loops", runtime.NumCPU(), "number of event loops (each with its own submission/completion engine)")
+	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 10*time.Second, "give up connecting to the target after this long (all addresses together)")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "close a connection with no traffic in either direction for this long (0 = never)")
+	fs.IntVar(&cfg.MaxConns, "max-conns", 0, "stop accepting while this many connections are open (0 = no limit)")
+	fs.Var((*byteSizeFlag)(&cfg.BufferSize), "buffer", fmt.Sprintf("buffer `SIZE` per direction per connection, %s..%s", byteSize(MinBufferSize), byteSize(MaxBufferSize)))
+	fs.BoolVar(&cfg.Splice, "splice", false, "move data with splice(2) through a pipe instead of user-space buffers")
+	fs.StringVar(&cfg.LogLevel, "log-level", "info", "least severe level logged: debug, info, warn or error")
+	fs.StringVar(&cfg.LogFormat, "log-format", "console", "log format: console or json")
+	fs.DurationVar(&cfg.StatsInterval, "stats", 0, "log connection and byte counters every `INTERVAL` (0 = never)")
+	fs.StringVar(&cfg.MetricsAddr, "metrics", "", "serve Prometheus metrics on `ADDR` (host:port; empty = off)")
+	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGINT/SIGTERM stop accepting and let open connections finish for this long")
+	return cfg, fs
+}
+
+func (c *Config) parseMappings(args []string) error {
+	var errs []error
+	for _, a := range args {
+		m, err := ParseMapping(a)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		c.Mappings = append(c.Mappings, m)
+	}
+	return errors.Join(errs...)
+}
+
+// Usage writes the full -help text to w.
+func Usage(w io.Writer) {
+	_, fs := newFlagSet()
+	writeUsage(w, fs)
+}
+
+func writeUsage(w io.Writer, fs *flag.FlagSet) {
+	io.WriteString(w, UsageHead)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+	io.WriteString(w, UsageExamples)
+}
+
+// usageError reports err the way command-line tools do: what was wrong,
+// then the usage line, then where to find more.
+func usageError(stderr io.Writer, err error) error {
+	fmt.Fprintf(stderr, "uioproxy: %v\n%s\nRun 'uioproxy -help' for flags and examples.\n",
+		strings.ReplaceAll(err.Error(), "\n", "\nuioproxy: "), UsageLine)
+	return err
+}
+
+func oneOf(s string, allowed []string) bool {
+	for _, a := range allowed {
+		if s == a {
+			return true
+		}
+	}
+	return false
+}
+
+// checkListenAddr wants host:port with a numeric port; the host may be empty
+// (all interfaces).
+func checkListenAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("want host:port: %v", err)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("port %q is not a number 0..65535", port)
+	}
+	return nil
+}
+
+// byteSizeFlag is an int flag that takes k/M/G suffixes.
+type byteSizeFlag int
+
+func (b *byteSizeFlag) String() string { return byteSize(int(*b)) }
+
+func (b *byteSizeFlag) Set(s string) error {
+	n, err := ParseSize(s)
+	if err != nil {
+		return err
+	}
+	*b = byteSizeFlag(n)
+	return nil
+}
+
+// sizeUnits maps every accepted suffix (lower-cased) to its multiplier. All
+// are powers of 1024, as in nginx and HAProxy, so "1MB" and "1MiB" agree.
+var sizeUnits = map[string]int64{
+	"": 1, "b": 1,
+	"k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10,
+	"m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
+	"g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30,
+}
+
+// ParseSize parses a byte count such as "65536", "64k", "1M" or "1MiB".
+func ParseSize(s string) (int, error) {
+	digits := len(s) - len(strings.TrimLeft(s, "0123456789"))
+	if digits == 0 {
+		return 0, fmt.Errorf("size %q: want a number with an optional k, M or G suffix", s)
+	}
+	unit, ok := sizeUnits[strings.ToLower(s[digits:])]
+	if !ok {
+		return 0, fmt.Errorf("size %q: unknown suffix %q, want k, M or G (powers of 1024)", s, s[digits:])
+	}
+	n, err := strconv.ParseInt(s[:digits], 10, 64)
+	const maxSize = 1 << 40 // far above any sane buffer; keeps n*unit from overflowing
+	if err != nil || n > maxSize/unit {
+		return 0, fmt.Errorf("size %q: too large", s)
+	}
+	return int(n * unit), nil
+}
+
+// byteSize renders n with the largest suffix that divides it exactly.
+func byteSize(n int) string {
+	switch {
+	case n != 0 && n%(1<<30) == 0:
+		return strconv.Itoa(n>>30) + "G"
+	case n != 0 && n%(1<<20) == 0:
+		return strconv.Itoa(n>>20) + "M"
+	case n != 0 && n%(1<<10) == 0:
+		return strconv.Itoa(n>>10) + "k"
+	default:
+		return strconv.Itoa(n)
+	}
+}

@@ -1,0 +1,241 @@
+// Package proxy holds the parts of uioproxy that do not depend on the I/O
+// engine: the ssh -L style port mappings and the command-line configuration.
+package proxy
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// DefaultBindHost is the listen host of a mapping written without a bind
+// part ("8080:host:80"). Like ssh -L without GatewayPorts, a forward is only
+// reachable from this machine unless the user asks for more.
+const DefaultBindHost = "localhost"
+
+// mappingSyntax is the shape every mapping error points the user back to.
+const mappingSyntax = "[bind:]port:host:hostport"
+
+// Mapping is one forward: accept on BindHost:BindPort, connect to
+// Host:HostPort.
+//
+// BindHost is "" for all interfaces (written "*" or left empty before the
+// first colon, as in "*:8080:host:80" or ":8080:host:80"), DefaultBindHost
+// when the bind part is omitted, otherwise a host name or an IP literal
+// (IPv6 without brackets). BindPort 0 asks the kernel for an ephemeral port;
+// HostPort is always 1..65535. Host is resolved when a connection is made,
+// not when the mapping is parsed, so a name that moves is followed.
+type Mapping struct {
+	BindHost string
+	BindPort int
+	Host     string
+	HostPort int
+}
+
+// MappingError says which mapping was rejected and why.
+type MappingError struct {
+	Input  string // the mapping as given
+	Reason string // what was wrong, naming the offending part
+}
+
+func (e *MappingError) Error() string {
+	return fmt.Sprintf("mapping %q: %s", e.Input, e.Reason)
+}
+
+// ParseMapping parses an ssh -L style forward: "port:host:hostport" or
+// "bind:port:host:hostport". IPv6 literals go in brackets
+// ("[::1]:8080:[2001:db8::1]:80"), a bind of "*" or "" means all
+// interfaces, and an omitted bind means DefaultBindHost. Ports are decimal;
+// the bind port may be 0 (ephemeral), the target port may not.
+func ParseMapping(s string) (Mapping, error) {
+	fail := func(format string, args ...any) (Mapping, error) {
+		return Mapping{}, &MappingError{Input: s, Reason: fmt.Sprintf(format, args...)}
+	}
+	if s == "" {
+		return fail("empty, want %s", mappingSyntax)
+	}
+	parts, err := splitMapping(s)
+	if err != nil {
+		return fail("%v", err)
+	}
+	var m Mapping
+	var bind, bindPort, host, hostPort mappingPart
+	switch len(parts) {
+	case 3:
+		bindPort, host, hostPort = parts[0], parts[1], parts[2]
+		m.BindHost = DefaultBindHost
+	case 4:
+		bind, bindPort, host, hostPort = parts[0], parts[1], parts[2], parts[3]
+		switch {
+		case !bind.bracketed && (bind.text == "" || bind.text == "*"):
+			m.BindHost = ""
+		default:
+			if m.BindHost, err = checkHost(bind); err != nil {
+				return fail("bind address %s", err)
+			}
+		}
+	default:
+		if len(parts) > 4 {
+			return fail("too many colon-separated parts, want %s (IPv6 literals need brackets: [2001:db8::1])", mappingSyntax)
+		}
+		return fail("%d colon-separated parts, want %s", len(parts), mappingSyntax)
+	}
+	if m.BindPort, err = checkPort(bindPort, 0); err != nil {
+		return fail("listen port %s", err)
+	}
+	if m.Host, err = checkHost(host); err != nil {
+		return fail("target host %s", err)
+	}
+	if m.HostPort, err = checkPort(hostPort, 1); err != nil {
+		return fail("target port %s", err)
+	}
+	return m, nil
+}
+
+// String renders m so that ParseMapping(m.String()) == m: the bind part is
+// always written (so DefaultBindHost survives), all interfaces as "*", and
+// IPv6 literals in brackets.
+func (m Mapping) String() string {
+	bind := "*"
+	if m.BindHost != "" {
+		bind = bracketIfIPv6(m.BindHost)
+	}
+	return bind + ":" + strconv.Itoa(m.BindPort) + ":" + bracketIfIPv6(m.Host) + ":" + strconv.Itoa(m.HostPort)
+}
+
+// BindAddr is the listen address as "host:port"; all interfaces come out as
+// ":port", which net.Listen takes for the unspecified address.
+func (m Mapping) BindAddr() string {
+	return net.JoinHostPort(m.BindHost, strconv.Itoa(m.BindPort))
+}
+
+// Target is the upstream address as "host:port", still unresolved.
+func (m Mapping) Target() string {
+	return net.JoinHostPort(m.Host, strconv.Itoa(m.HostPort))
+}
+
+func bracketIfIPv6(host string) string {
+	if strings.Contains(host, ":") {
+		return "[" + host + "]"
+	}
+	return host
+}
+
+// mappingPart is one colon-separated field; bracketed remembers "[...]" so
+// only bracketed fields may hold an IPv6 literal.
+type mappingPart struct {
+	text      string
+	bracketed bool
+}
+
+func (p mappingPart) quoted() string {
+	if p.bracketed {
+		return strconv.Quote("[" + p.text + "]")
+	}
+	return strconv.Quote(p.text)
+}
+
+// splitMapping splits on colons outside brackets. A bracket must open a
+// field and close it, so "a[b]" and "[::1]x" are rejected here rather than
+// producing a field nobody can name.
+func splitMapping(s string) ([]mappingPart, error) {
+	var parts []mappingPart
+	for i := 0; ; {
+		var p mappingPart
+		if i < len(s) && s[i] == '[' {
+			end := strings.IndexByte(s[i:], ']')
+			if end < 0 {
+				return nil, fmt.Errorf("unclosed '[' at offset %d", i)
+			}
+			p = mappingPart{text: s[i+1 : i+end], bracketed: true}
+			i += end + 1
+			if i < len(s) && s[i] != ':' {
+				return nil, fmt.Errorf("%q after ']' at offset %d, want ':'", s[i], i)
+			}
+		} else {
+			end := strings.IndexByte(s[i:], ':')
+			if end < 0 {
+				end = len(s) - i
+			}
+			p = mappingPart{text: s[i : i+end]}
+			if j := strings.IndexAny(p.text, "[]"); j >= 0 {
+				return nil, fmt.Errorf("%q at offset %d: brackets must enclose a whole IPv6 address", p.text[j], i+j)
+			}
+			i += end
+		}
+		parts = append(parts, p)
+		if i >= len(s) {
+			return parts, nil
+		}
+		i++ // the ':' separator
+		if len(parts) > 4 {
+			// Already too many; do not build a huge slice for junk.
+			return parts, nil
+		}
+		if i == len(s) {
+			// A trailing colon leaves an empty last field.
+			return append(parts, mappingPart{}), nil
+		}
+	}
+}
+
+// checkPort parses a decimal port in min..65535.
+func checkPort(p mappingPart, min int) (int, error) {
+	if p.bracketed {
+		return 0, fmt.Errorf("%s: a port cannot be bracketed", p.quoted())
+	}
+	if p.text == "" {
+		return 0, fmt.Errorf("is empty, want a number %d..65535", min)
+	}
+	if len(p.text) > 5 || strings.Trim(p.text, "0123456789") != "" {
+		return 0, fmt.Errorf("%s is not a number %d..65535", p.quoted(), min)
+	}
+	n, _ := strconv.Atoi(p.text) // at most 5 digits: cannot fail
+	if n < min || n > 65535 {
+		return 0, fmt.Errorf("%s is out of range %d..65535", p.quoted(), min)
+	}
+	return n, nil
+}
+
+// checkHost accepts a host name, an IPv4 literal, or a bracketed IPv6
+// literal (optionally with a zone, "[fe80::1%eth0]"), and returns it
+// without brackets.
+func checkHost(p mappingPart) (string, error) {
+	if p.bracketed {
+		addr, zone, _ := strings.Cut(p.text, "%")
+		ip, err := netip.ParseAddr(addr)
+		if err != nil || !ip.Is6() {
+			return "", fmt.Errorf("%s is not an IPv6 literal (brackets are only for IPv6)", p.quoted())
+		}
+		if strings.Contains(p.text, "%") && (zone == "" || !isHostNameChars(zone)) {
+			return "", fmt.Errorf("%s has a bad zone %q", p.quoted(), zone)
+		}
+		return p.text, nil
+	}
+	if p.text == "" {
+		return "", fmt.Errorf("is empty")
+	}
+	if !isHostNameChars(p.text) || p.text[0] == '-' || p.text[0] == '.' {
+		return "", fmt.Errorf("%s is not a host name or IPv4 address", p.quoted())
+	}
+	if len(p.text) > 253 {
+		return "", fmt.Errorf("%s is longer than 253 characters", p.quoted())
+	}
+	return p.text, nil
+}
+
+// isHostNameChars allows letters, digits, '-', '.', and '_' (seen in real
+// internal names even though DNS forbids it in host names).
+func isHostNameChars(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '.', c == '_':
+		default:
+			return false
+		}
+	}
+	return true
+}
