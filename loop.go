@@ -48,6 +48,7 @@ type Loop struct {
 	mu       sync.Mutex
 	posted   []func()
 	spare    []func()
+	shut     bool // under mu: the loop has run its last posted function
 	sleeping atomic.Bool
 	closed   atomic.Bool
 	done     chan struct{}
@@ -308,10 +309,11 @@ func (l *Loop) stage() int {
 // Post runs fn on the loop's goroutine at the start of a coming round. It
 // may be called from any goroutine, the loop's included.
 func (l *Loop) Post(fn func()) error {
-	if l.closed.Load() {
+	l.mu.Lock()
+	if l.shut {
+		l.mu.Unlock()
 		return ErrClosed
 	}
-	l.mu.Lock()
 	l.posted = append(l.posted, fn)
 	l.mu.Unlock()
 	// Ring the doorbell only when the loop sleeps or is about to: it sets
@@ -349,17 +351,22 @@ func (l *Loop) Do(op Op) (Result, error) {
 	if err := op.validate(); err != nil {
 		return Result{}, err
 	}
-	ch := make(chan Result, 1)
-	op.Done = func(r Result) { ch <- r }
+	type outcome struct {
+		r   Result
+		err error
+	}
+	ch := make(chan outcome, 1)
+	op.Done = func(r Result) { ch <- outcome{r: r} }
 	err := l.Post(func() {
 		if _, err := l.Submit(op); err != nil {
-			ch <- Result{Kind: op.Kind, Res: errnoRes(err)}
+			ch <- outcome{err: err}
 		}
 	})
 	if err != nil {
 		return Result{}, err
 	}
-	return <-ch, nil
+	o := <-ch
+	return o.r, o.err
 }
 
 // run is the loop: one round per iteration.
@@ -441,7 +448,11 @@ func (l *Loop) Close() error {
 }
 
 func (l *Loop) shutdown() {
-	// Run what was posted after Close; such ops are refused.
+	// Run what was posted up to now (their Submits get ErrClosed); Post
+	// refuses anything later, so no Do is left waiting.
+	l.mu.Lock()
+	l.shut = true
+	l.mu.Unlock()
 	l.runPosted()
 	if err := l.b.Close(); err != nil {
 		l.log.Warn("uio: closing backend", zap.Error(err))

@@ -486,3 +486,39 @@ func TestGroup(t *testing.T) {
 		t.Fatalf("group completions = %d, want 3", c)
 	}
 }
+
+// Do racing with Close always returns: with a result, or ErrClosed.
+func TestDoRacingClose(t *testing.T) {
+	for _, name := range backends {
+		t.Run(name, func(t *testing.T) {
+			for iter := 0; iter < 20; iter++ {
+				l, err := NewLoop(Config{Backend: name})
+				if err != nil {
+					t.Fatal(err)
+				}
+				var wg sync.WaitGroup
+				for g := 0; g < 8; g++ {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for {
+							_, err := l.Do(Op{Kind: OpTimeout})
+							if errors.Is(err, ErrClosed) {
+								return
+							}
+						}
+					}()
+				}
+				time.Sleep(time.Millisecond)
+				l.Close()
+				finished := make(chan struct{})
+				go func() { wg.Wait(); close(finished) }()
+				select {
+				case <-finished:
+				case <-time.After(10 * time.Second):
+					t.Fatal("Do still blocked 10 s after Close")
+				}
+			}
+		})
+	}
+}
