@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Engine benchmarks, side by side in one run, as median tables:
+#   1. one 64-byte message (send + recv over a socketpair) through the loop
+#      at batch sizes 1..256, both backends, vs plain write(2)+read(2);
+#   2. AIO completions reaped from the ring in userspace vs io_getevents.
+# Prints the tables and writes them into bench/RESULTS.md between markers.
+# COUNT (default 7) runs of each benchmark; the median is reported.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export GOFLAGS=-ldflags=-checklinkname=0
+COUNT=${COUNT:-7}
+raw=$(mktemp); trap 'rm -f "$raw"' EXIT
+
+cmd1="go test -run '^\$' -bench 'LoopSocket|PlainSyscalls' -benchtime=20000x -count=$COUNT ."
+cmd2="go test -run '^\$' -bench 'Reap' -count=$COUNT ./aio"
+eval "$cmd1" >"$raw"
+eval "$cmd2" >>"$raw"
+
+# median of the named metric for each benchmark name
+medians() { # $1 = metric unit; prints "name median" (mawk has no asort)
+	awk -v unit="$1" '/^Benchmark/ {
+		name=$1; sub(/-[0-9]+$/, "", name)
+		for (i = 3; i < NF; i++) if ($(i+1) == unit) print name, $i
+	}' "$raw" | sort -k1,1 -k2,2g | awk '
+		function flush() { if (k) print cur, (k % 2) ? a[(k+1)/2] : (a[k/2] + a[k/2+1]) / 2 }
+		$1 != cur { flush(); cur = $1; k = 0 }
+		{ a[++k] = $2 }
+		END { flush() }'
+}
+ns=$(medians ns/msg); sys=$(medians syscalls/msg); reap=$(medians ns/event-reap)
+get() { echo "$1" | awk -v n="$2" '$1 == n { print $2 }'; }
+
+table=$(
+	echo "| batch | write+read ns/msg | aio ns/msg | aio / plain | aio syscalls/msg | uring ns/msg | uring / plain | uring syscalls/msg |"
+	echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+	for b in 1 4 16 64 256; do
+		p=$(get "$ns" "BenchmarkPlainSyscalls/batch=$b")
+		a=$(get "$ns" "BenchmarkLoopSocket/backend=aio/batch=$b")
+		u=$(get "$ns" "BenchmarkLoopSocket/backend=uring/batch=$b")
+		as=$(get "$sys" "BenchmarkLoopSocket/backend=aio/batch=$b")
+		us=$(get "$sys" "BenchmarkLoopSocket/backend=uring/batch=$b")
+		awk -v b="$b" -v p="$p" -v a="$a" -v u="$u" -v as="$as" -v us="$us" 'BEGIN {
+			printf "| %d | %.0f | %.0f | %.2f | %.4f | %.0f | %.2f | %.4f |\n", b, p, a, a/p, as, u, u/p, us }'
+	done
+	echo
+	echo "| AIO reaping | ns per event (median) |"
+	echo "| --- | ---: |"
+	echo "| userspace, from the mmapped ring | $(get "$reap" BenchmarkReapUser) |"
+	echo "| io_getevents(min 0), 64 events per call | $(get "$reap" BenchmarkReapGetevents) |"
+)
+load=$(cut -d' ' -f1-3 /proc/loadavg)
+header="## Engine: per message through the loop vs plain syscalls (bench/engine.sh)
+
+- date: $(date -u '+%Y-%m-%d %H:%M UTC'); kernel $(uname -r); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //') x $(nproc); load average at the end: $load
+- commands: \`$cmd1\` and \`$cmd2\` (median of $COUNT runs each)
+- a message is one 64-byte send on one end of a socketpair plus the recv on the other; at batch N, N socketpairs move in lock step, so each flush carries 2N ops
+- syscalls/msg is from the engine's counters (the strace test shows they equal strace's)"
+echo "$header"; echo; echo "$table"
+
+f=bench/RESULTS.md
+[ -f "$f" ] || printf '# Benchmark results\n' >"$f"
+block=$(printf '<!-- engine-bench:begin -->\n%s\n\n%s\n<!-- engine-bench:end -->' "$header" "$table")
+if grep -q '<!-- engine-bench:begin -->' "$f"; then
+	awk -v block="$block" '
+		/<!-- engine-bench:begin -->/ { print block; skip = 1; next }
+		/<!-- engine-bench:end -->/ { skip = 0; next }
+		!skip' "$f" >"$f.tmp" && mv "$f.tmp" "$f"
+else
+	printf '\n%s\n' "$block" >>"$f"
+fi
