@@ -134,6 +134,29 @@ func pollMask(res int32, events uint32) int32 {
 	return res & int32(events|unix.POLLERR|unix.POLLHUP|unix.POLLNVAL)
 }
 
+// readyQueue holds completions a backend made itself, without the kernel's
+// ring: ops that ran inline (close, a connect that finished at once) or that
+// failed before reaching the kernel. They are delivered at the next Reap.
+type readyQueue []readyCompletion
+
+type readyCompletion struct {
+	id  OpID
+	res int32
+}
+
+func (q *readyQueue) add(id OpID, res int32) { *q = append(*q, readyCompletion{id, res}) }
+
+// deliver hands every queued completion to fn; fn may queue more.
+func (q *readyQueue) deliver(fn func(OpID, int32, uint32)) int {
+	n := 0
+	for ; n < len(*q); n++ {
+		c := (*q)[n]
+		fn(c.id, c.res, 0)
+	}
+	*q = (*q)[:0]
+	return n
+}
+
 // chunked is a growable array whose elements never move, so their addresses
 // can be handed to the kernel. Elements are addressed by an engine slot index.
 type chunked[T any] struct{ chunks []*[chunkSize]T }

@@ -23,7 +23,7 @@ type aioBackend struct {
 
 	slots  chunked[aioSlot]
 	staged []*aio.Iocb
-	ready  []aioCompletion // completions made without the kernel's ring
+	ready  readyQueue
 	events []aio.Event
 
 	nosignal uint32 // RWF_NOSIGNAL where the kernel has it (6.15+)
@@ -58,11 +58,6 @@ type aioSlot struct {
 	staged    bool
 	cancelled bool
 	iov       []unix.Iovec
-}
-
-type aioCompletion struct {
-	id  OpID
-	res int32
 }
 
 const (
@@ -181,7 +176,7 @@ func (b *aioBackend) Prepare(id OpID, op *Op) error {
 		err := unix.Connect(op.Fd, op.Addr)
 		b.other.Add(1)
 		if err != unix.EINPROGRESS {
-			b.ready = append(b.ready, aioCompletion{id, errRes(err)})
+			b.ready.add(id, errRes(err))
 			return nil
 		}
 		s.kind = aioConnectPoll
@@ -189,10 +184,10 @@ func (b *aioBackend) Prepare(id OpID, op *Op) error {
 	case OpClose:
 		err := unix.Close(op.Fd)
 		b.other.Add(1)
-		b.ready = append(b.ready, aioCompletion{id, errRes(err)})
+		b.ready.add(id, errRes(err))
 		return nil
 	default:
-		b.ready = append(b.ready, aioCompletion{id, -int32(unix.EOPNOTSUPP)})
+		b.ready.add(id, -int32(unix.EOPNOTSUPP))
 		return nil
 	}
 	cb.Data = uint64(id)
@@ -253,11 +248,11 @@ func (b *aioBackend) reject(cb *aio.Iocb, err error) {
 		return
 	}
 	b.slots.at(id.index()).staged = false
-	b.ready = append(b.ready, aioCompletion{id, errnoRes(err)})
+	b.ready.add(id, errnoRes(err))
 }
 
 func (b *aioBackend) Reap(deliver func(OpID, int32, uint32)) int {
-	n := b.deliverReady(deliver)
+	n := b.ready.deliver(deliver)
 	for {
 		got := b.ctx.Reap(b.events)
 		for _, ev := range b.events[:got] {
@@ -267,16 +262,6 @@ func (b *aioBackend) Reap(deliver func(OpID, int32, uint32)) int {
 			return n
 		}
 	}
-}
-
-func (b *aioBackend) deliverReady(deliver func(OpID, int32, uint32)) int {
-	n := len(b.ready)
-	for i := 0; i < len(b.ready); i++ { // deliver may append
-		c := b.ready[i]
-		deliver(c.id, c.res, 0)
-	}
-	b.ready = b.ready[:0]
-	return n
 }
 
 // complete turns one ring event into a delivery, or into the next step of
@@ -333,7 +318,7 @@ func (b *aioBackend) complete(ev aio.Event, deliver func(OpID, int32, uint32)) i
 
 func (b *aioBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uint32)) (int, error) {
 	if len(b.ready) > 0 {
-		return b.deliverReady(deliver), nil
+		return b.ready.deliver(deliver), nil
 	}
 	if !b.wakeArmed {
 		// The doorbell fired in the last reap and its re-arm is still
@@ -368,7 +353,7 @@ func (b *aioBackend) Cancel(id OpID) error {
 			}
 		}
 		s.staged = false
-		b.ready = append(b.ready, aioCompletion{id, -int32(unix.ECANCELED)})
+		b.ready.add(id, -int32(unix.ECANCELED))
 		return nil
 	}
 	if s.kind == aioRW {

@@ -20,7 +20,7 @@ type uringBackend struct {
 	inKernel int // submitted ops whose CQE has not been reaped, internal ones included
 
 	slots chunked[uringSlot]
-	ready []aioCompletion // completions made without the kernel
+	ready readyQueue
 	cqes  []uring.CQE
 
 	// The doorbell: a READ on a blocking eventfd stays in flight; Wake's
@@ -91,7 +91,7 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 	s.op = op
 	if op.Kind == OpConnect {
 		if err := s.sa.Set(op.Addr); err != nil {
-			b.ready = append(b.ready, aioCompletion{id, -int32(unix.EAFNOSUPPORT)})
+			b.ready.add(id, -int32(unix.EAFNOSUPPORT))
 			return nil
 		}
 	}
@@ -137,7 +137,7 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 		// Loop.Submit lets no other kind through; a NOP keeps the slot
 		// accounted for and completes the op with EOPNOTSUPP.
 		sqe.PrepNop()
-		b.ready = append(b.ready, aioCompletion{id, -int32(unix.EOPNOTSUPP)})
+		b.ready.add(id, -int32(unix.EOPNOTSUPP))
 		sqe.SetData(uint64(uringCancelTag))
 		return nil
 	}
@@ -169,7 +169,7 @@ func (b *uringBackend) Flush() (int, error) {
 }
 
 func (b *uringBackend) Reap(deliver func(OpID, int32, uint32)) int {
-	n := b.deliverReady(deliver)
+	n := b.ready.deliver(deliver)
 	for {
 		got := b.ring.PeekCQEs(b.cqes)
 		for i := range b.cqes[:got] {
@@ -180,15 +180,6 @@ func (b *uringBackend) Reap(deliver func(OpID, int32, uint32)) int {
 			return n
 		}
 	}
-}
-
-func (b *uringBackend) deliverReady(deliver func(OpID, int32, uint32)) int {
-	n := len(b.ready)
-	for i := 0; i < len(b.ready); i++ {
-		deliver(b.ready[i].id, b.ready[i].res, 0)
-	}
-	b.ready = b.ready[:0]
-	return n
 }
 
 func (b *uringBackend) complete(c *uring.CQE, deliver func(OpID, int32, uint32)) int {
@@ -212,7 +203,7 @@ func (b *uringBackend) complete(c *uring.CQE, deliver func(OpID, int32, uint32))
 
 func (b *uringBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uint32)) (int, error) {
 	if len(b.ready) > 0 {
-		return b.deliverReady(deliver), nil
+		return b.ready.deliver(deliver), nil
 	}
 	if !b.wakeArmed {
 		b.armDoorbell()
