@@ -1,0 +1,258 @@
+#!/bin/bash
+# run.sh FLAVOUR - boot Debian's FLAVOUR kernel (6.1 = bookworm, 6.12 =
+# bookworm-backports) under qemu (TCG), load abuse.ko built against that
+# kernel's headers, run guest.sh (ramserver, badblocks, ext4, kill -9,
+# ioctl fuzzing, unload) and report PASS/FAIL.
+#
+# Self-contained and idempotent: installs missing packages with apt (and
+# adds the bookworm-backports source for 6.12), builds the module, the
+# static Go test server and an initramfs, boots with hard timeouts.
+#
+# Environment:
+#   LAB=/var/tmp/abuse-vmtest/FLAVOUR   scratch dir (kept; console.log is there)
+#   BOOT_TIMEOUT=900    wall-clock limit for the VM in seconds
+#   FUZZ_N=3000         iterations per fuzz target in the guest
+#   KVER=               exact kernel release (default: newest installed of FLAVOUR)
+#   SKIP_INSTALL=1      never call apt-get
+# Exit: 0 PASS; 1 a guest check failed or the kernel log is dirty; 2 no
+# result from the guest (panic, hang, timeout); 3 host setup error.
+set -euo pipefail
+
+FLAVOUR=${1:-}
+case "$FLAVOUR" in
+6.1 | 6.12) ;;
+*) echo "usage: $0 6.1|6.12" >&2; exit 3 ;;
+esac
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+KMOD=$(dirname "$HERE")
+REPO=$(dirname "$KMOD")
+LAB=${LAB:-/var/tmp/abuse-vmtest/$FLAVOUR}
+BOOT_TIMEOUT=${BOOT_TIMEOUT:-900}
+FUZZ_N=${FUZZ_N:-3000}
+SKIP_INSTALL=${SKIP_INSTALL:-0}
+GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
+export GOFLAGS=-ldflags=-checklinkname=0
+
+T_START=$EPOCHREALTIME
+el() { echo "$EPOCHREALTIME - $1" | bc | cut -c1-6; }
+log() { printf '[run.sh %s %6ss] %s\n' "$FLAVOUR" "$(el "$T_START")" "$*"; }
+die() { log "SETUP ERROR: $*"; exit 3; }
+mkdir -p "$LAB"
+LAB=$(realpath "$LAB")
+exec 9>"$LAB/.lock"
+flock -w 1800 9 || die "another run holds $LAB/.lock"
+log "scratch dir $LAB"
+
+# ------------------------------------------------------------ packages
+export DEBIAN_FRONTEND=noninteractive
+APT="apt-get -o DPkg::Lock::Timeout=600"
+apt_updated=0
+apt_update() {
+	[ $apt_updated = 1 ] && return 0
+	timeout 600 $APT update -qq >>"$LAB/apt.log" 2>&1 || die "apt-get update failed (see $LAB/apt.log)"
+	apt_updated=1
+}
+apt_install() {
+	[ "$SKIP_INSTALL" = 1 ] && die "missing packages: $*"
+	log "installing: $*"
+	apt_update
+	timeout 1800 $APT install -y -q --no-install-recommends "$@" >>"$LAB/apt.log" 2>&1 ||
+		{ tail -20 "$LAB/apt.log"; die "apt-get install $* failed"; }
+}
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+missing=""
+for p in qemu-system-x86 busybox-static e2fsprogs cpio kmod xz-utils zstd gcc make bc; do
+	installed "$p" || missing="$missing $p"
+done
+[ -z "$missing" ] || apt_install $missing
+
+# The newest installed kernel of this flavour with headers and an image.
+find_kver() {
+	local d v
+	for d in $(ls -d /lib/modules/"$FLAVOUR".* 2>/dev/null | sort -V -r); do
+		v=${d##*/}
+		case "$v" in *-amd64) ;; *) continue ;; esac
+		case "$v" in *-rt-* | *-cloud-*) continue ;; esac
+		if [ -e "$d/build/Makefile" ] && [ -e "/boot/vmlinuz-$v" ]; then echo "$v"; return 0; fi
+	done
+	return 1
+}
+if [ -z "${KVER:-}" ]; then
+	if ! KVER=$(find_kver); then
+		if [ "$FLAVOUR" = 6.12 ] && ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+			log "adding bookworm-backports to apt sources"
+			printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+				>/etc/apt/sources.list.d/bookworm-backports.sources
+		fi
+		apt_update
+		case $FLAVOUR in
+		6.1) pat='bookworm-security\|bookworm/main' ;;
+		6.12) pat='bookworm-backports' ;;
+		esac
+		ver=$(apt-cache madison linux-headers-amd64 | grep "$pat" | head -1 | awk -F'|' '{gsub(/ /, "", $2); print $2}')
+		[ -n "$ver" ] || die "no linux-headers-amd64 for $FLAVOUR in apt"
+		hdr=$(apt-cache depends "linux-headers-amd64=$ver" | awk '/Depends: linux-headers-/{print $2; exit}')
+		img=$(apt-cache depends "linux-image-amd64=$ver" | awk '/Depends: linux-image-/{print $2; exit}')
+		apt_install "$hdr" "$img"
+		KVER=$(find_kver) || die "kernel $FLAVOUR still not installed"
+	fi
+fi
+KDIR=/lib/modules/$KVER/build
+[ -e "$KDIR/Makefile" ] || die "no headers at $KDIR"
+log "guest kernel $KVER; qemu $(dpkg-query -W -f='${Version}' qemu-system-x86); busybox $(dpkg-query -W -f='${Version}' busybox-static)"
+
+# -------------------------------------------------------------- module
+MOD=$LAB/mod
+rm -rf "$MOD"
+mkdir -p "$MOD"
+cp -a "$KMOD"/*.c "$KMOD"/*.h "$KMOD/Kbuild" "$KMOD/include" "$MOD/"
+t0=$EPOCHREALTIME
+timeout 300 make -C "$KDIR" M="$MOD" W=1 modules >"$LAB/module-build.log" 2>&1 ||
+	{ cat "$LAB/module-build.log"; die "module build failed"; }
+if grep -E 'warning:|error:' "$LAB/module-build.log"; then
+	die "module build against $KVER has warnings"
+fi
+log "abuse.ko built against $KVER with W=1, no warnings ($(el "$t0")s)"
+
+# ------------------------------------------------------------ Go fixture
+t0=$EPOCHREALTIME
+(cd "$REPO" && CGO_ENABLED=0 timeout 600 "$GO" build -trimpath -ldflags='-s -w' \
+	-o "$LAB/ramserver" ./kmod/vmtest/ramserver) || die "go build ramserver failed"
+log "ramserver (static Go) built ($(el "$t0")s)"
+
+# ------------------------------------------------------------ initramfs
+R=$LAB/initramfs
+rm -rf "$R"
+mkdir -p "$R"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,tmp,mnt,lib/modules/extra}
+cp /bin/busybox "$R/bin/busybox"
+cp "$LAB/ramserver" "$R/bin/ramserver"
+cp "$HERE/guest.sh" "$R/bin/guest.sh"
+cp "$MOD/abuse.ko" "$R/lib/modules/extra/"
+printf 'root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$R/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' >"$R/etc/group"
+# e2fsprogs with their shared libraries
+for b in mke2fs e2fsck badblocks; do
+	p=$(command -v $b || echo /sbin/$b)
+	cp "$p" "$R/sbin/$b"
+	for l in $(ldd "$p" | awk '/=>/ {print $3} /^\t\/lib/ {print $1}'); do
+		mkdir -p "$R$(dirname "$l")"
+		cp -L "$l" "$R$l"
+	done
+done
+ln -sf mke2fs "$R/sbin/mkfs.ext4"
+if [ -e /lib64/ld-linux-x86-64.so.2 ]; then mkdir -p "$R/lib64" && cp -L /lib64/ld-linux-x86-64.so.2 "$R/lib64/"; fi
+printf '[defaults]\n' >"$R/etc/mke2fs.conf"
+cp /etc/mke2fs.conf "$R/etc/mke2fs.conf" 2>/dev/null || true
+# Debian modules for ext4, decompressed
+copy_kmod() {
+	local m=$1 f dep rel dst
+	f=$(modinfo -k "$KVER" -F filename "$m" 2>/dev/null) || return 1
+	case "$f" in builtin* | "") return 0 ;; esac
+	rel=${f#/lib/modules/$KVER/}
+	dst="$R/lib/modules/$KVER/${rel%.xz}"
+	dst=${dst%.zst}
+	[ -e "$dst" ] && return 0
+	mkdir -p "$(dirname "$dst")"
+	case "$f" in
+	*.xz) xz -dc "$f" >"$dst" ;;
+	*.zst) zstd -qdc "$f" >"$dst" ;;
+	*) cp "$f" "$dst" ;;
+	esac
+	for dep in $(modinfo -k "$KVER" -F depends "$m" | tr ',' ' '); do copy_kmod "$dep"; done
+}
+GUEST_MODS="crc32c_generic crc32c_intel ext4"
+for m in $GUEST_MODS; do copy_kmod "$m" || log "note: $m not in $KVER"; done
+cp /lib/modules/"$KVER"/modules.{order,builtin,builtin.modinfo} "$R/lib/modules/$KVER/" 2>/dev/null || true
+depmod -b "$R" "$KVER"
+cat >"$R/init" <<EOF
+#!/bin/busybox sh
+GUEST_MODS="$GUEST_MODS"
+export FUZZ_N=$FUZZ_N
+EOF
+cat >>"$R/init" <<'EOF'
+/bin/busybox --install -s
+export PATH=/bin:/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+echo 10 >/proc/sys/kernel/hung_task_timeout_secs 2>/dev/null
+echo "KMODLAB-INIT uptime=$(cut -d' ' -f1 /proc/uptime) kernel=$(uname -r)"
+for m in $GUEST_MODS; do modprobe "$m" 2>/dev/null; done
+timeout 1500 sh /bin/guest.sh
+FAILS=$?
+# give the hung-task detector a chance to speak
+sleep 1
+if dmesg | grep -E 'BUG:|WARNING:|Oops|Call Trace|general protection|blocked for more than|hung_task|refcount_t|list_(add|del) corruption'; then
+	echo "KMODLAB: FAIL dmesg-clean"; FAILS=$((FAILS + 1))
+else
+	echo "KMODLAB: PASS dmesg-clean"
+fi
+dmesg | grep -E 'abuse' | sed 's/^/dmesg: /' | tail -30
+if [ "$FAILS" = 0 ]; then echo "KMODLAB-RESULT: PASS uptime=$(cut -d' ' -f1 /proc/uptime)"; else
+	echo "KMODLAB-RESULT: FAIL failures=$FAILS"; fi
+sync
+poweroff -f
+EOF
+chmod +x "$R/init" "$R/bin/guest.sh"
+(cd "$R" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) >"$LAB/initramfs.cpio"
+log "initramfs $(du -h "$LAB/initramfs.cpio" | cut -f1)"
+
+# ------------------------------------------------- kernel image (PVH boot)
+# Boot the uncompressed vmlinux by PVH entry (Debian: CONFIG_PVH=y); it
+# saves the decompression time under TCG. 6.1 is XZ, 6.12 ZSTD.
+KIMG=/boot/vmlinuz-$KVER
+VMLINUX=$LAB/vmlinux-$KVER
+if [ ! -s "$VMLINUX" ] || [ "$VMLINUX" -ot "$KIMG" ]; then
+	rm -f "$VMLINUX.tmp"
+	if off=$(LC_ALL=C grep -aboP '\xfd7zXZ\x00' "$KIMG" | head -1 | cut -d: -f1) && [ -n "$off" ]; then
+		tail -c +$((off + 1)) "$KIMG" | xz -dc >"$VMLINUX.tmp" 2>/dev/null || true
+	elif off=$(LC_ALL=C grep -aboP '\x28\xb5\x2f\xfd' "$KIMG" | head -1 | cut -d: -f1) && [ -n "$off" ]; then
+		tail -c +$((off + 1)) "$KIMG" | zstd -qdc >"$VMLINUX.tmp" 2>/dev/null || true
+	fi
+	if [ -s "$VMLINUX.tmp" ] && [ "$(head -c 4 "$VMLINUX.tmp" | od -An -c | tr -d ' ')" = '177ELF' ]; then
+		mv "$VMLINUX.tmp" "$VMLINUX"
+	else
+		rm -f "$VMLINUX.tmp"
+	fi
+fi
+if grep -q '^CONFIG_PVH=y' "/boot/config-$KVER" && [ -s "$VMLINUX" ]; then KIMG=$VMLINUX; fi
+log "kernel image $KIMG"
+
+# ---------------------------------------------------------------- boot
+CONSOLE=$LAB/console.log
+log "booting qemu (TCG, 2 vCPU, 1 GiB, timeout ${BOOT_TIMEOUT}s)"
+T_BOOT=$EPOCHREALTIME
+set +e
+timeout -k 10 "$BOOT_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -m 1G -smp 2 \
+	-nodefaults -no-user-config -display none -monitor none -serial stdio -no-reboot \
+	-kernel "$KIMG" -initrd "$LAB/initramfs.cpio" \
+	-append "console=ttyS0 rdinit=/init panic=-1 oops=panic loglevel=4" \
+	</dev/null 2>&1 | while IFS= read -r line; do
+	printf '%7s| %s\n' "$(el "$T_BOOT")" "${line%$'\r'}"
+done >"$CONSOLE"
+QRC=${PIPESTATUS[0]}
+set -e
+T_VM=$(el "$T_BOOT")
+
+# --------------------------------------------------------------- verdict
+echo "----- guest log ($CONSOLE) -----"
+cat "$CONSOLE"
+echo "----- end of guest log -----"
+log "qemu exit $QRC after ${T_VM}s; $(grep -c 'KMODLAB: PASS' "$CONSOLE") PASS, $(grep -c 'KMODLAB: FAIL' "$CONSOLE") FAIL"
+if [ "$QRC" = 124 ] || [ "$QRC" = 137 ]; then log "TIMEOUT after ${BOOT_TIMEOUT}s"; fi
+dirty=$(grep -E '\] (BUG:|WARNING:|Oops|general protection)|Call Trace|blocked for more than|Kernel panic' "$CONSOLE" || true)
+if grep -q 'KMODLAB-RESULT: PASS' "$CONSOLE" && [ -z "$dirty" ]; then
+	echo "RESULT: PASS abuse.ko on $KVER ($(grep -c 'KMODLAB: PASS' "$CONSOLE") checks, VM ${T_VM}s, total $(el "$T_START")s)"
+	exit 0
+elif grep -q 'KMODLAB-RESULT:' "$CONSOLE"; then
+	grep 'KMODLAB: FAIL' "$CONSOLE" || true
+	[ -n "$dirty" ] && echo "kernel log not clean:" && echo "$dirty"
+	echo "RESULT: FAIL abuse.ko on $KVER"
+	exit 1
+else
+	[ -n "$dirty" ] && echo "$dirty"
+	echo "RESULT: FAIL abuse.ko on $KVER (no result from guest: panic, hang or timeout)"
+	exit 2
+fi
