@@ -7,7 +7,7 @@ export GOTOOLCHAIN := auto
 # Debian's golang-1.23 (what install-deps installs where no go is present).
 GO ?= $(shell command -v go || echo /usr/lib/go-1.23/bin/go)
 
-.PHONY: all deps build vet test test-go demo bench
+.PHONY: all deps build vet test test-kmod demo bench
 all: build
 
 deps:
@@ -20,10 +20,17 @@ vet:
 	$(GO) vet ./...
 
 # Every test: the Go packages (engine and bindings also under the race
-# detector), with the strace comparisons required rather than skipped.
+# detector), with the strace comparisons required rather than skipped; then
+# the kernel module: checkpatch, a compile against sid's headers, and the
+# checks inside qemu VMs booting Debian's 6.1 and 6.12 kernels.
 test: deps
 	UIO_REQUIRE_STRACE=1 $(GO) test -count=1 -timeout 20m ./...
 	$(GO) test -race -count=1 -timeout 10m . ./aio ./uring
+	./kmod/test.sh
+
+# Only the kernel module's checks (see kmod/test.sh for its switches).
+test-kmod:
+	./kmod/test.sh
 
 # The main job: a demo of the engine on both backends.
 demo: deps

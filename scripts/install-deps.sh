@@ -12,6 +12,7 @@ need_apt=()
 command -v strace >/dev/null || need_apt+=(strace)
 command -v gcc >/dev/null || need_apt+=(gcc libc6-dev)
 command -v make >/dev/null || need_apt+=(make)
+command -v bc >/dev/null || need_apt+=(bc) # kmod/test.sh times its steps with it
 
 GO=$(command -v go || true)
 [ -z "$GO" ] && [ -x /usr/local/go/bin/go ] && GO=/usr/local/go/bin/go
