@@ -1,0 +1,79 @@
+// Package dio ("direct I/O files") puts files on a uio.Loop: reads,
+// writes, appends and syncs become ops of the loop, so the I/O of many
+// goroutines goes to the kernel in one io_submit or io_uring_enter per
+// round, on either backend. Files are opened with O_DIRECT, which is what
+// makes Linux AIO truly asynchronous and keeps write-ahead logs and table
+// files out of the page cache; where O_DIRECT is not possible the same API
+// runs buffered.
+//
+//	l, _ := uio.NewLoop(uio.Config{Backend: "auto"})
+//	f, _ := dio.Open(l, "wal", os.O_RDWR|os.O_CREATE, 0o644, nil)
+//	f.Append(record)   // buffered; full chunks are written asynchronously
+//	f.Sync()           // durable
+//	f.ReadAt(p, off)   // any offset, any length
+//
+// # Alignment
+//
+// O_DIRECT transfers must start at, and be a whole number of, the file
+// system's direct I/O alignment, and their memory must be aligned too. The
+// alignment is asked from the kernel with statx(STATX_DIOALIGN) (Linux
+// 6.1+); where the file system does not answer, the logical block size of
+// the underlying block device is used, else the file system's block size.
+// Options.Align can raise it. Every buffer dio hands the kernel comes from
+// an anonymous mmap (page aligned, outside the Go heap), pooled by size.
+//
+// ReadAt widens a read to the aligned blocks around it, reads them into
+// such a buffer and copies out the requested bytes (head and tail
+// trimmed); when p, off and len(p) are already aligned the kernel reads
+// straight into p. WriteAt outside the append chunk is a read-modify-write
+// of the blocks it touches.
+//
+// # Appends and the tail block
+//
+// Append copies into an aligned chunk (Options.ChunkSize, 256 KiB by
+// default). When a chunk is full its write is submitted and Append returns
+// without waiting; at most Options.MaxInflight chunk writes are in flight.
+// Sync waits for them, then writes what the chunk holds: the whole blocks,
+// and the partial last block padded with zeros to the alignment. The
+// padding goes past the logical end of the file, so Sync then cuts the file
+// back to its logical size with ftruncate, and the partial block stays in
+// memory: the next Sync, or the chunk's write, writes that block again with
+// the bytes appended since (the tail rewrite). Reads of bytes still in the
+// chunk, or in a chunk write in flight, see them; Size is the logical size.
+// When the data ends on a block boundary nothing needs cutting, and Sync
+// chains the write and the fdatasync on the loop in one round trip.
+//
+// # What Sync guarantees
+//
+// When Sync returns nil, every byte written or appended through the File
+// before Sync was called is on stable storage, at its place, and the file
+// size is the logical size (fdatasync persists the size too). Concurrent
+// Syncs share an fdatasync: one that finds its data covered by a finished
+// one returns at once. A failed fdatasync is sticky (the page cache and the
+// disk may disagree after it), and so is a failed asynchronous chunk write:
+// every later Append, WriteAt or Sync returns it.
+//
+// After a crash the file holds every synced byte. Beyond the last synced
+// byte it may hold bytes appended later (chunk writes that landed) and up
+// to one block of zero padding: formats that read a log until the first
+// invalid record (Pebble's WAL, for one) handle that.
+//
+// # Fallback
+//
+// Where open refuses O_DIRECT with EINVAL (tmpfs before Linux 6.6, some
+// FUSE and network file systems), the file is opened without it, a notice
+// is logged (Options.Logger, zap), and the alignment is 1: no padding, no
+// read widening, same API. The same happens when statx reports that the
+// file cannot do direct I/O. Options.Buffered asks for buffered I/O from
+// the start. Direct reports which mode a File is in. Note that buffered
+// writes on the AIO backend run synchronously inside io_submit.
+//
+// # Concurrency
+//
+// A File is safe for concurrent use. Appends and writes are serialized by
+// a mutex; reads copy what is in memory under it and do their disk I/O
+// outside it, so many ReadAt calls are in flight at once and share the
+// loop's rounds. Goroutines wait for their ops with a pooled waiter (a
+// cheaper uio.Loop.Do). Close must not race with other calls on the File;
+// it writes what is buffered and fixes the size, but does not fdatasync.
+package dio
