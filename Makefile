@@ -22,10 +22,12 @@ vet:
 # Every test: the Go packages (engine and bindings also under the race
 # detector), with the strace comparisons required rather than skipped; then
 # the kernel module: checkpatch, a compile against sid's headers, and the
-# checks inside qemu VMs booting Debian's 6.1 and 6.12 kernels.
+# checks inside qemu VMs booting Debian's 6.1 and 6.12 kernels. The Pebble
+# example is a module of its own, so ./... does not reach it.
 test: deps
 	UIO_REQUIRE_STRACE=1 $(GO) test -count=1 -timeout 20m ./...
 	$(GO) test -race -count=1 -timeout 10m . ./aio ./uring
+	cd examples/pebble && $(GO) test -count=1 -timeout 10m ./...
 	./kmod/test.sh
 
 # Only the kernel module's checks (see kmod/test.sh for its switches).
