@@ -7,7 +7,7 @@ export GOTOOLCHAIN := auto
 # Debian's golang-1.23 (what install-deps installs where no go is present).
 GO ?= $(shell command -v go || echo /usr/lib/go-1.23/bin/go)
 
-.PHONY: all deps build vet test test-kmod demo bench
+.PHONY: all deps build vet test test-kmod demo bench syscalls bench-proxy bin/uioproxy
 all: build
 
 deps:
@@ -34,9 +34,23 @@ test: deps
 test-kmod:
 	./kmod/test.sh
 
-# The main job: a demo of the engine on both backends.
+# The main job: uioproxy in front of a local echo server on each backend,
+# printing round trips/s and syscalls per forwarded message.
 demo: deps
-	$(GO) run ./cmd/uiodemo
+	$(GO) run ./examples/proxy-demo
+
+bin/uioproxy: deps
+	$(GO) build -o bin/uioproxy ./cmd/uioproxy
+
+# strace-verified syscall counts: the engine's socket workload and uioproxy
+# carrying 102,400 round trips, each on both backends; prints the tables.
+syscalls: deps
+	UIO_REQUIRE_STRACE=1 $(GO) test -count=1 -v -run '^TestSyscallsMatchStrace$$' .
+	$(GO) test -count=1 -v -run '^TestSyscalls$$' -timeout 10m ./proxy
+
+# uioproxy next to HAProxy, nginx, socat and an io.Copy proxy (bench/proxy).
+bench-proxy: bin/uioproxy
+	./bench/proxy/run.sh
 
 # Engine benchmarks: per-message cost through the loop vs plain syscalls.
 bench: deps

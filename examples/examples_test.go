@@ -136,3 +136,12 @@ func echoClient(addr string, id int) error {
 	}
 	return nil
 }
+
+func TestProxyDemo(t *testing.T) {
+	out := runExample(t, "proxy-demo", "-conns", "8", "-duration", "300ms")
+	for _, backend := range []string{"aio", "uring"} {
+		if !regexp.MustCompile(`(?m)^` + backend + `\s+[1-9][0-9]*\s+[0-9.]+\s+[1-9][0-9]*$`).MatchString(out) {
+			t.Fatalf("no %s row with traffic in:\n%s", backend, out)
+		}
+	}
+}

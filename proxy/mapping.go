@@ -1,5 +1,3 @@
-// Package proxy holds the parts of uioproxy that do not depend on the I/O
-// engine: the ssh -L style port mappings and the command-line configuration.
 package proxy
 
 import (

@@ -1,12 +1,12 @@
-// Command uiodemo shows what the uio engine's batching buys: it moves
+// Command batching shows what the uio engine's batching buys: it moves
 // 64-byte messages across many socketpairs, first with one write(2) and one
 // read(2) per message, then through a uio loop on each backend, where every
 // round's sends and receives go to the kernel in one syscall. It prints
 // messages per second and syscalls per message, the latter from the
 // engine's own counters.
 //
-//	go run ./cmd/uiodemo -pairs 64 -duration 2s
-//	strace -f -c -e trace=io_submit,io_getevents,io_uring_enter go run ./cmd/uiodemo
+//	go run ./examples/batching -pairs 64 -duration 2s
+//	strace -f -c -e trace=io_submit,io_getevents,io_uring_enter go run ./examples/batching
 package main
 
 import (
@@ -25,7 +25,7 @@ func main() {
 	duration := flag.Duration("duration", 2*time.Second, "how long each run lasts")
 	flag.Parse()
 	if *pairs < 1 || *pairs > 4096 || *duration <= 0 {
-		fmt.Fprintln(os.Stderr, "uiodemo: -pairs must be 1..4096 and -duration positive")
+		fmt.Fprintln(os.Stderr, "batching: -pairs must be 1..4096 and -duration positive")
 		os.Exit(2)
 	}
 	fmt.Printf("%d socketpairs, 64-byte messages, %v per run\n\n", *pairs, *duration)
@@ -46,7 +46,7 @@ func main() {
 }
 
 func fail(err error) {
-	fmt.Fprintln(os.Stderr, "uiodemo:", err)
+	fmt.Fprintln(os.Stderr, "batching:", err)
 	os.Exit(1)
 }
 

@@ -1,0 +1,51 @@
+// Package proxy is uioproxy: an ssh -L style TCP forwarder whose socket
+// I/O goes through the uio engine (Linux AIO or io_uring), batched across
+// connections. Besides the server (New, Run) it holds the port mappings and
+// the command-line configuration.
+//
+// # Forwarding model
+//
+// A Server runs a uio.Group: one event loop per -loops, each on its own
+// locked OS thread with its own AIO context or io_uring. Every mapping gets
+// one listening socket per loop (SO_REUSEPORT), so the kernel spreads new
+// connections across the loops and an accepted connection lives on the
+// loop that accepted it for its whole life: no locks on the data path.
+//
+// An accepted connection resolves the mapping's host (net.DefaultResolver,
+// at connect time, off the loop; IP literals need no lookup), then connects
+// to each address in turn until one answers, all within -connect-timeout
+// (an AfterFunc timer that cancels the connect in flight). Refused,
+// unreachable or timed out: the client is closed at once and one warning is
+// logged.
+//
+// Once connected, the two directions (client to upstream, upstream to
+// client) each own one buffer of -buffer bytes and alternate between two
+// ops: a recv into the buffer and, once it returns n bytes, a send of those
+// n bytes (the rest again after a short send); only when the send is
+// complete is the next recv submitted. Nothing is read while the previous
+// chunk is unsent, so a slow peer stops its direction (TCP backpressure) and
+// a connection never holds more than two buffers. Every op is submitted from
+// the previous op's completion callback, so the recvs and sends of all the
+// connections of a loop that became ready in one round go to the kernel in
+// the next round's single io_submit (AIO, where socket reads and writes run
+// inside io_submit and complete in the ring without another syscall) or
+// io_uring_enter. The callbacks are method values made once per connection
+// and the buffers are reused, so forwarding allocates nothing per message.
+//
+// With -splice on io_uring, each direction moves data through its own pipe
+// instead: splice socket to pipe, then pipe to socket, with a one-shot poll
+// whenever a side is not ready. The AIO backend cannot splice, so -splice
+// falls back to buffers there (with a warning).
+//
+// A recv of 0 bytes (the peer's FIN) shuts the other socket down for writing
+// and ends that direction; the other direction goes on until it ends too,
+// and then both sockets are closed. A reset on either side (ECONNRESET,
+// EPIPE) resets the other side too (SO_LINGER 0, then close) so the peer
+// learns of it the same way. -idle-timeout closes connections with no
+// traffic either way, -max-conns stops accepting while the limit is reached,
+// and running out of file descriptors (EMFILE/ENFILE) pauses accepting with
+// a growing back-off (100 ms to 1 s) instead of spinning.
+//
+// Shutdown (SIGINT/SIGTERM in Run) stops accepting, lets open connections
+// finish for up to -drain-timeout, then closes the rest.
+package proxy

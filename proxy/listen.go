@@ -1,0 +1,398 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/userland-io/uio"
+)
+
+const listenBacklog = 4096
+
+// Accept back-off when the process is out of descriptors (or memory).
+const (
+	minAcceptBackoff = 100 * time.Millisecond
+	maxAcceptBackoff = time.Second
+)
+
+// worker is the per-loop state. Everything in it but the counters is
+// touched only on its loop's goroutine.
+type worker struct {
+	s         *Server
+	idx       int
+	loop      *uio.Loop
+	acceptors []*acceptor
+	conns     map[*conn]struct{}
+	freeBufs  [][]byte     // buffers of closed connections, for the next ones
+	parked    []parkedConn // accepted beyond -max-conns, waiting for a slot
+	waiting   bool         // registered in Server.waiting; guarded by Server.mu
+	resumeFn  func()
+
+	openListeners atomic.Int32
+	ctr           []mapCounters // per mapping; written only by this loop
+	syscalls      counter       // syscalls the proxy makes itself (socket, setsockopt, shutdown, ...)
+}
+
+func (w *worker) start() {
+	w.openListeners.Store(int32(len(w.acceptors)))
+	for _, a := range w.acceptors {
+		a.arm()
+	}
+}
+
+type parkedConn struct {
+	ms *mapState
+	fd int
+}
+
+// resume runs when a -max-conns slot has freed: parked connections first,
+// then the acceptors that stopped.
+func (w *worker) resume() {
+	s := w.s
+	for len(w.parked) > 0 && !s.stopping.Load() {
+		if !s.tryReserve() {
+			if s.wait(w) {
+				return
+			}
+			continue
+		}
+		p := w.parked[0]
+		w.parked = w.parked[1:]
+		w.newConn(p.ms, p.fd)
+	}
+	for _, a := range w.acceptors {
+		if a.paused {
+			a.paused = false
+			a.arm()
+		}
+	}
+}
+
+func (w *worker) stopAccepting() {
+	for _, p := range w.parked {
+		unix.Close(p.fd)
+		w.syscalls.add(1)
+	}
+	w.parked = nil
+	for _, a := range w.acceptors {
+		if a.armed {
+			w.loop.Cancel(a.id) // its Done closes the listener
+		} else {
+			a.close()
+		}
+	}
+}
+
+// closeAll closes every connection of the loop and returns how many.
+func (w *worker) closeAll() int {
+	n := 0
+	for c := range w.conns {
+		if c.state < stClosing {
+			n++
+		}
+		c.abort(-1)
+	}
+	return n
+}
+
+func (w *worker) getBuf() []byte {
+	if n := len(w.freeBufs); n > 0 {
+		b := w.freeBufs[n-1]
+		w.freeBufs[n-1] = nil
+		w.freeBufs = w.freeBufs[:n-1]
+		return b
+	}
+	return make([]byte, w.s.cfg.BufferSize)
+}
+
+func (w *worker) putBuf(b []byte) {
+	if b != nil && len(w.freeBufs) < 64 {
+		w.freeBufs = append(w.freeBufs, b)
+	}
+}
+
+// acceptor keeps one accept armed on one listening socket of its loop.
+type acceptor struct {
+	w       *worker
+	ms      *mapState
+	fd      int
+	id      uio.OpID
+	armed   bool
+	paused  bool // -max-conns reached
+	closed  bool
+	backoff time.Duration
+	timer   *uio.Timer
+
+	done func(uio.Result)
+}
+
+func (a *acceptor) arm() {
+	if a.closed || a.armed || a.paused || a.timer != nil {
+		return
+	}
+	s := a.w.s
+	if s.stopping.Load() {
+		a.close()
+		return
+	}
+	if s.cfg.MaxConns > 0 && s.slots.Load() >= int64(s.cfg.MaxConns) && s.wait(a.w) {
+		a.paused = true // Worker.resume re-arms it
+		return
+	}
+	id, err := a.w.loop.Submit(uio.Op{Kind: uio.OpAccept, Fd: a.fd, Done: a.done})
+	if err != nil {
+		return
+	}
+	a.id, a.armed = id, true
+}
+
+func (a *acceptor) retry() {
+	a.timer = nil
+	a.arm()
+}
+
+func (a *acceptor) onAccept(r uio.Result) {
+	a.armed = false
+	s := a.w.s
+	if r.Res >= 0 {
+		fd := int(r.Res)
+		a.backoff = 0
+		if s.stopping.Load() || a.closed {
+			unix.Close(fd)
+			a.w.syscalls.add(1)
+			a.close()
+			return
+		}
+		if !s.tryReserve() {
+			// Another loop took the last slot first: hold the connection
+			// (as the backlog would) and stop accepting here.
+			a.w.parked = append(a.w.parked, parkedConn{a.ms, fd})
+			a.paused = true
+			if !s.wait(a.w) {
+				a.w.resume()
+			}
+			return
+		}
+		a.w.newConn(a.ms, fd)
+		a.arm()
+		return
+	}
+	err := r.Err()
+	switch {
+	case errors.Is(err, unix.ECANCELED):
+		a.close()
+	case errors.Is(err, unix.EMFILE), errors.Is(err, unix.ENFILE), errors.Is(err, unix.ENOBUFS), errors.Is(err, unix.ENOMEM):
+		a.backoff = min(max(a.backoff*2, minAcceptBackoff), maxAcceptBackoff)
+		a.w.ctr[a.ms.idx].acceptErrors.add(1)
+		s.warnFds(a.ms, err, a.backoff)
+		a.timer = a.w.loop.AfterFunc(a.backoff, a.retry)
+	case errors.Is(err, unix.ECONNABORTED), errors.Is(err, unix.EPERM), errors.Is(err, unix.EPROTO), errors.Is(err, unix.EINTR):
+		// The connection died in the queue, or a firewall said no: next.
+		a.w.ctr[a.ms.idx].acceptErrors.add(1)
+		a.arm()
+	default:
+		a.backoff = min(max(a.backoff*2, minAcceptBackoff), maxAcceptBackoff)
+		a.w.ctr[a.ms.idx].acceptErrors.add(1)
+		s.log.Error("accept failed", zap.String("mapping", a.ms.label), zap.Error(err), zap.Duration("retry_in", a.backoff))
+		a.timer = a.w.loop.AfterFunc(a.backoff, a.retry)
+	}
+}
+
+// close closes the listening socket; only when no accept is armed on it.
+func (a *acceptor) close() {
+	if a.closed {
+		return
+	}
+	a.closed = true
+	if a.timer != nil {
+		a.timer.Stop()
+		a.timer = nil
+	}
+	unix.Close(a.fd)
+	a.w.syscalls.add(1)
+	for _, fds := range a.ms.fds {
+		if fds[a.w.idx] == a.fd {
+			fds[a.w.idx] = -1
+		}
+	}
+	a.w.openListeners.Add(-1)
+}
+
+// listen binds ms's listening sockets: for every address the bind host
+// stands for, one SO_REUSEPORT socket per loop, all on the same port. On
+// error it closes what it opened.
+func (s *Server) listen(ms *mapState) (err error) {
+	m := ms.m
+	defer func() {
+		if err != nil {
+			for _, fds := range ms.fds {
+				for _, fd := range fds {
+					unix.Close(fd)
+				}
+			}
+			ms.fds, ms.addrs = nil, nil
+			err = fmt.Errorf("mapping %s: %w", m, err)
+		}
+	}()
+	ips, err := bindAddrs(m.BindHost)
+	if err != nil {
+		return err
+	}
+	port := m.BindPort
+	var skipped []string
+	for _, ip := range ips {
+		fds, p, err := listenGroup(ip, port, len(s.group.Loops()))
+		if err != nil {
+			// "localhost" on a machine without IPv6 still has a usable ::1
+			// entry in /etc/hosts: skip what cannot be bound if something can.
+			if len(ips) > 1 && (errors.Is(err, unix.EADDRNOTAVAIL) || errors.Is(err, unix.EAFNOSUPPORT)) {
+				skipped = append(skipped, fmt.Sprintf("%s (%v)", ip, err))
+				continue
+			}
+			return fmt.Errorf("listen on %s: %w", net.JoinHostPort(ip.String(), fmt.Sprint(port)), err)
+		}
+		port = p // port 0: every further address takes the same port
+		ms.fds = append(ms.fds, fds)
+		ms.addrs = append(ms.addrs, &net.TCPAddr{IP: ip.AsSlice(), Port: p, Zone: ip.Zone()})
+	}
+	if len(ms.fds) == 0 {
+		return fmt.Errorf("no address of %q could be bound: %s", m.BindHost, strings.Join(skipped, "; "))
+	}
+	if len(skipped) > 0 {
+		s.log.Debug("skipped listen addresses", zap.String("mapping", ms.label), zap.Strings("skipped", skipped))
+	}
+	return nil
+}
+
+// bindAddrs turns a mapping's bind host into the addresses to listen on:
+// the IPv6 wildcard (dual stack) for all interfaces, the literal itself, or
+// every address the name resolves to.
+func bindAddrs(host string) ([]netip.Addr, error) {
+	if host == "" {
+		if fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err == nil {
+			unix.Close(fd)
+			return []netip.Addr{netip.IPv6Unspecified()}, nil
+		}
+		return []netip.Addr{netip.IPv4Unspecified()}, nil
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return []netip.Addr{ip.Unmap()}, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return nil, fmt.Errorf("resolving bind host: %w", err)
+	}
+	for i := range ips {
+		ips[i] = ips[i].Unmap()
+	}
+	return ips, nil
+}
+
+// listenGroup opens n listening sockets on ip:port sharing the port with
+// SO_REUSEPORT, and returns them and the port.
+func listenGroup(ip netip.Addr, port, n int) (fds []int, boundPort int, err error) {
+	defer func() {
+		if err != nil {
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+			fds = nil
+		}
+	}()
+	if port != 0 && n > 1 {
+		// SO_REUSEPORT would let us join another process's group on this
+		// port and silently split its traffic; a plain bind first makes a
+		// port in use fail as it should.
+		fd, err := listenSocket(ip, port, false)
+		if err != nil {
+			return nil, 0, err
+		}
+		unix.Close(fd)
+	}
+	for i := 0; i < n; i++ {
+		fd, err := listenSocket(ip, port, n > 1)
+		if err != nil {
+			return fds, 0, err
+		}
+		fds = append(fds, fd)
+		if port == 0 {
+			sa, err := unix.Getsockname(fd)
+			if err != nil {
+				return fds, 0, err
+			}
+			switch sa := sa.(type) {
+			case *unix.SockaddrInet4:
+				port = sa.Port
+			case *unix.SockaddrInet6:
+				port = sa.Port
+			}
+		}
+	}
+	return fds, port, nil
+}
+
+func listenSocket(ip netip.Addr, port int, reusePort bool) (int, error) {
+	family := unix.AF_INET
+	if ip.Is6() {
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	fail := func(err error) (int, error) {
+		unix.Close(fd)
+		return -1, err
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		return fail(err)
+	}
+	if reusePort {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return fail(err)
+		}
+	}
+	if family == unix.AF_INET6 {
+		// The wildcard takes IPv4 too (dual stack); a specific address
+		// only its own family.
+		v6only := 1
+		if ip.IsUnspecified() {
+			v6only = 0
+		}
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, v6only); err != nil {
+			return fail(err)
+		}
+	}
+	if err := unix.Bind(fd, sockaddr(ip, port)); err != nil {
+		return fail(err)
+	}
+	if err := unix.Listen(fd, listenBacklog); err != nil {
+		return fail(err)
+	}
+	return fd, nil
+}
+
+// sockaddr converts ip:port for the kernel.
+func sockaddr(ip netip.Addr, port int) unix.Sockaddr {
+	if ip.Is4() || ip.Is4In6() {
+		return &unix.SockaddrInet4{Addr: ip.Unmap().As4(), Port: port}
+	}
+	sa := &unix.SockaddrInet6{Addr: ip.As16(), Port: port}
+	if z := ip.Zone(); z != "" {
+		if ifi, err := net.InterfaceByName(z); err == nil {
+			sa.ZoneId = uint32(ifi.Index)
+		}
+	}
+	return sa
+}

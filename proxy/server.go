@@ -1,0 +1,352 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/userland-io/uio"
+)
+
+// engineDepth is the most ops each loop keeps in the kernel at once; more
+// wait in the engine. Four ops per connection at most are ever pending
+// (recv or send per direction, plus connect/close), so this covers ~1000
+// busy connections per loop before any queueing.
+const engineDepth = 4096
+
+// Server is a running uioproxy: its loops, listeners and connections.
+// New opens everything, Start begins accepting, Shutdown drains and stops.
+type Server struct {
+	cfg    Config
+	log    *zap.Logger
+	group  *uio.Group
+	ws     []*worker
+	maps   []*mapState
+	splice bool // -splice and a backend that can do it
+
+	stopping atomic.Bool
+	ctx      context.Context // cancelled by Shutdown: ends pending lookups
+	cancel   context.CancelFunc
+
+	// -max-conns: slots counts open connections; loops holding an accepted
+	// connection or an acceptor that found no slot wait in waiting.
+	slots   atomic.Int64
+	mu      sync.Mutex
+	waiting []*worker
+
+	// Rate limit for the "out of file descriptors" warning.
+	lastFdWarn atomic.Int64
+
+	started, closed bool
+}
+
+// mapState is one mapping and the listening addresses it got.
+type mapState struct {
+	idx   int
+	m     Mapping
+	label string     // m.String(), the metrics label
+	addrs []net.Addr // one per bound address (port resolved)
+	fds   [][]int    // fds[addr][loop]
+	// upAddrs is the target when Host is an IP literal: no lookup needed.
+	upAddrs []netip.Addr
+}
+
+// New validates cfg, starts the loops and binds every mapping's listening
+// sockets. Nothing is accepted until Start. log may be nil.
+func New(cfg Config, log *zap.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	g, err := uio.NewGroup(cfg.Loops, uio.Config{Backend: cfg.Backend, Depth: engineDepth, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("-backend %s: %w", cfg.Backend, err)
+	}
+	s := &Server{cfg: cfg, log: log, group: g}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	backend := g.Loops()[0].Backend()
+	if cfg.Splice {
+		if backend == uio.BackendUring {
+			s.splice = true
+		} else {
+			log.Warn("-splice needs the io_uring backend; the aio backend forwards through buffers", zap.String("backend", backend))
+		}
+	}
+	for i, m := range cfg.Mappings {
+		ms := &mapState{idx: i, m: m, label: m.String()}
+		if ip, err := netip.ParseAddr(m.Host); err == nil {
+			ms.upAddrs = []netip.Addr{ip.Unmap()}
+		}
+		if err := s.listen(ms); err != nil { // closes its own partial fds
+			s.closeListeners()
+			g.Close()
+			return nil, err
+		}
+		s.maps = append(s.maps, ms)
+	}
+	for i, l := range g.Loops() {
+		w := &worker{s: s, idx: i, loop: l, conns: map[*conn]struct{}{}, ctr: make([]mapCounters, len(s.maps))}
+		for _, ms := range s.maps {
+			for a := range ms.addrs {
+				w.acceptors = append(w.acceptors, &acceptor{w: w, ms: ms, fd: ms.fds[a][i]})
+			}
+		}
+		for _, a := range w.acceptors {
+			a.done = a.onAccept
+		}
+		w.resumeFn = w.resume
+		s.ws = append(s.ws, w)
+	}
+	return s, nil
+}
+
+// Backend names the engine backend the loops run on.
+func (s *Server) Backend() string { return s.group.Loops()[0].Backend() }
+
+// Addrs returns the addresses mapping i listens on (with the port the
+// kernel chose for port 0).
+func (s *Server) Addrs(i int) []net.Addr { return s.maps[i].addrs }
+
+// Start begins accepting on every listener.
+func (s *Server) Start() {
+	if s.started {
+		return
+	}
+	s.started = true
+	for _, w := range s.ws {
+		w.loop.Post(w.start)
+	}
+}
+
+// ActiveConns is the number of open connections (connecting ones included).
+func (s *Server) ActiveConns() int {
+	n := 0
+	for _, c := range s.Snapshot().Mappings {
+		n += int(c.Active)
+	}
+	return n
+}
+
+// Shutdown stops accepting and closes the listeners, waits up to drain for
+// the open connections to finish by themselves, closes those left, and then
+// stops the loops. It returns how many connections it had to close.
+func (s *Server) Shutdown(drain time.Duration) int {
+	if s.closed {
+		return 0
+	}
+	s.closed = true
+	s.stopping.Store(true)
+	s.mu.Lock()
+	s.waiting = nil
+	s.mu.Unlock()
+	if !s.started {
+		s.closeListeners()
+	} else {
+		s.onLoops(func(w *worker) { w.stopAccepting() })
+	}
+	deadline := time.Now().Add(drain)
+	for s.ActiveConns() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	forced := 0
+	if s.ActiveConns() > 0 {
+		var mu sync.Mutex
+		s.onLoops(func(w *worker) {
+			n := w.closeAll()
+			mu.Lock()
+			forced += n
+			mu.Unlock()
+		})
+		// Closing takes a round or two (cancels, then the closes).
+		for end := time.Now().Add(5 * time.Second); s.ActiveConns() > 0 && time.Now().Before(end); {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	// Listeners whose accept was cancelled close in that op's callback.
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); {
+		if s.openListeners() == 0 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	s.cancel()
+	s.group.Close()
+	// Whatever is still open (a loop that was wedged) goes now.
+	s.closeListeners()
+	return forced
+}
+
+// onLoops runs fn on every loop and waits for all of them.
+func (s *Server) onLoops(fn func(w *worker)) {
+	var wg sync.WaitGroup
+	for _, w := range s.ws {
+		wg.Add(1)
+		if err := w.loop.Post(func() { fn(w); wg.Done() }); err != nil {
+			wg.Done()
+		}
+	}
+	wg.Wait()
+}
+
+func (s *Server) openListeners() int {
+	n := 0
+	for _, w := range s.ws {
+		n += int(w.openListeners.Load())
+	}
+	return n
+}
+
+// closeListeners closes listening fds nobody else will: before Start, or
+// after the loops are gone.
+func (s *Server) closeListeners() {
+	for _, ms := range s.maps {
+		for _, fds := range ms.fds {
+			for i, fd := range fds {
+				if fd >= 0 {
+					unix.Close(fd)
+					fds[i] = -1
+				}
+			}
+		}
+	}
+}
+
+// tryReserve takes a connection slot, unless -max-conns are open.
+func (s *Server) tryReserve() bool {
+	max := int64(s.cfg.MaxConns)
+	if max == 0 {
+		s.slots.Add(1)
+		return true
+	}
+	for {
+		v := s.slots.Load()
+		if v >= max {
+			return false
+		}
+		if s.slots.CompareAndSwap(v, v+1) {
+			return true
+		}
+	}
+}
+
+// wait registers w to be resumed when a slot frees. It returns false when
+// one is free already (the caller retries instead of waiting).
+func (s *Server) wait(w *worker) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.slots.Load() < int64(s.cfg.MaxConns) || s.stopping.Load() {
+		return false
+	}
+	if !w.waiting {
+		w.waiting = true
+		s.waiting = append(s.waiting, w)
+	}
+	return true
+}
+
+// release gives a slot back and resumes the loops waiting for one.
+func (s *Server) release() {
+	s.slots.Add(-1)
+	if s.cfg.MaxConns == 0 {
+		return
+	}
+	s.mu.Lock()
+	ws := s.waiting
+	s.waiting = nil
+	for _, w := range ws {
+		w.waiting = false
+	}
+	s.mu.Unlock()
+	for _, w := range ws {
+		w.loop.Post(w.resumeFn)
+	}
+}
+
+// warnFds logs running out of descriptors at most once a second.
+func (s *Server) warnFds(ms *mapState, err error, backoff time.Duration) {
+	now := time.Now().UnixNano()
+	last := s.lastFdWarn.Load()
+	if now-last < int64(time.Second) || !s.lastFdWarn.CompareAndSwap(last, now) {
+		return
+	}
+	s.log.Warn("out of file descriptors, backing off",
+		zap.String("mapping", ms.label), zap.Error(err), zap.Duration("backoff", backoff))
+}
+
+// Run is uioproxy: it starts a Server for cfg, logs where it listens, and
+// serves until ctx is cancelled (main cancels it on SIGINT/SIGTERM); then
+// it drains for cfg.DrainTimeout and returns nil. SIGHUP asks to reopen the
+// logs, which go to stderr, so it is only acknowledged. With
+// cfg.StatsInterval it logs a stats line that often; with cfg.MetricsAddr it
+// serves Prometheus metrics.
+func Run(ctx context.Context, cfg Config) error {
+	log, err := NewLogger(cfg.LogLevel, cfg.LogFormat)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	return RunWithLogger(ctx, cfg, log)
+}
+
+// RunWithLogger is Run with the caller's logger.
+func RunWithLogger(ctx context.Context, cfg Config, log *zap.Logger) error {
+	s, err := New(cfg, log)
+	if err != nil {
+		return err
+	}
+	var metricsSrv *metricsServer
+	if cfg.MetricsAddr != "" {
+		if metricsSrv, err = s.serveMetrics(cfg.MetricsAddr); err != nil {
+			s.Shutdown(0)
+			return err
+		}
+	}
+	s.Start()
+	for _, ms := range s.maps {
+		addrs := make([]string, len(ms.addrs))
+		for i, a := range ms.addrs {
+			addrs[i] = a.String()
+		}
+		log.Info("forwarding", zap.Strings("listen", addrs), zap.String("target", ms.m.Target()))
+	}
+	log.Info("uioproxy started", zap.String("backend", s.Backend()), zap.Int("loops", cfg.Loops),
+		zap.Bool("splice", s.splice), zap.Int("buffer", cfg.BufferSize))
+	stopHup := watchHUP(log)
+	defer stopHup()
+	var stopStats func()
+	if cfg.StatsInterval > 0 {
+		stopStats = s.logStatsEvery(cfg.StatsInterval)
+	}
+	<-ctx.Done()
+	active := s.ActiveConns()
+	log.Info("stopping: no new connections; draining", zap.Int("open", active), zap.Duration("drain_timeout", cfg.DrainTimeout))
+	if stopStats != nil {
+		stopStats()
+	}
+	forced := s.Shutdown(cfg.DrainTimeout)
+	if forced > 0 {
+		log.Warn("drain timeout: closed open connections", zap.Int("closed", forced))
+	}
+	if metricsSrv != nil {
+		metricsSrv.close()
+	}
+	snap := s.Snapshot()
+	e := snap.Engine
+	log.Info("uioproxy stopped",
+		zap.Uint64("connections", snap.Conns()), zap.Uint64("messages", snap.Messages()),
+		zap.Uint64("bytes", snap.Bytes()),
+		zap.String("backend", e.Backend), zap.Uint64("io_submit", e.Submits), zap.Uint64("io_getevents", e.GetEvents),
+		zap.Uint64("io_uring_enter", e.Enters), zap.Uint64("engine_other", e.Other),
+		zap.Uint64("proxy_syscalls", snap.Syscalls), zap.Uint64("rounds", e.Rounds),
+		zap.Uint64("ops", e.OpsSubmitted))
+	return nil
+}
