@@ -18,6 +18,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,10 +29,19 @@ import (
 func main() {
 	conns := flag.Int("conns", 64, "client connections, each with one request in flight")
 	duration := flag.Duration("duration", 3*time.Second, "traffic per backend")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole demo to this file")
 	flag.Parse()
 	if *conns < 1 || *conns > 4096 || *duration <= 0 {
 		fmt.Fprintln(os.Stderr, "proxy-demo: -conns must be 1..4096 and -duration positive")
 		os.Exit(2)
+	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fail(err)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
 	}
 	upstream, err := startEcho()
 	if err != nil {
