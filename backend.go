@@ -23,7 +23,10 @@ import (
 //   - Reap delivers the completions that are ready without a syscall.
 //   - Wait sleeps in the kernel until at least one completion is ready,
 //     Wake is called, or timeout passes (timeout < 0: no limit), and
-//     delivers what it reaped.
+//     delivers what it reaped. A backend whose SubmitsOnWait is true also
+//     hands the staged ops to the kernel in that same syscall, and the loop
+//     then skips the Flush of a round that would otherwise only flush and
+//     sleep; Wait reports how many ops it submitted.
 //   - Cancel asks for id's op to end early. Exactly one completion for id
 //     is still delivered: -ECANCELED, or the op's real result if it had
 //     already finished or cannot be cancelled.
@@ -37,7 +40,10 @@ type Backend interface {
 	Staged() int
 	Flush() (accepted int, err error)
 	Reap(deliver func(id OpID, res int32, flags uint32)) int
-	Wait(timeout time.Duration, deliver func(id OpID, res int32, flags uint32)) (int, error)
+	Wait(timeout time.Duration, deliver func(id OpID, res int32, flags uint32)) (submitted, delivered int, err error)
+	// SubmitsOnWait reports whether Wait submits staged ops in the syscall
+	// it sleeps in (io_uring_enter can; io_getevents cannot).
+	SubmitsOnWait() bool
 	Cancel(id OpID) error
 	Wake() error
 	Counters() BackendCounters

@@ -316,27 +316,32 @@ func (b *aioBackend) complete(ev aio.Event, deliver func(OpID, int32, uint32)) i
 	return 1
 }
 
-func (b *aioBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uint32)) (int, error) {
+func (b *aioBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uint32)) (int, int, error) {
 	if len(b.ready) > 0 {
-		return b.ready.deliver(deliver), nil
+		return 0, b.ready.deliver(deliver), nil
 	}
+	submitted := 0
 	if !b.wakeArmed {
 		// The doorbell fired in the last reap and its re-arm is still
 		// staged; flush it, or nothing could wake this sleep.
-		if _, err := b.Flush(); err != nil {
-			return 0, err
+		n, err := b.Flush()
+		if err != nil {
+			return n, 0, err
 		}
+		submitted = n
 	}
 	got, err := b.ctx.GetEvents(1, b.events, timeout)
 	if err != nil {
-		return 0, err
+		return submitted, 0, err
 	}
 	n := 0
 	for _, ev := range b.events[:got] {
 		n += b.complete(ev, deliver)
 	}
-	return n, nil
+	return submitted, n, nil
 }
+
+func (b *aioBackend) SubmitsOnWait() bool { return false }
 
 func (b *aioBackend) Cancel(id OpID) error {
 	s := b.slots.at(id.index())

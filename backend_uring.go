@@ -201,9 +201,10 @@ func (b *uringBackend) complete(c *uring.CQE, deliver func(OpID, int32, uint32))
 	return 1
 }
 
-func (b *uringBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uint32)) (int, error) {
+// Wait submits whatever is staged and sleeps, in one io_uring_enter.
+func (b *uringBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uint32)) (int, int, error) {
 	if len(b.ready) > 0 {
-		return b.ready.deliver(deliver), nil
+		return 0, b.ready.deliver(deliver), nil
 	}
 	if !b.wakeArmed {
 		b.armDoorbell()
@@ -212,10 +213,12 @@ func (b *uringBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uin
 	n, err := b.ring.SubmitAndWait(1, timeout)
 	b.inKernel += n
 	if err != nil {
-		return 0, err
+		return n, 0, err
 	}
-	return b.Reap(deliver), nil
+	return n, b.Reap(deliver), nil
 }
+
+func (b *uringBackend) SubmitsOnWait() bool { return true }
 
 // Cancel stages an ASYNC_CANCEL for id. The SQEs of a round are issued in
 // order, so a cancel staged behind its target in the same round still finds

@@ -33,6 +33,10 @@ var ErrClosed = errors.New("uio: loop closed")
 type Loop struct {
 	b   Backend
 	log *zap.Logger
+	// deliverFn is l.deliver made once: a method value built per call
+	// would be a heap allocation per round.
+	deliverFn     func(OpID, int32, uint32)
+	submitsOnWait bool
 
 	slots    chunked[slot]
 	free     []uint32 // free slot indices
@@ -100,6 +104,8 @@ func NewLoop(cfg Config) (*Loop, error) {
 			return
 		}
 		l.b = b
+		l.deliverFn = l.deliver
+		l.submitsOnWait = b.SubmitsOnWait()
 		l.stats.backend = b.Name()
 		errc <- nil
 		l.run()
@@ -373,7 +379,8 @@ func (l *Loop) Do(op Op) (Result, error) {
 //
 //	post -> timers -> stage -> flush (1 syscall) -> reap (0 syscalls) -> dispatch
 //
-// and a sleep in the kernel only when a round found nothing to do.
+// and a sleep in the kernel only when a round found nothing to do (on
+// io_uring the flush then rides in the sleeping enter).
 func (l *Loop) run() {
 	defer close(l.done)
 	for {
@@ -382,14 +389,19 @@ func (l *Loop) run() {
 		work += l.timers.fire(time.Now())
 		work += l.runLater()
 		work += l.stage()
-		if staged := l.b.Staged(); staged > 0 {
+		// A round that has nothing to do but flush is about to sleep; a
+		// backend that can submits in the syscall it sleeps in, so the
+		// round costs one syscall, not two. A busy round flushes now, or
+		// a stream of posts could hold staged ops back indefinitely.
+		fuse := work == 0 && l.submitsOnWait && !l.hasPosted()
+		if l.b.Staged() > 0 && !fuse {
 			n, err := l.b.Flush()
 			l.stats.batch(n)
 			if err != nil {
 				l.log.Error("uio: flush", zap.String("backend", l.b.Name()), zap.Error(err))
 			}
 		}
-		work += l.b.Reap(l.deliver)
+		work += l.b.Reap(l.deliverFn)
 		work += l.runLater()
 		if l.closing && l.inflight == 0 && len(l.pending) == 0 && len(l.later) == 0 && !l.hasPosted() {
 			l.shutdown()
@@ -411,7 +423,9 @@ func (l *Loop) run() {
 		if when, ok := l.timers.next(); ok {
 			timeout = max(time.Until(when), 0)
 		}
-		if _, err := l.b.Wait(timeout, l.deliver); err != nil {
+		n, _, err := l.b.Wait(timeout, l.deliverFn)
+		l.stats.batch(n)
+		if err != nil {
 			l.log.Error("uio: wait", zap.String("backend", l.b.Name()), zap.Error(err))
 		}
 		l.sleeping.Store(false)
