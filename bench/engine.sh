@@ -57,14 +57,8 @@ header="## Engine: per message through the loop vs plain syscalls (bench/engine.
 - syscalls/msg is from the engine's counters (the strace test shows they equal strace's)"
 echo "$header"; echo; echo "$table"
 
-f=bench/RESULTS.md
-[ -f "$f" ] || printf '# Benchmark results\n' >"$f"
-block=$(printf '<!-- engine-bench:begin -->\n%s\n\n%s\n<!-- engine-bench:end -->' "$header" "$table")
-if grep -q '<!-- engine-bench:begin -->' "$f"; then
-	awk -v block="$block" '
-		/<!-- engine-bench:begin -->/ { print block; skip = 1; next }
-		/<!-- engine-bench:end -->/ { skip = 0; next }
-		!skip' "$f" >"$f.tmp" && mv "$f.tmp" "$f"
-else
-	printf '\n%s\n' "$block" >>"$f"
-fi
+source bench/lib.sh
+block=$(mktemp)
+printf '<!-- engine-bench:begin -->\n%s\n\n%s\n<!-- engine-bench:end -->\n' "$header" "$table" >"$block"
+write_results bench/RESULTS.md engine-bench "$block"
+rm -f "$block"

@@ -5,7 +5,7 @@
 # Runs interleave (fio libaio, uiofio aio, fio io_uring, uiofio uring) for
 # ROUNDS rounds, so drift of a shared, noisy machine hits both sides alike;
 # the table gives the medians, the ratio uio/fio, and uio's syscalls per op.
-# Writes the table between the fio-bench markers of bench/fio/RESULTS.fragment.md.
+# Writes the table between the fio-bench markers of bench/RESULTS.md.
 #
 # Usage: bench/fio/run.sh          (3 rounds of 4 x 10 s: about 2.5 minutes)
 #
@@ -18,7 +18,7 @@
 #   BATCHED=1     also run fio with batching on (iodepth_batch_submit=32,
 #                 iodepth_batch_complete_max=32, libaio userspace_reap=1) and
 #                 give uio's ratio against that too: doubles fio's share of time
-#   OUT=path      fragment to write (default <repo>/bench/fio/RESULTS.fragment.md)
+#   OUT=path      results file to write (default <repo>/bench/RESULTS.md)
 #   NO_INSTALL=1  never call apt-get
 #
 # Every fio and uiofio run is bounded by timeout(1) (RUNTIME + 60 s), and
@@ -39,7 +39,7 @@ ROUNDS=${ROUNDS:-3}
 SIZE=${SIZE:-1G}
 FILE=${FILE:-/var/tmp/uio-fio.dat}
 BATCHED=${BATCHED:-0}
-OUT=${OUT:-$HERE/RESULTS.fragment.md}
+OUT=${OUT:-$HERE/../RESULTS.md}
 BS=4096
 IODEPTH=32
 BOUND=$((RUNTIME + 60))
@@ -56,20 +56,7 @@ trap 'exit 130' INT TERM
 
 # --- dependencies ------------------------------------------------------------
 
-apt_updated=0
-apt_install() {
-	[[ ${NO_INSTALL:-0} == 1 ]] && return 1
-	local sudo=""
-	if [[ $(id -u) != 0 ]]; then
-		command -v sudo >/dev/null || return 1
-		sudo="sudo"
-	fi
-	if [[ $apt_updated == 0 ]]; then
-		timeout 300 $sudo apt-get update -qq >&2 || return 1
-		apt_updated=1
-	fi
-	DEBIAN_FRONTEND=noninteractive timeout 600 $sudo apt-get install -y -qq --no-install-recommends "$@" >&2
-}
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh" # apt_install, write_results
 
 need=()
 command -v fio >/dev/null || need+=(fio)
@@ -244,8 +231,7 @@ fi
 	echo "<!-- fio-bench:end -->"
 } >"$WORK/fragment.md"
 
-mkdir -p "$(dirname "$OUT")"
-cp "$WORK/fragment.md" "$OUT"
+write_results "$OUT" fio-bench "$WORK/fragment.md"
 echo
 cat "$TABLE"
 echo

@@ -114,22 +114,7 @@ trap 'exit 130' INT TERM
 
 # --- dependencies ------------------------------------------------------------
 
-apt_updated=0
-apt_install() {
-	[[ ${NO_INSTALL:-0} == 1 ]] && return 1
-	local sudo=""
-	if [[ $(id -u) != 0 ]]; then
-		command -v sudo >/dev/null || return 1
-		sudo="sudo"
-	fi
-	if [[ $apt_updated == 0 ]]; then
-		$sudo apt-get update -qq >&2 || return 1
-		apt_updated=1
-	fi
-	# policy-rc.d on most build machines keeps the packaged services from
-	# starting; we never rely on them and start our own instances.
-	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >&2
-}
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh" # apt_install, write_results
 
 NGINX_STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
 need=()
@@ -418,16 +403,5 @@ BLOCK=$WORK/block.md
 	echo "<!-- proxy-bench:end -->"
 } >"$BLOCK"
 
-if [[ -f $RESULTS ]] && grep -q '<!-- proxy-bench:begin -->' "$RESULTS" && grep -q '<!-- proxy-bench:end -->' "$RESULTS"; then
-	awk -v block="$BLOCK" '
-		/<!-- proxy-bench:begin -->/ { while ((getline l < block) > 0) print l; skip = 1; next }
-		/<!-- proxy-bench:end -->/ { skip = 0; next }
-		!skip { print }' "$RESULTS" >"$WORK/results.new"
-	cat "$WORK/results.new" >"$RESULTS"
-elif [[ -f $RESULTS ]]; then
-	{ echo; cat "$BLOCK"; } >>"$RESULTS"
-else
-	mkdir -p "$(dirname "$RESULTS")"
-	{ echo "# Benchmark results"; echo; cat "$BLOCK"; } >"$RESULTS"
-fi
+write_results "$RESULTS" proxy-bench "$BLOCK"
 log "table written to $RESULTS"
