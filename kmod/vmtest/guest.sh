@@ -40,27 +40,69 @@ if [ "$mode" = "600 root root character special file" ]; then pass "abctl-mode /
 fi
 run abctl-nonroot 20 ramserver nonroot
 
-# -------------------------------------------------- device 0: data checks
+# wait_gone PID: wait up to 20 s for a server to exit; its exit status
+wait_gone() {
+	timeout 20 sh -c "while kill -0 $1 2>/dev/null; do sleep 0.1; done"
+	wait "$1"
+}
+# limits N: the queue limits of /dev/abuseN, one line
+limits() {
+	q=/sys/block/abuse$1/queue
+	l="lbs=$(cat $q/logical_block_size) max_hw_kb=$(cat $q/max_hw_sectors_kb) max_kb=$(cat $q/max_sectors_kb)"
+	l="$l segs=$(cat $q/max_segments) disc=$(cat $q/discard_max_hw_bytes) wz=$(cat $q/write_zeroes_max_bytes)"
+	l="$l wc='$(cat $q/write_cache)' fua=$(cat $q/fua 2>/dev/null) rot=$(cat $q/rotational)"
+	echo "$l hwq=$(ls /sys/block/abuse$1/mq | wc -l) size=$(cat /sys/block/abuse$1/size) ro=$(cat /sys/block/abuse$1/ro)"
+}
+# ext4check DEV TAG: mkfs, mount, write files, checksums across a remount, fsck
+ext4check() {
+	run "mkfs.ext4-$2" 120 mkfs.ext4 -F -q "$1"
+	mkdir -p /mnt
+	if timeout 60 mount -t ext4 "$1" /mnt; then
+		i=1
+		for kb in 4 64 700 4096 16384; do
+			dd if=/dev/urandom of=/mnt/file$i bs=1k count=$kb 2>/dev/null
+			i=$((i + 1))
+		done
+		mkdir -p /mnt/dir && cp /bin/uio-ramdisk /mnt/dir/
+		# absolute paths: busybox timeout leaves a watcher process in the cwd
+		md5sum /mnt/file* /mnt/dir/* >/tmp/sums
+		sync
+		if [ "$2" = aio ]; then
+			out=$(timeout 10 ramserver remove -id 0 2>&1)
+			rc=$?
+			if [ $rc = 16 ]; then pass "remove-mounted-refused ($out)"; else fail "remove-mounted-refused rc=$rc $out"; fi
+		fi
+		echo 3 >/proc/sys/vm/drop_caches
+		if timeout 60 umount /mnt && timeout 60 mount -t ext4 "$1" /mnt &&
+			timeout 60 md5sum -c /tmp/sums >/tmp/md5.out 2>&1; then
+			pass "ext4-remount-checksums-$2 $(wc -l </tmp/sums) files"
+		else
+			fail "ext4-remount-checksums-$2"; cat /tmp/md5.out
+		fi
+		timeout 60 umount /mnt || fail "umount-$2"
+	else
+		fail "mount-ext4-$2"
+	fi
+	run "e2fsck-fn-$2" 120 e2fsck -fn "$1"
+}
+
+# ------------------------- device 0: the uio-ramdisk daemon on the AIO engine
 rm -f /tmp/ready0
-ramserver serve -id 0 -size $((64 << 20)) -lbs 4096 -queues 2 -depth 32 -ready /tmp/ready0 &
+uio-ramdisk -size 64M -bs 4096 -queues 2 -depth 32 -backend aio -index 0 -ready /tmp/ready0 &
 SPID=$!
-if wait_ready /tmp/ready0; then pass "create /dev/abuse0 (server pid $SPID)"; else fail "create /dev/abuse0"; fi
+if wait_ready /tmp/ready0; then pass "uio-ramdisk-aio created $(cat /tmp/ready0) (pid $SPID)"; else fail "uio-ramdisk-aio create /dev/abuse0"; fi
 DEV=/dev/abuse0
-Q=/sys/block/abuse0/queue
-lim="lbs=$(cat $Q/logical_block_size) max_hw_kb=$(cat $Q/max_hw_sectors_kb) max_kb=$(cat $Q/max_sectors_kb)"
-lim="$lim segs=$(cat $Q/max_segments) disc=$(cat $Q/discard_max_hw_bytes) wz=$(cat $Q/write_zeroes_max_bytes)"
-lim="$lim wc='$(cat $Q/write_cache)' fua=$(cat $Q/fua 2>/dev/null) rot=$(cat $Q/rotational)"
-lim="$lim hwq=$(ls /sys/block/abuse0/mq | wc -l) size=$(cat /sys/block/abuse0/size) ro=$(cat /sys/block/abuse0/ro)"
-if [ "$(cat $Q/logical_block_size)" = 4096 ] && [ "$(cat $Q/max_hw_sectors_kb)" -ge 1024 ] &&
-	[ "$(cat $Q/write_cache)" = "write back" ] && [ "$(ls /sys/block/abuse0/mq | wc -l)" = 2 ] &&
-	[ "$(cat $Q/discard_max_hw_bytes)" -gt 0 ] && [ "$(cat $Q/write_zeroes_max_bytes)" -gt 0 ]; then
-	pass "queue-limits $lim"
+lim=$(limits 0)
+if [ "$(cat /sys/block/abuse0/queue/logical_block_size)" = 4096 ] && [ "$(cat /sys/block/abuse0/queue/max_hw_sectors_kb)" -ge 1024 ] &&
+	[ "$(cat /sys/block/abuse0/queue/write_cache)" = "write through" ] && [ "$(ls /sys/block/abuse0/mq | wc -l)" = 2 ] &&
+	[ "$(cat /sys/block/abuse0/queue/discard_max_hw_bytes)" -gt 0 ] && [ "$(cat /sys/block/abuse0/queue/write_zeroes_max_bytes)" -gt 0 ]; then
+	pass "queue-limits-ram $lim"
 else
-	fail "queue-limits $lim"
+	fail "queue-limits-ram $lim"
 fi
 
-run rwcheck 120 ramserver rwcheck -dev $DEV
-run badblocks-w 600 badblocks -w -b 4096 -c 256 -e 1 $DEV
+run rwcheck-aio 120 ramserver rwcheck -dev $DEV
+run badblocks-w-aio 600 badblocks -w -b 4096 -c 256 -e 1 $DEV
 
 # discard: the range reads back as zeroes
 dd if=/dev/urandom of=$DEV bs=1M count=2 conv=fsync 2>/dev/null
@@ -71,67 +113,113 @@ if timeout 30 blkdiscard -o 0 -l $((2 << 20)) $DEV &&
 else
 	fail "discard"
 fi
-
-run mkfs.ext4 120 mkfs.ext4 -F -q $DEV
-mkdir -p /mnt
-if timeout 60 mount -t ext4 $DEV /mnt; then
-	i=1
-	for kb in 4 64 700 4096 16384; do
-		dd if=/dev/urandom of=/mnt/file$i bs=1k count=$kb 2>/dev/null
-		i=$((i + 1))
-	done
-	mkdir -p /mnt/dir && cp /bin/ramserver /mnt/dir/
-	# absolute paths: busybox timeout leaves a watcher process in the cwd
-	md5sum /mnt/file* /mnt/dir/* >/tmp/sums
-	sync
-	out=$(timeout 10 ramserver remove -id 0 2>&1)
-	rc=$?
-	if [ $rc = 16 ]; then pass "remove-mounted-refused ($out)"; else fail "remove-mounted-refused rc=$rc $out"; fi
-	if timeout 60 umount /mnt && timeout 60 mount -t ext4 $DEV /mnt &&
-		timeout 60 md5sum -c /tmp/sums >/tmp/md5.out 2>&1; then
-		pass "ext4-remount-checksums $(wc -l </tmp/sums) files"
-	else
-		fail "ext4-remount-checksums"; cat /tmp/md5.out
-	fi
-	timeout 60 umount /mnt || fail "umount"
-else
-	fail "mount ext4"
-fi
-run e2fsck-fn 120 e2fsck -fn $DEV
+ext4check $DEV aio
+run verify-qd32-daemon-aio 600 ramserver verify -dev $DEV -qd 32 -bytes $((256 << 20)) -engine uring -name verify-qd32-daemon-aio
 kill -TERM $SPID
-if timeout 20 sh -c "while kill -0 $SPID 2>/dev/null; do sleep 0.1; done" && wait $SPID &&
-	[ ! -e /sys/block/abuse0 ]; then
-	pass "server-shutdown-removes-device"
+if wait_gone $SPID && [ ! -e /sys/block/abuse0 ]; then
+	pass "daemon-sigterm-removes-device-aio"
 else
-	fail "server-shutdown-removes-device"
+	fail "daemon-sigterm-removes-device-aio"
 fi
 
-# ------------------------------------ device 1: kill -9 the server during I/O
+# ----------------------- device 0 again: the daemon on the io_uring engine
+rm -f /tmp/ready0
+uio-ramdisk -size 64M -bs 512 -queues 2 -depth 64 -backend uring -index 0 -ready /tmp/ready0 &
+SPID=$!
+if wait_ready /tmp/ready0; then pass "uio-ramdisk-uring created $(cat /tmp/ready0) (pid $SPID)"; else fail "uio-ramdisk-uring create /dev/abuse0"; fi
+run badblocks-w-uring 600 badblocks -w -b 4096 -c 64 -e 1 $DEV
+run verify-qd32-daemon-uring 600 ramserver verify -dev $DEV -qd 32 -bytes $((256 << 20)) -engine aio -name verify-qd32-daemon-uring
+ext4check $DEV uring
+kill -INT $SPID
+if wait_gone $SPID && [ ! -e /sys/block/abuse0 ]; then
+	pass "daemon-sigint-removes-device-uring"
+else
+	fail "daemon-sigint-removes-device-uring"
+fi
+
+# ------------------ the daemon's setup errors: clear message, exit status 2
+out=$(uio-ramdisk -size 1000 2>&1); rc=$?
+rm -f /tmp/ready9
+uio-ramdisk -size 16M -index 0 -ready /tmp/ready9 >/dev/null 2>&1 &
+SPID=$!
+wait_ready /tmp/ready9
+out2=$(uio-ramdisk -size 16M -index 0 2>&1); rc2=$?
+kill -TERM $SPID
+wait_gone $SPID
+if [ $rc = 2 ] && [ $rc2 = 2 ] && echo "$out2" | grep -q 'busy'; then
+	pass "daemon-setup-errors exit 2: '$out' / '$out2'"
+else
+	fail "daemon-setup-errors rc=$rc '$out' rc2=$rc2 '$out2'"
+fi
+ls /sys/block | grep -q abuse && { fail "daemon-setup-errors left $(ls /sys/block | grep abuse)"; }
+
+# ------------------ the daemon with a file backend: a file on tmpfs (buffered)
+rm -f /tmp/ready4
+uio-ramdisk -file /tmp/disk.img -size 64M -queues 2 -depth 32 -backend uring -index 4 -ready /tmp/ready4 &
+SPID=$!
+if wait_ready /tmp/ready4; then
+	pass "uio-ramdisk-file-tmpfs created $(cat /tmp/ready4)"
+	lim=$(limits 4)
+	if [ "$(cat /sys/block/abuse4/queue/write_cache)" = "write back" ] && [ "$(cat /sys/block/abuse4/queue/fua)" = 1 ]; then
+		pass "queue-limits-file $lim"
+	else
+		fail "queue-limits-file $lim"
+	fi
+	run verify-qd32-file-tmpfs 600 ramserver verify -dev /dev/abuse4 -qd 32 -bytes $((128 << 20)) -engine aio -name verify-qd32-file-tmpfs
+	ext4check /dev/abuse4 file
+else
+	fail "uio-ramdisk-file-tmpfs create"
+fi
+kill -TERM $SPID
+wait_gone $SPID || fail "file daemon shutdown"
+
+# --------- the file backend with O_DIRECT: a file on ext4 on a RAM abuse device
+rm -f /tmp/ready0 /tmp/ready5
+uio-ramdisk -size 160M -queues 1 -backend aio -index 0 -ready /tmp/ready0 &
+RPID=$!
+if wait_ready /tmp/ready0 && mkfs.ext4 -F -q /dev/abuse0 && mkdir -p /mnt2 && mount -t ext4 /dev/abuse0 /mnt2; then
+	uio-ramdisk -file /mnt2/disk.img -size 64M -queues 2 -depth 32 -backend aio -index 5 -ready /tmp/ready5 >/tmp/d5.out 2>&1 &
+	SPID=$!
+	if wait_ready /tmp/ready5 && grep -q 'o_direct.*true' /tmp/d5.out; then
+		pass "uio-ramdisk-file-ext4 O_DIRECT on $(cat /tmp/ready5)"
+	else
+		fail "uio-ramdisk-file-ext4"; cat /tmp/d5.out
+	fi
+	run verify-qd32-file-odirect 600 ramserver verify -dev /dev/abuse5 -qd 32 -bytes $((128 << 20)) -engine uring -name verify-qd32-file-odirect
+	kill -TERM $SPID
+	wait_gone $SPID || fail "file daemon (ext4) shutdown"
+	timeout 60 umount /mnt2 || fail "umount /mnt2"
+else
+	fail "ext4 for the O_DIRECT file backend"
+fi
+kill -TERM $RPID
+wait_gone $RPID || fail "RAM daemon under ext4 shutdown"
+
+# ------------------------ device 1: kill -9 the daemon during I/O
 rm -f /tmp/ready1
-ramserver serve -id 1 -size $((32 << 20)) -lbs 512 -queues 2 -depth 16 -ready /tmp/ready1 &
+uio-ramdisk -size 32M -bs 512 -queues 2 -depth 16 -backend aio -index 1 -ready /tmp/ready1 &
 SPID=$!
 wait_ready /tmp/ready1 || fail "create /dev/abuse1"
-run killtest 30 ramserver killtest -pid $SPID -dev /dev/abuse1
+run killtest-daemon 30 ramserver killtest -pid $SPID -dev /dev/abuse1
 wait $SPID 2>/dev/null
 run remove-after-server-death 20 ramserver remove -id 1
 [ -e /sys/block/abuse1 ] && fail "abuse1 still present after remove"
 
-# ---------------------------------- device 2: a new server serves a new device
+# ---------------------------------- device 2: a new daemon serves a new device
 rm -f /tmp/ready2
-ramserver serve -size $((16 << 20)) -queues 1 -depth 8 -ready /tmp/ready2 &
+uio-ramdisk -size 16M -queues 1 -depth 8 -backend uring -ready /tmp/ready2 &
 SPID=$!
 if wait_ready /tmp/ready2; then
-	run new-server-rwcheck 60 ramserver rwcheck -dev "$(cat /tmp/ready2)"
+	run new-daemon-rwcheck 60 ramserver rwcheck -dev "$(cat /tmp/ready2)"
 else
 	fail "create device after kill"
 fi
 kill -TERM $SPID
-timeout 20 sh -c "while kill -0 $SPID 2>/dev/null; do sleep 0.1; done"
-wait $SPID || fail "server 2 shutdown"
+wait_gone $SPID || fail "daemon 2 shutdown"
 
-# --------------- device 3: reconnect window (I/O held, then served by a new server)
+# --------------- device 3: reconnect window (I/O held, then served by a new daemon)
 rm -f /tmp/ready3 /tmp/ready3b
-ramserver serve -id 3 -size $((16 << 20)) -queues 2 -depth 8 -reconnect-ms 4000 -ready /tmp/ready3 &
+uio-ramdisk -index 3 -size 16M -queues 2 -depth 8 -reconnect-ms 4000 -ready /tmp/ready3 &
 SPID=$!
 wait_ready /tmp/ready3 || fail "create /dev/abuse3"
 kill -KILL $SPID
@@ -141,7 +229,7 @@ RWPID=$!
 sleep 1
 if kill -0 $RWPID 2>/dev/null; then pass "reconnect-io-held (I/O waits for a new server)"; else
 	fail "reconnect-io-held: I/O ended without a server"; cat /tmp/rw3.out; fi
-ramserver serve -attach 3 -ready /tmp/ready3b &
+uio-ramdisk -attach -index 3 -size 16M -ready /tmp/ready3b &
 SPID=$!
 if wait_ready /tmp/ready3b && timeout 60 sh -c "while kill -0 $RWPID 2>/dev/null; do sleep 0.1; done" &&
 	wait $RWPID; then
@@ -161,6 +249,19 @@ else
 	fail "reconnect-window-expiry"; cat /tmp/rw3.out
 fi
 run remove-after-expiry 20 ramserver remove -id 3
+
+# ------------------ examples/ramdisk: the smallest custom backend (XOR RAM disk)
+xorramdisk -size 16M >/tmp/xor.out 2>&1 &
+SPID=$!
+i=0
+while ! grep -q '^/dev/abuse' /tmp/xor.out && [ $i -lt 200 ]; do sleep 0.1; i=$((i + 1)); done
+if grep -q '^/dev/abuse' /tmp/xor.out; then
+	run example-xorramdisk-rwcheck 60 ramserver rwcheck -dev "$(grep '^/dev/abuse' /tmp/xor.out)"
+else
+	fail "example-xorramdisk start"; cat /tmp/xor.out
+fi
+kill -TERM $SPID
+wait_gone $SPID || fail "example-xorramdisk shutdown"
 
 # ------------------------------------------------------------- fuzzing
 run ioctl-fuzz 300 ramserver fuzz -n "${FUZZ_N:-3000}"

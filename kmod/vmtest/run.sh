@@ -1,8 +1,10 @@
 #!/bin/bash
 # run.sh FLAVOUR - boot Debian's FLAVOUR kernel (6.1 = bookworm, 6.12 =
 # bookworm-backports) under qemu (TCG), load abuse.ko built against that
-# kernel's headers, run guest.sh (ramserver, badblocks, ext4, kill -9,
-# ioctl fuzzing, unload) and report PASS/FAIL.
+# kernel's headers, run guest.sh (the uio-ramdisk daemon on both engine
+# backends and with a file backend: badblocks, ext4, a verifying QD32
+# workload, kill -9, reconnect; the ramserver fixture for ioctl fuzzing
+# and the non-root check; unload) and report PASS/FAIL.
 #
 # Self-contained and idempotent: installs missing packages with apt (and
 # adds the bookworm-backports source for 6.12), builds the module, the
@@ -14,6 +16,12 @@
 #   FUZZ_N=3000         iterations per fuzz target in the guest
 #   KVER=               exact kernel release (default: newest installed of FLAVOUR)
 #   SKIP_INSTALL=1      never call apt-get
+# Knobs for other guest programs (bench/blockdev/run.sh uses them):
+#   GUEST_SCRIPT=guest.sh  the script /init runs (as /bin/guest.sh)
+#   VM_MEM=1G           guest memory
+#   EXTRA_BINS=         host programs copied in with their shared libraries
+#   EXTRA_GO=           more Go main packages (repo-relative), built static into /bin
+#   EXTRA_MODS=         more Debian kernel modules to load (e.g. "nbd loop")
 # Exit: 0 PASS; 1 a guest check failed or the kernel log is dirty; 2 no
 # result from the guest (panic, hang, timeout); 3 host setup error.
 set -euo pipefail
@@ -31,6 +39,11 @@ BOOT_TIMEOUT=${BOOT_TIMEOUT:-900}
 FUZZ_N=${FUZZ_N:-3000}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
 GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
+GUEST_SCRIPT=${GUEST_SCRIPT:-$HERE/guest.sh}
+VM_MEM=${VM_MEM:-1G}
+EXTRA_BINS=${EXTRA_BINS:-}
+EXTRA_GO=${EXTRA_GO:-}
+EXTRA_MODS=${EXTRA_MODS:-}
 export GOFLAGS=-ldflags=-checklinkname=0
 
 T_START=$EPOCHREALTIME
@@ -117,22 +130,30 @@ log "abuse.ko built against $KVER with W=1, no warnings ($(el "$t0")s)"
 
 # ------------------------------------------------------------ Go fixture
 t0=$EPOCHREALTIME
-(cd "$REPO" && CGO_ENABLED=0 timeout 600 "$GO" build -trimpath -ldflags='-s -w' \
+(cd "$REPO" && CGO_ENABLED=0 timeout 600 "$GO" build -trimpath -ldflags='-s -w -checklinkname=0' \
 	-o "$LAB/ramserver" ./kmod/vmtest/ramserver) || die "go build ramserver failed"
-log "ramserver (static Go) built ($(el "$t0")s)"
+GOBINS="ramserver"
+for p in ./cmd/uio-ramdisk ./examples/ramdisk:xorramdisk $EXTRA_GO; do
+	pkg=${p%%:*} name=${p##*/}
+	case "$p" in *:*) name=${p#*:} ;; esac
+	(cd "$REPO" && CGO_ENABLED=0 timeout 600 "$GO" build -trimpath -ldflags='-s -w -checklinkname=0' \
+		-o "$LAB/$name" "$pkg") || die "go build $pkg failed"
+	GOBINS="$GOBINS $name"
+done
+log "static Go programs built: $GOBINS ($(el "$t0")s)"
 
 # ------------------------------------------------------------ initramfs
 R=$LAB/initramfs
 rm -rf "$R"
 mkdir -p "$R"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,tmp,mnt,lib/modules/extra}
 cp /bin/busybox "$R/bin/busybox"
-cp "$LAB/ramserver" "$R/bin/ramserver"
-cp "$HERE/guest.sh" "$R/bin/guest.sh"
+for b in $GOBINS; do cp "$LAB/$b" "$R/bin/$b"; done
+cp "$GUEST_SCRIPT" "$R/bin/guest.sh"
 cp "$MOD/abuse.ko" "$R/lib/modules/extra/"
 printf 'root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$R/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' >"$R/etc/group"
 # e2fsprogs with their shared libraries
-for b in mke2fs e2fsck badblocks; do
+for b in mke2fs e2fsck badblocks $EXTRA_BINS; do
 	p=$(command -v $b || echo /sbin/$b)
 	cp "$p" "$R/sbin/$b"
 	for l in $(ldd "$p" | awk '/=>/ {print $3} /^\t\/lib/ {print $1}'); do
@@ -161,7 +182,7 @@ copy_kmod() {
 	esac
 	for dep in $(modinfo -k "$KVER" -F depends "$m" | tr ',' ' '); do copy_kmod "$dep"; done
 }
-GUEST_MODS="crc32c_generic crc32c_intel ext4"
+GUEST_MODS="crc32c_generic crc32c_intel ext4 $EXTRA_MODS"
 for m in $GUEST_MODS; do copy_kmod "$m" || log "note: $m not in $KVER"; done
 cp /lib/modules/"$KVER"/modules.{order,builtin,builtin.modinfo} "$R/lib/modules/$KVER/" 2>/dev/null || true
 depmod -b "$R" "$KVER"
@@ -222,10 +243,10 @@ log "kernel image $KIMG"
 
 # ---------------------------------------------------------------- boot
 CONSOLE=$LAB/console.log
-log "booting qemu (TCG, 2 vCPU, 1 GiB, timeout ${BOOT_TIMEOUT}s)"
+log "booting qemu (TCG, 2 vCPU, $VM_MEM, timeout ${BOOT_TIMEOUT}s)"
 T_BOOT=$EPOCHREALTIME
 set +e
-timeout -k 10 "$BOOT_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -m 1G -smp 2 \
+timeout -k 10 "$BOOT_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -m "$VM_MEM" -smp 2 \
 	-nodefaults -no-user-config -display none -monitor none -serial stdio -no-reboot \
 	-kernel "$KIMG" -initrd "$LAB/initramfs.cpio" \
 	-append "console=ttyS0 rdinit=/init panic=-1 oops=panic loglevel=4" \

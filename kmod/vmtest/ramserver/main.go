@@ -9,6 +9,7 @@
 //	ramserver killtest -pid PID -dev /dev/abuseN
 //	ramserver nonroot
 //	ramserver fuzz [-n N]
+//	ramserver verify -dev /dev/abuseN [-qd 32] [-bytes N] [-engine aio|uring]
 //
 // Every check prints "KMODLAB: PASS|FAIL <name> ..." and exits non-zero on
 // failure.
@@ -39,7 +40,7 @@ func fail(name, f string, a ...any) {
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: ramserver serve|remove|rwcheck|killtest|nonroot|fuzz [flags]")
+		fmt.Fprintln(os.Stderr, "usage: ramserver serve|remove|rwcheck|killtest|nonroot|fuzz|verify [flags]")
 		os.Exit(2)
 	}
 	cmd, args := os.Args[1], os.Args[2:]
@@ -56,6 +57,8 @@ func main() {
 		nonroot()
 	case "fuzz":
 		fuzz(args)
+	case "verify":
+		verify(args)
 	default:
 		fmt.Fprintln(os.Stderr, "unknown command", cmd)
 		os.Exit(2)

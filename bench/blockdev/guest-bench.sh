@@ -1,0 +1,92 @@
+#!/bin/sh
+# guest-bench.sh - runs inside the qemu guest (see run.sh): the same fio jobs
+# on four block devices, one device at a time, each backed by RAM:
+#   loop   the kernel loop driver on a tmpfs file (the in-kernel floor)
+#   nbd    nbd.ko served by bench/blockdev/nbdserver (blockdev.RAM)
+#   aio    /dev/abuseN served by uio-ramdisk on the AIO engine
+#   uring  /dev/abuseN served by uio-ramdisk on the io_uring engine
+# Prints "BENCH <device> <job> <iops> <KiB/s>" lines.
+
+FAILS=0
+pass() { echo "KMODLAB: PASS $*"; }
+fail() { echo "KMODLAB: FAIL $*"; FAILS=$((FAILS + 1)); }
+SIZE=256M
+RT=4
+wait_ready() {
+	i=0
+	while [ ! -s "$1" ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i + 1)); done
+	[ -s "$1" ]
+}
+wait_gone() {
+	timeout 20 sh -c "while kill -0 $1 2>/dev/null; do sleep 0.1; done"
+	wait "$1"
+}
+
+# job name rw bs iodepth
+JOBS="rr4k-qd1:randread:4k:1 rr4k-qd32:randread:4k:32 rw4k-qd1:randwrite:4k:1 rw4k-qd32:randwrite:4k:32 seqr1m:read:1M:4 seqw1m:write:1M:4"
+
+bench() { # bench NAME DEV
+	n=$1 dev=$2
+	# fill the device first: every read below hits written data
+	timeout 300 fio --name=fill --filename="$dev" --ioengine=libaio --direct=1 --rw=write --bs=1M \
+		--iodepth=4 --size="$SIZE" --eta=never --output=/dev/null || { fail "bench-$n fill"; return; }
+	for j in $JOBS; do
+		IFS=: read -r jn rw bs qd <<EOF
+$j
+EOF
+		out=$(timeout 120 fio --name="$jn" --filename="$dev" --ioengine=libaio --direct=1 --rw="$rw" \
+			--bs="$bs" --iodepth="$qd" --size="$SIZE" --time_based --runtime="$RT" --ramp_time=1 \
+			--norandommap --randrepeat=0 --output-format=terse --terse-version=3 2>/tmp/fio.err)
+		if [ $? != 0 ] || [ -z "$out" ]; then
+			fail "bench-$n-$jn"; cat /tmp/fio.err; continue
+		fi
+		case $rw in
+		*read) echo "$out" | awk -F';' -v n="$n" -v j="$jn" '{print "BENCH", n, j, $8, $7, $5}' ;;
+		*) echo "$out" | awk -F';' -v n="$n" -v j="$jn" '{print "BENCH", n, j, $49, $48, $5}' ;;
+		esac
+	done
+	pass "bench-$n"
+}
+
+insmod /lib/modules/extra/abuse.ko || { fail "insmod abuse.ko"; exit 1; }
+echo "fio $(fio --version); kernel $(uname -r); $(nproc) vCPUs"
+
+# loop on tmpfs
+mkdir -p /lo && mount -t tmpfs -o size=400M tmpfs /lo
+truncate -s "$SIZE" /lo/disk.img
+if losetup /dev/loop0 /lo/disk.img; then
+	bench loop /dev/loop0
+	losetup -d /dev/loop0
+else
+	fail "losetup"
+fi
+rm -f /lo/disk.img
+umount /lo
+
+# nbd.ko + our NBD server on the RAM backend
+rm -f /tmp/nbd.ready
+nbdserver -dev /dev/nbd0 -size "$SIZE" -ready /tmp/nbd.ready &
+SPID=$!
+if wait_ready /tmp/nbd.ready; then
+	sleep 0.5
+	bench nbd /dev/nbd0
+else
+	fail "nbdserver start"
+fi
+kill -TERM $SPID
+wait_gone $SPID
+
+# ABUSE + uio-ramdisk, both engine backends
+for e in aio uring; do
+	rm -f /tmp/ab.ready
+	uio-ramdisk -size "$SIZE" -queues 1 -depth 128 -backend $e -log warn -ready /tmp/ab.ready &
+	SPID=$!
+	if wait_ready /tmp/ab.ready; then
+		bench "$e" "$(cat /tmp/ab.ready)"
+	else
+		fail "uio-ramdisk $e start"
+	fi
+	kill -TERM $SPID
+	wait_gone $SPID || fail "uio-ramdisk $e shutdown"
+done
+exit $FAILS

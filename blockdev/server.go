@@ -1,0 +1,358 @@
+package blockdev
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/userland-io/uio/blockdev/abuse"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// Config describes the device to create (or attach to) and how to serve it.
+type Config struct {
+	// Backend holds the data. Required.
+	Backend Backend
+	// Size is the device size in bytes; 0 means Backend.Size(). It must be
+	// a multiple of BlockSize and at most Backend.Size().
+	Size int64
+	// BlockSize is the logical block size, 512 or 4096 (default 4096).
+	BlockSize int
+	// Queues is the number of hardware queues, each served by its own
+	// engine loop (thread); 1..64, default 1.
+	Queues int
+	// Depth is the number of requests in flight per queue, 1..1024,
+	// default 128.
+	Depth int
+	// MaxIO is the largest request in bytes, a page multiple from 4 KiB to
+	// 8 MiB (default 1 MiB). Each queue maps Depth*MaxIO bytes of buffers.
+	MaxIO int
+	// ReadOnly makes the device read-only.
+	ReadOnly bool
+	// WriteCache tells the kernel the backend has a volatile cache: FLUSH
+	// and FUA requests are then sent and passed to Backend.Flush (or an
+	// AsyncBackend). Leave it off for backends whose writes are durable
+	// (or never are, like RAM).
+	WriteCache bool
+	// Index is the N of /dev/abuseN to create; -1 for the first free one.
+	// With Attach it names the existing device to serve.
+	Index int
+	// Attach serves the existing device Index, whose previous server is
+	// gone, instead of creating one (see ReconnectMs). Its geometry comes
+	// from the kernel; Size, BlockSize, Queues, Depth, MaxIO are ignored.
+	Attach bool
+	// ReconnectMs: when the server goes away, the kernel holds the device's
+	// I/O this long for a new server to Attach (0: fail it at once).
+	ReconnectMs int
+	// Engine is the uio backend of the queue loops: "aio", "uring" or
+	// "auto" (default).
+	Engine string
+	// Logger receives attach/detach events and bad requests; default none.
+	Logger *zap.Logger
+}
+
+// ErrNoModule means /dev/abctl is missing: the kernel module is not loaded.
+var ErrNoModule = errors.New("blockdev: " + abuse.CtlPath + " missing: load abuse.ko: modprobe abuse / insmod kmod/abuse.ko")
+
+// Server serves one device. Create it with Serve.
+type Server struct {
+	ctl     *abuse.Ctl
+	cfg     abuse.DevConfig
+	geo     geometry
+	be      Backend
+	async   AsyncBackend
+	mapper  Mapper
+	log     *zap.Logger
+	engine  string
+	queues  []*queue
+	anyStop chan struct{} // a queue stopped (buffered, one per queue)
+	done    chan struct{}
+
+	mu         sync.Mutex
+	detachedCh chan struct{} // closed when detach has finished
+	detached   bool
+	removed    bool
+	stats      Stats
+}
+
+// Serve creates the device described by cfg (or attaches to it) and starts
+// serving its queues. The device exists when Serve returns; its path is
+// Path().
+func Serve(cfg Config) (*Server, error) {
+	if cfg.Backend == nil {
+		return nil, errors.New("blockdev: no backend")
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	dc, err := deviceConfig(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	ctl, err := abuse.Open()
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENXIO) || errors.Is(err, unix.ENODEV) {
+			return nil, fmt.Errorf("%w (%v)", ErrNoModule, err)
+		}
+		return nil, err
+	}
+	if cfg.Attach {
+		dc, err = ctl.Attach(cfg.Index)
+		if err == nil && int64(dc.Size) > cfg.Backend.Size() {
+			err = fmt.Errorf("blockdev: device %d is %d bytes, the backend only %d", cfg.Index, dc.Size, cfg.Backend.Size())
+		}
+	} else {
+		err = ctl.Create(&dc)
+		if errors.Is(err, unix.EEXIST) {
+			err = fmt.Errorf("%w: /dev/abuse%d already exists", err, cfg.Index)
+		}
+	}
+	if err != nil {
+		ctl.Close()
+		return nil, err
+	}
+	s := &Server{
+		ctl:        ctl,
+		cfg:        dc,
+		be:         cfg.Backend,
+		log:        log.With(zap.String("dev", fmt.Sprintf("abuse%d", dc.DevID))),
+		engine:     cfg.Engine,
+		done:       make(chan struct{}),
+		anyStop:    make(chan struct{}, dc.NrHWQueues),
+		detachedCh: make(chan struct{}),
+		geo: geometry{
+			size:      int64(dc.Size),
+			blockSize: int64(dc.LogicalBlockSize),
+			maxIO:     int(dc.MaxIOBytes),
+			readOnly:  dc.Flags&abuse.DevReadOnly != 0,
+			flush:     dc.Flags&abuse.DevWriteCache != 0,
+		},
+	}
+	_, s.geo.discard = cfg.Backend.(Discarder)
+	_, s.geo.zeroes = cfg.Backend.(ZeroWriter)
+	s.async, _ = cfg.Backend.(AsyncBackend)
+	s.mapper, _ = cfg.Backend.(Mapper)
+	if s.engine == "" {
+		s.engine = "auto"
+	}
+	for i := 0; i < int(dc.NrHWQueues); i++ {
+		q, err := s.startQueue(i)
+		if err != nil {
+			s.stopQueues()
+			if !cfg.Attach {
+				ctl.Remove(int(dc.DevID))
+			}
+			ctl.Close()
+			return nil, err
+		}
+		s.queues = append(s.queues, q)
+	}
+	go func() {
+		// One queue stopping means the server is done (the kernel ends
+		// the whole server generation at once): stop the others too.
+		<-s.anyStop
+		s.detach()
+		close(s.done)
+	}()
+	verb := "created"
+	if cfg.Attach {
+		verb = "attached"
+	}
+	s.log.Info("blockdev: "+verb, zap.String("path", s.Path()), zap.Uint64("size", dc.Size),
+		zap.Uint32("block_size", dc.LogicalBlockSize), zap.Uint32("queues", dc.NrHWQueues),
+		zap.Uint32("depth", dc.QueueDepth), zap.Uint32("max_io", dc.MaxIOBytes),
+		zap.Bool("read_only", s.geo.readOnly), zap.String("engine", s.queues[0].l.Backend()),
+		zap.Bool("async_backend", s.async != nil), zap.Bool("mapped_reads", s.mapper != nil))
+	return s, nil
+}
+
+// deviceConfig checks cfg and turns it into the kernel's device config.
+func deviceConfig(cfg *Config) (abuse.DevConfig, error) {
+	if cfg.Attach {
+		if cfg.Index < 0 {
+			return abuse.DevConfig{}, fmt.Errorf("blockdev: attach needs a device index, got %d", cfg.Index)
+		}
+		return abuse.DevConfig{}, nil
+	}
+	bs := cfg.BlockSize
+	if bs == 0 {
+		bs = 4096
+	}
+	if bs != 512 && bs != 4096 {
+		return abuse.DevConfig{}, fmt.Errorf("blockdev: block size %d: want 512 or 4096", bs)
+	}
+	size := cfg.Size
+	if size == 0 {
+		size = cfg.Backend.Size()
+	}
+	if size <= 0 || size%int64(bs) != 0 || size > abuse.MaxSize {
+		return abuse.DevConfig{}, fmt.Errorf("blockdev: size %d: want a positive multiple of the block size %d (at most 2^60)", size, bs)
+	}
+	if size > cfg.Backend.Size() {
+		return abuse.DevConfig{}, fmt.Errorf("blockdev: size %d exceeds the backend's %d bytes", size, cfg.Backend.Size())
+	}
+	if cfg.Queues < 0 || cfg.Queues > abuse.MaxQueues {
+		return abuse.DevConfig{}, fmt.Errorf("blockdev: %d queues: want 1..%d", cfg.Queues, abuse.MaxQueues)
+	}
+	if cfg.Depth < 0 || cfg.Depth > abuse.MaxDepth {
+		return abuse.DevConfig{}, fmt.Errorf("blockdev: depth %d: want 1..%d", cfg.Depth, abuse.MaxDepth)
+	}
+	if cfg.MaxIO != 0 && (cfg.MaxIO < abuse.MinIOBytes || cfg.MaxIO > abuse.MaxIOBytes || cfg.MaxIO%4096 != 0) {
+		return abuse.DevConfig{}, fmt.Errorf("blockdev: max I/O %d: want a multiple of 4 KiB from 4 KiB to 8 MiB", cfg.MaxIO)
+	}
+	if cfg.Index < -1 || cfg.Index >= abuse.MaxDevices {
+		return abuse.DevConfig{}, fmt.Errorf("blockdev: device index %d: want -1 or 0..%d", cfg.Index, abuse.MaxDevices-1)
+	}
+	if cfg.ReconnectMs < 0 || cfg.ReconnectMs > abuse.MaxReconnectMs {
+		return abuse.DevConfig{}, fmt.Errorf("blockdev: reconnect window %d ms: want 0..%d", cfg.ReconnectMs, abuse.MaxReconnectMs)
+	}
+	dc := abuse.DevConfig{
+		Size:             uint64(size),
+		LogicalBlockSize: uint32(bs),
+		NrHWQueues:       uint32(cfg.Queues),
+		QueueDepth:       uint32(cfg.Depth),
+		MaxIOBytes:       uint32(cfg.MaxIO),
+		ReconnectMs:      uint32(cfg.ReconnectMs),
+		DevID:            int32(cfg.Index),
+	}
+	if cfg.ReadOnly {
+		dc.Flags |= abuse.DevReadOnly
+	}
+	if cfg.WriteCache {
+		dc.Flags |= abuse.DevWriteCache | abuse.DevFUA
+	}
+	const maxSectors = 1 << 22 // 2 GiB per DISCARD/WRITE_ZEROES
+	if _, ok := cfg.Backend.(Discarder); ok {
+		dc.MaxDiscardSectors = maxSectors
+	}
+	if _, ok := cfg.Backend.(ZeroWriter); ok {
+		dc.MaxWriteZeroesSectors = maxSectors
+	}
+	return dc, nil
+}
+
+// Path returns the device node, /dev/abuseN.
+func (s *Server) Path() string { return fmt.Sprintf("/dev/abuse%d", s.cfg.DevID) }
+
+// Index returns N of /dev/abuseN.
+func (s *Server) Index() int { return int(s.cfg.DevID) }
+
+// DeviceConfig returns the effective device configuration.
+func (s *Server) DeviceConfig() abuse.DevConfig { return s.cfg }
+
+// Done is closed when every queue has stopped serving: the device was
+// removed (by Close or anyone else), another server took over, or Detach.
+func (s *Server) Done() <-chan struct{} { return s.done }
+
+// Close removes the device and stops serving. Removal is refused while the
+// device is open or mounted: Close retries for up to wait, then returns an
+// error wrapping EBUSY and keeps serving (call Detach to stop anyway).
+func (s *Server) Close(wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	var err error
+	for {
+		s.mu.Lock()
+		if s.detached || s.removed {
+			s.mu.Unlock()
+			break
+		}
+		err = s.ctl.Remove(int(s.cfg.DevID))
+		if err == nil {
+			s.removed = true
+		}
+		s.mu.Unlock()
+		if err == nil || !errors.Is(err, unix.EBUSY) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
+		if errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("%w: %s is open or mounted", err, s.Path())
+		}
+		return err
+	}
+	s.log.Info("blockdev: removed", zap.String("path", s.Path()))
+	return s.Detach()
+}
+
+// Detach stops serving without removing the device: the kernel fails its
+// I/O, or holds it for a new server if it was created with ReconnectMs.
+// Requests the backend is still working on are finished (their results
+// are dropped) before Detach returns.
+func (s *Server) Detach() error {
+	err := s.detach()
+	<-s.done
+	return err
+}
+
+func (s *Server) detach() error {
+	s.mu.Lock()
+	if s.detached {
+		s.mu.Unlock()
+		<-s.detachedCh
+		return nil
+	}
+	s.detached = true
+	s.mu.Unlock()
+	st := s.stopQueues()
+	err := s.ctl.Close()
+	s.mu.Lock()
+	s.stats = st
+	s.mu.Unlock()
+	close(s.detachedCh)
+	s.log.Info("blockdev: detached", zap.String("path", s.Path()), zap.Int64("requests", st.Requests),
+		zap.Int64("commit_fetch_calls", st.Calls), zap.Int64("polls", st.Polls), zap.Int64("bad_requests", st.Bad))
+	return err
+}
+
+// Stats returns the counters of a server that has stopped (zero before).
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stats
+}
+
+// Stats counts a server's work.
+type Stats struct {
+	Requests int64 // requests fetched
+	Calls    int64 // COMMIT_FETCH ioctls
+	Polls    int64 // poll ops that fired
+	Bad      int64 // requests refused by validation
+}
+
+func (s *Server) stopQueues() Stats {
+	var st Stats
+	for _, q := range s.queues {
+		q.stop()
+		st.Requests += q.st.Requests
+		st.Calls += q.st.Calls
+		st.Polls += q.st.Polls
+		st.Bad += q.st.Bad
+	}
+	return st
+}
+
+// kqueue is the kernel side of a queue (abuse.Queue; a fake in tests).
+type kqueue interface {
+	Fd() int
+	Buffer(tag uint16) []byte
+	CommitFetch(done []abuse.Completion) ([]abuse.Request, error)
+	Close() error
+}
+
+func (s *Server) startQueue(i int) (*queue, error) {
+	kq, err := s.ctl.OpenQueue(i)
+	if err != nil {
+		return nil, err
+	}
+	q, err := newQueue(s, kq, i)
+	if err != nil {
+		kq.Close()
+		return nil, err
+	}
+	return q, nil
+}

@@ -1,0 +1,174 @@
+// Command uio-ramdisk serves a userspace block device /dev/abuseN (kernel
+// module kmod/abuse.ko) from RAM or from a file, on the uio engine:
+//
+//	uio-ramdisk -size 1G                       # sparse RAM disk
+//	uio-ramdisk -file /var/tmp/disk.img -size 4G
+//
+// It prints the device path on stdout once the device exists and serves
+// until SIGINT or SIGTERM, then removes the device (waiting up to -remove-wait
+// while it is mounted or open; a second signal detaches without removing).
+// Exit status: 0 after a clean removal, 1 on a failure while serving, 2 for
+// a usage or setup error (bad flag, module not loaded, device busy).
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/userland-io/uio/blockdev"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/sys/unix"
+)
+
+func main() {
+	sizeStr := flag.String("size", "", "device size, e.g. 1G, 512M (required for RAM; default for -file: the file's size)")
+	bs := flag.Int("bs", 4096, "logical block size: 512 or 4096")
+	queues := flag.Int("queues", 1, "hardware queues, each served by its own engine loop (thread)")
+	depth := flag.Int("depth", 128, "requests in flight per queue (1..1024)")
+	maxIOStr := flag.String("max-io", "1M", "largest request (4K..8M)")
+	readOnly := flag.Bool("ro", false, "read-only device")
+	file := flag.String("file", "", "serve this file (or block device) instead of RAM; created/extended to -size")
+	noDirect := flag.Bool("no-direct", false, "with -file: never use O_DIRECT")
+	chunkStr := flag.String("chunk", "1M", "RAM allocation unit (power of two, 4K..64M)")
+	engine := flag.String("backend", "auto", "engine backend: aio, uring or auto")
+	index := flag.Int("index", -1, "create /dev/abuseN with this N (-1: first free)")
+	attach := flag.Bool("attach", false, "serve the existing device -index (its previous server is gone) instead of creating one")
+	reconnect := flag.Int("reconnect-ms", 0, "hold the device's I/O this long for a new server if this one dies")
+	ready := flag.String("ready", "", "also write the device path to this file once it exists")
+	removeWait := flag.Duration("remove-wait", 5*time.Second, "on SIGINT/SIGTERM, keep retrying removal of a busy device this long")
+	level := flag.String("log", "info", "log level: debug, info, warn, error")
+	flag.Parse()
+	if flag.NArg() > 0 {
+		usage("unexpected arguments %q", flag.Args())
+	}
+
+	var lvl zapcore.Level
+	if err := lvl.UnmarshalText([]byte(*level)); err != nil {
+		usage("-log %q: want debug, info, warn or error", *level)
+	}
+	zc := zap.NewProductionConfig()
+	zc.Level = zap.NewAtomicLevelAt(lvl)
+	zc.Encoding = "console"
+	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	zc.Sampling = nil
+	log, err := zc.Build()
+	if err != nil {
+		usage("logger: %v", err)
+	}
+	defer log.Sync()
+
+	var size int64
+	if *sizeStr != "" {
+		if size, err = blockdev.ParseSize(*sizeStr); err != nil || size <= 0 {
+			usage("-size %q: want a positive size such as 1G or 512M", *sizeStr)
+		}
+		if size%int64(*bs) != 0 {
+			usage("-size %d is not a multiple of the block size %d", size, *bs)
+		}
+	} else if *file == "" && !*attach {
+		usage("-size is required (e.g. -size 1G)")
+	}
+	maxIO, err := blockdev.ParseSize(*maxIOStr)
+	if err != nil {
+		usage("-max-io: %v", err)
+	}
+	chunk, err := blockdev.ParseSize(*chunkStr)
+	if err != nil {
+		usage("-chunk: %v", err)
+	}
+
+	var be blockdev.Backend
+	writeCache := false
+	if *file != "" {
+		f, err := blockdev.OpenFile(*file, blockdev.FileOptions{Size: size, BlockSize: *bs, ReadOnly: *readOnly, NoDirect: *noDirect})
+		if err != nil {
+			usage("%v", err)
+		}
+		defer f.Close()
+		log.Info("file backend", zap.String("path", *file), zap.Int64("size", f.Size()), zap.Bool("o_direct", f.Direct()))
+		be, writeCache = f, true
+	} else {
+		if *attach && size == 0 {
+			usage("-attach with the RAM backend needs -size (the device's size)")
+		}
+		r, err := blockdev.NewRAM(size, chunk)
+		if err != nil {
+			usage("%v", err)
+		}
+		be = r
+	}
+
+	srv, err := blockdev.Serve(blockdev.Config{
+		Backend: be, Size: size, BlockSize: *bs, Queues: *queues, Depth: *depth, MaxIO: int(maxIO),
+		ReadOnly: *readOnly, WriteCache: writeCache, Index: *index, Attach: *attach,
+		ReconnectMs: *reconnect, Engine: *engine, Logger: log,
+	})
+	if err != nil {
+		switch {
+		case errors.Is(err, blockdev.ErrNoModule):
+			usage("%v", err)
+		case errors.Is(err, unix.EEXIST), errors.Is(err, unix.EBUSY):
+			usage("device busy: %v", err)
+		case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
+			usage("%v (needs root: CAP_SYS_ADMIN)", err)
+		default:
+			usage("%v", err)
+		}
+	}
+	fmt.Println(srv.Path())
+	if *ready != "" {
+		if err := os.WriteFile(*ready+".tmp", []byte(srv.Path()+"\n"), 0o644); err == nil {
+			os.Rename(*ready+".tmp", *ready)
+		}
+	}
+
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	for {
+		select {
+		case s := <-sig:
+			log.Info("signal: removing the device", zap.Stringer("signal", s), zap.String("path", srv.Path()))
+			err := srv.Close(*removeWait)
+			if err == nil {
+				return
+			}
+			if !errors.Is(err, unix.EBUSY) {
+				log.Error("remove failed; detaching", zap.Error(err))
+				srv.Detach()
+				os.Exit(1)
+			}
+			log.Warn("device still in use: unmount/close it, or signal again to detach without removing", zap.Error(err))
+			select {
+			case <-sig:
+				if srv.Close(0) == nil {
+					return
+				}
+				log.Warn("detaching without removing: the device's I/O now fails", zap.String("path", srv.Path()))
+				srv.Detach()
+				os.Exit(1)
+			case <-srv.Done():
+			}
+		case <-srv.Done():
+		}
+		// Every queue stopped: the device was removed (or taken over)
+		// by someone else, or serving failed.
+		srv.Detach()
+		if _, err := os.Stat(fmt.Sprintf("/sys/block/abuse%d", srv.Index())); err == nil {
+			log.Error("stopped serving; the device remains", zap.String("path", srv.Path()))
+			os.Exit(1)
+		}
+		log.Info("device removed by someone else", zap.String("path", srv.Path()))
+		return
+	}
+}
+
+func usage(f string, a ...any) {
+	fmt.Fprintf(os.Stderr, "uio-ramdisk: "+f+"\n", a...)
+	os.Exit(2)
+}
