@@ -7,7 +7,7 @@ export GOTOOLCHAIN := auto
 # Debian's golang-1.23 (what install-deps installs where no go is present).
 GO ?= $(shell command -v go || echo /usr/lib/go-1.23/bin/go)
 
-.PHONY: all deps build vet test test-kmod demo bench syscalls bench-proxy bin/uioproxy
+.PHONY: all deps build vet test test-kmod demo bench syscalls bench-proxy bench-fio bench-blockdev bin/uioproxy
 all: build
 
 deps:
@@ -51,6 +51,14 @@ syscalls: deps
 # uioproxy next to HAProxy, nginx, socat and an io.Copy proxy (bench/proxy).
 bench-proxy: bin/uioproxy
 	./bench/proxy/run.sh
+
+# Our engine next to fio's libaio and io_uring engines (bench/fio).
+bench-fio: deps
+	./bench/fio/run.sh
+
+# ABUSE vs nbd.ko vs the loop device, inside a 6.12 VM (bench/blockdev).
+bench-blockdev: deps
+	./bench/blockdev/run.sh 6.12
 
 # Engine benchmarks: per-message cost through the loop vs plain syscalls.
 bench: deps

@@ -2,14 +2,15 @@
 # bench/blockdev/run.sh [6.1|6.12] - ABUSE (uio-ramdisk) vs nbd.ko (our NBD
 # server on the same RAM backend) vs the kernel loop device on tmpfs, with
 # fio (libaio, direct=1) inside a qemu TCG guest booting Debian's kernel.
-# Writes the ratio table into bench/blockdev/RESULTS.fragment.md.
+# Writes the ratio table into bench/RESULTS.md (between the blockdev-bench markers).
 # Bounded: the VM is killed after BOOT_TIMEOUT (default 900 s).
 # Environment: BENCH_RUNTIME=4 (seconds per fio job), BENCH_SIZE=256M.
 set -euo pipefail
 FLAVOUR=${1:-6.12}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-OUT=$HERE/RESULTS.fragment.md
+OUT=${OUT:-$HERE/../RESULTS.md}
+source "$HERE/../lib.sh" # write_results
 export LAB=${LAB:-/var/tmp/abuse-bench/$FLAVOUR}
 export BOOT_TIMEOUT=${BOOT_TIMEOUT:-900}
 mkdir -p "$LAB"
@@ -72,5 +73,6 @@ Raw TCG numbers: ${raw%; }.
 <!-- blockdev-bench:end -->
 EOF
 )
-printf '%s\n' "$frag" >"$OUT"
-cat "$OUT"
+printf '%s\n' "$frag" >"$LAB/block.md"
+write_results "$OUT" blockdev-bench "$LAB/block.md"
+cat "$LAB/block.md"
