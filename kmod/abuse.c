@@ -236,7 +236,11 @@ static blk_status_t abuse_queue_rq(struct blk_mq_hw_ctx *hctx,
 	cmd->state = ABUSE_CMD_PENDING;
 	list_add_tail(&cmd->node, &q->pending);
 	spin_unlock_irqrestore(&q->lock, flags);
-	wake_up(&q->wait);
+	/*
+	 * Say which event this is: a Linux AIO IOCB_CMD_POLL can then complete
+	 * in this wakeup instead of going through a workqueue to call poll.
+	 */
+	wake_up_poll(&q->wait, EPOLLIN | EPOLLRDNORM);
 	return BLK_STS_OK;
 }
 
