@@ -108,6 +108,13 @@ func TestCrash(t *testing.T) {
 					t.Fatalf("synced byte %d of %d is %#x, want %#x", i, synced, b[i], crashByte(i))
 				}
 			}
+			// Past the last synced byte: bytes appended later that landed,
+			// or zero padding (left by the Syncs while the file was open).
+			for i := synced; i < int64(len(b)); i++ {
+				if b[i] != 0 && b[i] != crashByte(i) {
+					t.Fatalf("byte %d (after %d synced) is %#x, want %#x or padding", i, synced, b[i], crashByte(i))
+				}
+			}
 			t.Logf("killed after %d syncs: %d bytes synced, %d in the file", lines, synced, len(b))
 		})
 	}

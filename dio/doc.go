@@ -33,30 +33,54 @@
 // Append copies into an aligned chunk (Options.ChunkSize, 256 KiB by
 // default). When a chunk is full its write is submitted and Append returns
 // without waiting; at most Options.MaxInflight chunk writes are in flight.
-// Sync waits for them, then writes what the chunk holds: the whole blocks,
-// and the partial last block padded with zeros to the alignment. The
-// padding goes past the logical end of the file, so Sync then cuts the file
-// back to its logical size with ftruncate, and the partial block stays in
+// Sync writes what the chunk holds: the whole blocks, and the partial last
+// block padded with zeros to the alignment. The partial block stays in
 // memory: the next Sync, or the chunk's write, writes that block again with
 // the bytes appended since (the tail rewrite). Reads of bytes still in the
 // chunk, or in a chunk write in flight, see them; Size is the logical size.
-// When the data ends on a block boundary nothing needs cutting, and Sync
-// chains the write and the fdatasync on the loop in one round trip.
+//
+// # The padding stays on disk until Close
+//
+// The zero padding of the tail block goes past the logical end of the
+// file, and by default it stays there: while a File is open, the file on
+// disk may be up to one alignment block longer than Size (what fstat or
+// another reader of the path sees), the bytes past Size being zeros. Close
+// cuts the file to its logical size. Cutting it at every Sync instead
+// (ftruncate into the middle of the tail block) makes ext4 read that block
+// back to zero its tail, and makes every later tail write extend the file,
+// which ext4 then completes synchronously inside io_submit; measured, it
+// halved synced appends per second (examples/pebble/BENCH.md).
+// Options.ExactSizeOnSync restores it for callers that need the size on
+// disk exact after every Sync.
+//
+// # One trip to the loop per Sync
+//
+// Sync posts one function to the loop. It submits the tail write; when the
+// tail write and the chunk writes that were in flight when Sync was called
+// have all landed, the last completion submits the fdatasync on the loop,
+// and only the fdatasync's completion wakes the caller. Appends by other
+// goroutines wait for the tail write (its buffer is the kernel's until
+// then), not for the fdatasync. With ExactSizeOnSync, when padding has to
+// be cut, Sync waits for the writes, ftruncates and then fdatasyncs: two
+// trips.
 //
 // # What Sync guarantees
 //
 // When Sync returns nil, every byte written or appended through the File
 // before Sync was called is on stable storage, at its place, and the file
-// size is the logical size (fdatasync persists the size too). Concurrent
-// Syncs share an fdatasync: one that finds its data covered by a finished
-// one returns at once. A failed fdatasync is sticky (the page cache and the
+// is at least that long (fdatasync persists the size too); with
+// ExactSizeOnSync its size is exactly the logical size. Concurrent Syncs
+// share an fdatasync: one that finds its data covered by a finished one
+// returns at once. A failed fdatasync is sticky (the page cache and the
 // disk may disagree after it), and so is a failed asynchronous chunk write:
 // every later Append, WriteAt or Sync returns it.
 //
 // After a crash the file holds every synced byte. Beyond the last synced
 // byte it may hold bytes appended later (chunk writes that landed) and up
-// to one block of zero padding: formats that read a log until the first
-// invalid record (Pebble's WAL, for one) handle that.
+// to one block of zero padding, which Close would have cut off: formats
+// that read a log until the first invalid record (Pebble's WAL and
+// MANIFEST, for two) handle that. Opening such a file again takes the
+// padding as part of the file.
 //
 // # Fallback
 //
@@ -75,5 +99,6 @@
 // outside it, so many ReadAt calls are in flight at once and share the
 // loop's rounds. Goroutines wait for their ops with a pooled waiter (a
 // cheaper uio.Loop.Do). Close must not race with other calls on the File;
-// it writes what is buffered and fixes the size, but does not fdatasync.
+// it writes what is buffered and cuts the file to its logical size, but
+// does not fdatasync.
 package dio

@@ -29,6 +29,14 @@ type Options struct {
 	// direct I/O). It must be a power of two and a multiple of what the
 	// file system requires. 0: detect.
 	Align int
+	// ExactSizeOnSync makes every Sync leave the file on disk exactly at
+	// its logical size: after writing the zero-padded tail block, Sync
+	// cuts the padding off with ftruncate before the fdatasync (a second
+	// trip to the loop, and on ext4 a read-modify-write of the tail block
+	// plus synchronous tail writes afterwards). By default the padding
+	// (less than one alignment block of zeros) stays on disk while the
+	// File is open and Close removes it. Irrelevant when buffered.
+	ExactSizeOnSync bool
 }
 
 const (
@@ -43,6 +51,7 @@ type File struct {
 	fd     int
 	path   string
 	direct bool
+	exact  bool  // Options.ExactSizeOnSync
 	bs     int64 // offset and length alignment (1 when buffered)
 	mem    int   // memory alignment of direct I/O
 	log    *zap.Logger
@@ -71,7 +80,7 @@ type File struct {
 	smu     sync.Mutex
 	scond   sync.Cond
 	syncing bool   // an fdatasync is running (or being prepared by its owner)
-	settled uint64 // modSeq whose bytes are all written and the size right
+	settled uint64 // modSeq whose bytes are all written (and, ExactSizeOnSync, the size right)
 	durable uint64 // modSeq covered by a finished fdatasync
 	syncErr error  // a failed fdatasync; sticky
 }
@@ -79,8 +88,9 @@ type File struct {
 // flight is one asynchronous chunk write.
 type flight struct {
 	off  int64
-	buf  []byte // the whole pooled buffer
-	data []byte // what remains to be written, at off
+	buf  []byte     // the whole pooled buffer
+	data []byte     // what remains to be written, at off
+	reqs []*syncReq // Syncs waiting for this write (under imu)
 }
 
 // openHook lets tests make open refuse O_DIRECT.
@@ -154,6 +164,7 @@ func (f *File) init(o Options) error {
 			f.bs, f.mem = int64(bs), mem
 		}
 	}
+	f.exact = o.ExactSizeOnSync
 	if o.Align > 0 {
 		if o.Align&(o.Align-1) != 0 || int64(o.Align)%f.bs != 0 {
 			return &Error{Op: "open", Path: f.path, Off: -1, Err: errors.New("Options.Align must be a power of two and a multiple of the file system's alignment")}
@@ -428,7 +439,7 @@ func (f *File) rotate() error {
 	f.diskSize = max(f.diskSize, f.cbase+int64(f.ccap))
 	f.cbuf, f.cbase, f.clen, f.cflushed, f.dirty = nb, f.cbase+int64(f.ccap), 0, 0, false
 	if err := f.l.Post(func() { f.submitFlight(fl) }); err != nil {
-		f.landed(fl, err)
+		f.landed(fl, err, false)
 	}
 	return nil
 }
@@ -438,11 +449,11 @@ func (f *File) submitFlight(fl *flight) {
 	_, err := f.l.Submit(uio.Op{Kind: uio.OpWrite, Fd: f.fd, Buf: fl.data, Offset: fl.off, Done: func(r uio.Result) {
 		switch n := int(r.Res); {
 		case r.Res < 0:
-			f.landed(fl, &Error{Op: "append", Path: f.path, Off: fl.off, Len: len(fl.data), Err: r.Err()})
+			f.landed(fl, &Error{Op: "append", Path: f.path, Off: fl.off, Len: len(fl.data), Err: r.Err()}, true)
 		case n == len(fl.data):
-			f.landed(fl, nil)
+			f.landed(fl, nil, true)
 		case n == 0 || (f.direct && int64(n)%f.bs != 0):
-			f.landed(fl, &Error{Op: "append", Path: f.path, Off: fl.off, Len: len(fl.data), Err: io.ErrShortWrite})
+			f.landed(fl, &Error{Op: "append", Path: f.path, Off: fl.off, Len: len(fl.data), Err: io.ErrShortWrite}, true)
 		default: // short: write the rest
 			fl.off += int64(n)
 			fl.data = fl.data[n:]
@@ -450,12 +461,13 @@ func (f *File) submitFlight(fl *flight) {
 		}
 	}})
 	if err != nil {
-		f.landed(fl, err)
+		f.landed(fl, err, true)
 	}
 }
 
-// landed retires a chunk write. Any goroutine, the loop's included.
-func (f *File) landed(fl *flight, err error) {
+// landed retires a chunk write and tells the Syncs waiting for it. Any
+// goroutine, the loop's included (onLoop says which).
+func (f *File) landed(fl *flight, err error, onLoop bool) {
 	f.imu.Lock()
 	for i, x := range f.flights {
 		if x == fl {
@@ -466,9 +478,14 @@ func (f *File) landed(fl *flight, err error) {
 	if err != nil && f.flyErr == nil {
 		f.flyErr = err
 	}
+	reqs := fl.reqs
+	fl.reqs = nil
 	f.icond.Broadcast()
 	f.imu.Unlock()
 	pool.put(fl.buf)
+	for _, r := range reqs {
+		r.release(onLoop)
+	}
 }
 
 // flushTail writes the chunk's unflushed bytes, the partial last block
@@ -607,185 +624,6 @@ func (f *File) readBlock(b []byte, off int64) error {
 		clear(b[f.size-off:])
 	}
 	return nil
-}
-
-// Sync makes every byte written or appended before it durable: it waits
-// for the chunk writes in flight, writes the unflushed rest of the chunk
-// (the partial last block padded with zeros), cuts the padding off with
-// ftruncate, and runs fdatasync through the loop. When no padding has to
-// be cut, the write and the fdatasync are chained on the loop: one round
-// trip. Syncs that find their data already covered by a finished (or
-// running) fdatasync share it. A failed fdatasync is sticky: every later
-// Sync returns its error.
-func (f *File) Sync() error {
-	f.mu.Lock()
-	if err := f.writable("sync", -1, 0); err != nil {
-		f.mu.Unlock()
-		return err
-	}
-	m := f.modSeq
-	f.smu.Lock()
-	err, done := f.syncErr, f.durable >= m
-	owner := !done && err == nil && !f.syncing
-	if owner {
-		f.syncing = true
-	}
-	f.smu.Unlock()
-	if err != nil || done {
-		f.mu.Unlock()
-		return err
-	}
-	if owner {
-		if ok, err := f.syncChained(); ok {
-			f.mu.Unlock()
-			return err
-		}
-	}
-	err = f.settle()
-	f.mu.Unlock()
-	if owner {
-		if err != nil {
-			f.finishSync(0, nil)
-			return err
-		}
-		f.smu.Lock()
-		target := f.settled
-		f.smu.Unlock()
-		return f.finishSync(target, f.fdatasync())
-	}
-	if err != nil {
-		return err
-	}
-	return f.groupSync(m)
-}
-
-// syncChained is Sync's one-round-trip path: with no padding to cut off,
-// the tail write's Done submits the fdatasync. Called with mu, owning
-// syncing. ok is false when the path does not apply (nothing was done).
-func (f *File) syncChained() (ok bool, err error) {
-	if err := f.waitAllFlights(); err != nil {
-		f.finishSync(0, nil)
-		return true, f.wrap("sync", -1, 0, err)
-	}
-	end := int(f.alignUp(int64(f.clen)))
-	if !f.dirty || f.clen <= f.cflushed || end != f.clen || f.diskSize > f.size {
-		return false, nil
-	}
-	off, buf := f.cbase+int64(f.cflushed), f.cbuf[f.cflushed:end]
-	type result struct{ w, s int32 }
-	ch := make(chan result, 1)
-	var write func()
-	write = func() {
-		_, err := f.l.Submit(uio.Op{Kind: uio.OpWrite, Fd: f.fd, Buf: buf, Offset: off, Done: func(r uio.Result) {
-			switch {
-			case r.Res > 0 && int(r.Res) < len(buf) && int64(r.Res)%f.bs == 0:
-				buf, off = buf[r.Res:], off+int64(r.Res)
-				write() // short: the rest
-				return
-			case int(r.Res) != len(buf):
-				ch <- result{w: r.Res}
-				return
-			}
-			if _, err := f.l.Submit(uio.Op{Kind: uio.OpFdatasync, Fd: f.fd, Done: func(r uio.Result) {
-				ch <- result{w: int32(len(buf)), s: r.Res}
-			}}); err != nil {
-				ch <- result{w: int32(len(buf)), s: -int32(unix.ECANCELED)}
-			}
-		}})
-		if err != nil {
-			ch <- result{w: -int32(unix.ECANCELED)}
-		}
-	}
-	if err := f.l.Post(write); err != nil {
-		f.finishSync(0, nil)
-		return true, f.wrap("sync", off, len(buf), err)
-	}
-	r := <-ch
-	if int(r.w) != len(buf) {
-		f.finishSync(0, nil)
-		werr := error(io.ErrShortWrite)
-		if r.w < 0 {
-			werr = unix.Errno(-r.w)
-		}
-		return true, &Error{Op: "write", Path: f.path, Off: off, Len: len(buf), Err: werr}
-	}
-	f.diskSize = max(f.diskSize, f.cbase+int64(end))
-	f.cflushed, f.dirty = int(f.alignDown(int64(f.clen))), false
-	var serr error
-	if r.s < 0 {
-		serr = unix.Errno(-r.s)
-	}
-	f.smu.Lock()
-	f.settled = max(f.settled, f.modSeq)
-	f.smu.Unlock()
-	return true, f.finishSync(f.modSeq, serr)
-}
-
-// settle puts every byte below size on disk and the file size right.
-// Called with mu.
-func (f *File) settle() error {
-	if err := f.flushTail(); err != nil {
-		return err
-	}
-	if err := f.waitAllFlights(); err != nil {
-		return f.wrap("sync", -1, 0, err)
-	}
-	if f.diskSize != f.size {
-		if err := unix.Ftruncate(f.fd, f.size); err != nil {
-			return &Error{Op: "ftruncate", Path: f.path, Off: f.size, Err: err}
-		}
-		f.diskSize = f.size
-	}
-	f.smu.Lock()
-	f.settled = max(f.settled, f.modSeq)
-	f.smu.Unlock()
-	return nil
-}
-
-func (f *File) fdatasync() error {
-	res, err := do(f.l, uio.Op{Kind: uio.OpFdatasync, Fd: f.fd})
-	if err == nil && res < 0 {
-		err = unix.Errno(-res)
-	}
-	return err
-}
-
-// finishSync ends the fdatasync the caller owned: on success everything
-// settled up to target is durable. It returns the sticky error.
-func (f *File) finishSync(target uint64, err error) error {
-	f.smu.Lock()
-	defer f.smu.Unlock()
-	f.syncing = false
-	if err != nil {
-		if f.syncErr == nil {
-			f.syncErr = &Error{Op: "fdatasync", Path: f.path, Off: -1, Err: err}
-		}
-	} else {
-		f.durable = max(f.durable, target)
-	}
-	f.scond.Broadcast()
-	return f.syncErr
-}
-
-// groupSync returns once modification m is durable: covered by an
-// fdatasync that started after it was settled, someone else's or ours.
-func (f *File) groupSync(m uint64) error {
-	f.smu.Lock()
-	for {
-		if f.syncErr != nil || f.durable >= m {
-			err := f.syncErr
-			f.smu.Unlock()
-			return err
-		}
-		if !f.syncing {
-			break
-		}
-		f.scond.Wait()
-	}
-	f.syncing = true
-	target := f.settled
-	f.smu.Unlock()
-	return f.finishSync(target, f.fdatasync())
 }
 
 // Close writes what is buffered (without fdatasync: call Sync first for

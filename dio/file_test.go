@@ -98,6 +98,7 @@ type mode struct {
 var modes = []mode{
 	{name: "ext4", dir: ext4Dir, wantDir: true},
 	{name: "ext4-align4k", dir: ext4Dir, opts: Options{Align: 4096}, wantDir: true},
+	{name: "ext4-exact", dir: ext4Dir, opts: Options{ExactSizeOnSync: true}, wantDir: true},
 	{name: "ext4-refused", dir: ext4Dir, refuse: true},
 	{name: "tmpfs", dir: shmDir, wantDir: true}, // 6.6+ tmpfs takes O_DIRECT
 	{name: "tmpfs-buffered", dir: shmDir, opts: Options{Buffered: true}},
@@ -250,12 +251,12 @@ func (h *harness) step(s *opStream) bool {
 	case 5, 6: // ReadAt
 		n0, off := length(), offset()
 		h.checkRead(off, n0)
-	case 7, 8: // Sync, then the file on disk must be exactly the oracle
+	case 7, 8: // Sync, then the file on disk must hold the oracle
 		if err := h.f.Sync(); err != nil {
 			t.Fatalf("Sync: %v", err)
 		}
-		h.checkDisk()
-	default: // Close and reopen
+		h.checkSynced()
+	default: // Close and reopen: the file on disk must be exactly the oracle
 		if err := h.f.Close(); err != nil {
 			t.Fatalf("Close: %v", err)
 		}
@@ -288,19 +289,48 @@ func (h *harness) checkRead(off int64, n int) {
 	}
 }
 
+// checkDisk checks that the file on disk is exactly the oracle (after
+// Close, or after Sync with ExactSizeOnSync).
 func (h *harness) checkDisk() {
+	got, want := h.readBoth()
+	if !bytes.Equal(got, want) {
+		h.t.Fatalf("on disk: %d bytes, oracle %d; first difference at %d", len(got), len(want), firstDiff(got, want))
+	}
+}
+
+// checkSynced checks the file on disk after a Sync: the oracle's bytes up
+// to the logical size, then at most the zero padding of the last block
+// (none with ExactSizeOnSync).
+func (h *harness) checkSynced() {
+	if h.opts.ExactSizeOnSync {
+		h.checkDisk()
+		return
+	}
+	got, want := h.readBoth()
+	if len(got) < len(want) || !bytes.Equal(got[:len(want)], want) {
+		h.t.Fatalf("on disk after Sync: %d bytes, oracle %d; first difference at %d", len(got), len(want), firstDiff(got, want))
+	}
+	if limit := alignUp(int64(len(want)), int64(h.f.Align())); int64(len(got)) > limit {
+		h.t.Fatalf("on disk after Sync: %d bytes, more than the logical size %d rounded up to the alignment %d", len(got), len(want), h.f.Align())
+	}
+	for i, c := range got[len(want):] {
+		if c != 0 {
+			h.t.Fatalf("on disk after Sync: padding byte at %d (logical size %d) is %#x, want 0", len(want)+i, len(want), c)
+		}
+	}
+}
+
+func (h *harness) readBoth() (got, want []byte) {
 	t := h.t
 	got, err := os.ReadFile(h.path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, err := os.ReadFile(h.oracle.Name())
+	want, err = os.ReadFile(h.oracle.Name())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(got, want) {
-		t.Fatalf("on disk: %d bytes, oracle %d; first difference at %d", len(got), len(want), firstDiff(got, want))
-	}
+	return got, want
 }
 
 func firstDiff(a, b []byte) int {
@@ -333,13 +363,20 @@ func TestRandomOps(t *testing.T) {
 				buf[i] = byte(r.Uint32())
 			}
 			// Small chunks so that chunk writes happen all the time.
-			h := newHarness(t, m, l, Options{ChunkSize: 8192 << seed, MaxInflight: 2, Align: m.opts.Align, Buffered: m.opts.Buffered})
+			opts := m.opts
+			opts.ChunkSize, opts.MaxInflight = 8192<<seed, 2
+			h := newHarness(t, m, l, opts)
 			s := &opStream{b: buf}
 			for i := 0; i < steps && h.step(s); i++ {
 			}
 			if err := h.f.Sync(); err != nil {
 				t.Fatal(err)
 			}
+			h.checkSynced()
+			if err := h.f.Close(); err != nil {
+				t.Fatal(err)
+			}
+			h.f = nil
 			h.checkDisk()
 		}
 	})
@@ -355,13 +392,20 @@ func FuzzFileOps(f *testing.F) {
 		}
 		m := modes[int(b0(b))%len(modes)]
 		l := loopFor(t, backends[int(b0(b)>>4)%len(backends)])
-		h := newHarness(t, m, l, Options{ChunkSize: 4096, MaxInflight: 1, Align: m.opts.Align, Buffered: m.opts.Buffered})
+		opts := m.opts
+		opts.ChunkSize, opts.MaxInflight = 4096, 1
+		h := newHarness(t, m, l, opts)
 		s := &opStream{b: b}
 		for h.step(s) {
 		}
 		if err := h.f.Sync(); err != nil {
 			t.Fatal(err)
 		}
+		h.checkSynced()
+		if err := h.f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		h.f = nil
 		h.checkDisk()
 	})
 }
@@ -377,7 +421,9 @@ func b0(b []byte) byte {
 func TestConcurrent(t *testing.T) {
 	forEachModeBackend(t, func(t *testing.T, m mode, l *uio.Loop) {
 		path := filepath.Join(m.dir(t), "c")
-		f := m.open(t, l, path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, Options{ChunkSize: 16384, Align: m.opts.Align, Buffered: m.opts.Buffered})
+		opts := m.opts
+		opts.ChunkSize = 16384
+		f := m.open(t, l, path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, opts)
 		const G, N, R = 8, 200, 37 // goroutines, records each, record size
 		var wg sync.WaitGroup
 		errc := make(chan error, G)
@@ -499,5 +545,72 @@ func TestErrors(t *testing.T) {
 	}
 	if _, err := f.ReadAt(b, 0); !errors.Is(err, os.ErrClosed) {
 		t.Fatalf("ReadAt after Close: %v", err)
+	}
+}
+
+// After a Sync the file on disk keeps the zero padding of its tail block
+// (its size is the logical size rounded up to the alignment) and Close
+// cuts it; with ExactSizeOnSync the size on disk is exact after every
+// Sync. Either way a Sync is one tail write and one fdatasync, and by
+// default it costs one trip to the loop: at most one doorbell.
+func TestSyncPadding(t *testing.T) {
+	for _, b := range backends {
+		for _, exact := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/exact=%v", b, exact), func(t *testing.T) {
+				// A loop of its own, so that its counters are this test's.
+				l, err := uio.NewLoop(uio.Config{Backend: b})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer l.Close()
+				path := filepath.Join(ext4Dir(t), "p")
+				f, err := Open(l, path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644, &Options{ExactSizeOnSync: exact})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !f.Direct() {
+					t.Skip("not direct")
+				}
+				bs := int64(f.Align())
+				rec := bytes.Repeat([]byte{7}, 100)
+				var size int64
+				const n = 60
+				st0 := l.Stats()
+				for range n {
+					if _, err := f.Append(rec); err != nil {
+						t.Fatal(err)
+					}
+					size += int64(len(rec))
+					if err := f.Sync(); err != nil {
+						t.Fatal(err)
+					}
+					fi, err := os.Stat(path)
+					if err != nil {
+						t.Fatal(err)
+					}
+					want := alignUp(size, bs)
+					if exact {
+						want = size
+					}
+					if fi.Size() != want || f.Size() != size {
+						t.Fatalf("after Sync at %d: size on disk %d, want %d; Size() = %d", size, fi.Size(), want, f.Size())
+					}
+				}
+				d := l.Stats().Sub(st0)
+				if d.OpsSubmitted != 2*n {
+					t.Errorf("%d ops for %d Syncs, want 2 each (write, fdatasync)", d.OpsSubmitted, n)
+				}
+				if !exact && d.Other > n {
+					t.Errorf("%d doorbells (and other syscalls) for %d Syncs, want at most 1 each", d.Other, n)
+				}
+				t.Logf("%d Syncs: %+v", n, d)
+				if err := f.Close(); err != nil {
+					t.Fatal(err)
+				}
+				if fi, err := os.Stat(path); err != nil || fi.Size() != size {
+					t.Fatalf("after Close: %v, %v; want size %d", fi, err, size)
+				}
+			})
+		}
 	}
 }

@@ -41,9 +41,12 @@ func BenchmarkFillseq(b *testing.B) {
 	if os.Getenv("FILLSEQ_EXTRA") != "" {
 		variants = append(variants,
 			// The WAL opened without O_DIRECT (still on the loop): no
-			// padding, so no tail rewrite and no ftruncate per Sync, and
-			// Sync takes dio's chained write+fdatasync path.
+			// padding and no tail rewrite.
 			fsVariant{name: "dio-aio-walbuffered", fs: dioWALBuffered(uio.BackendAIO)},
+			// dio's Sync before the padding was kept: ftruncate back to
+			// the logical size at every Sync, then fdatasync.
+			fsVariant{name: "dio-aio-exactsize", fs: dioFS(uio.BackendAIO, &dio.Options{ExactSizeOnSync: true})},
+			fsVariant{name: "dio-uring-exactsize", fs: dioFS(uio.BackendUring, &dio.Options{ExactSizeOnSync: true})},
 			fsVariant{name: "dio-uring-walbuffered", fs: dioWALBuffered(uio.BackendUring)},
 			// The WAL written by padWAL (padwal_test.go): O_DIRECT, the
 			// padding kept between Syncs, write+fdatasync chained on the
@@ -220,7 +223,8 @@ func runFillseq(b *testing.B, v fsVariant) {
 //	buffered        pwrite(138 B) + fdatasync (vfs.Default, no fallocate)
 //	buffered-falloc same, file fallocate'd with KEEP_SIZE (vfs.Default's WAL)
 //	direct-truncate O_DIRECT pwrite of the padded tail block + ftruncate back
-//	                to the logical size + fdatasync (dio's Sync today)
+//	                to the logical size + fdatasync (dio's Sync with
+//	                ExactSizeOnSync; before 2026-11-21 always)
 //	direct-keeppad  same without the ftruncate: the padding stays until Close
 //	direct-falloc-keeppad  keeppad, file fallocate'd with KEEP_SIZE
 //	direct-recycled keeppad into a file already written and synced (a

@@ -121,8 +121,9 @@ func (f *File) SyncTo(length int64) (fullSync bool, err error) {
 func (f *File) Prefetch(offset, length int64) error { return nil }
 func (f *File) Fd() uintptr                         { return uintptr(f.f.Fd()) }
 
-// Stat reports the file's logical size (the disk may hold padding until
-// the next Sync or Close).
+// Stat reports the file's logical size: while the file is open, the file
+// on disk may be up to one block longer (the zero padding of the tail
+// block, which dio keeps between Syncs and cuts off on Close).
 func (f *File) Stat() (os.FileInfo, error) {
 	fi, err := os.Stat(f.name)
 	if err != nil {

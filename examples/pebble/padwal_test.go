@@ -21,9 +21,11 @@ import (
 // chained on the loop in one round trip, and does NOT ftruncate the
 // padding away. The file's size on disk is the logical size rounded up to
 // the block until Close fixes it; Pebble's WAL reader stops at the zeroed
-// chunk. What dio.File.Sync does instead (ftruncate to a mid-block size
-// every time) makes ext4 read the tail block into the page cache to zero
-// it, dirty the inode, and write that page back on the next fdatasync.
+// chunk. What dio.File.Sync did instead (ftruncate to a mid-block size
+// every time, still done with dio.Options.ExactSizeOnSync) makes ext4
+// read the tail block into the page cache to zero it, dirty the inode,
+// and write that page back on the next fdatasync. dio now keeps the
+// padding by default, as this prototype does.
 //
 // Only what Pebble does to a WAL it writes is supported: Write, Sync*,
 // Stat, Close. A full chunk is written synchronously (a prototype).
@@ -194,17 +196,32 @@ func (p padWALFS) ReuseForWrite(oldname, newname string) (vfs.File, error) {
 	return p.Create(newname)
 }
 
-// TestPadWALRecovery checks the premise of padWAL: a WAL left with zero
-// padding past its last record (a crash before Close) replays cleanly.
-// The DB directory is copied while the DB is open, after synced writes.
+// TestPadWALRecovery checks the premise of padWAL, and of dio keeping the
+// padding between Syncs: a WAL (and MANIFEST) left with zero padding past
+// the last record (a crash before Close) replays cleanly. The DB directory
+// is copied while the DB is open, after synced writes. It runs with the
+// padWAL prototype and with plain dio files (this package's FS).
 func TestPadWALRecovery(t *testing.T) {
 	l, err := uio.NewLoop(uio.Config{Backend: uio.BackendAIO})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
+	for _, v := range []struct {
+		name  string
+		fs    vfs.FS
+		block int // the WAL's size is a multiple of it while open
+	}{
+		{"padwal", padWALFS{FS: New(l, nil), l: l}, padBlock},
+		{"dio", New(l, nil), 512},
+	} {
+		t.Run(v.name, func(t *testing.T) { testPadRecovery(t, v.fs, v.block) })
+	}
+}
+
+func testPadRecovery(t *testing.T, fsys vfs.FS, block int) {
 	dir, crashed := t.TempDir(), t.TempDir()
-	db, err := pebble.Open(dir, &pebble.Options{FS: padWALFS{FS: New(l, nil), l: l}})
+	db, err := pebble.Open(dir, &pebble.Options{FS: fsys})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +244,7 @@ func TestPadWALRecovery(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if strings.HasSuffix(e.Name(), ".log") && len(b)%padBlock != 0 {
+		if strings.HasSuffix(e.Name(), ".log") && (len(b)%block != 0 || len(b) == 0) {
 			t.Fatalf("%s: %d bytes, want the padded size", e.Name(), len(b))
 		}
 		if err := os.WriteFile(filepath.Join(crashed, e.Name()), b, 0o644); err != nil {
