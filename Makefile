@@ -7,7 +7,7 @@ export GOTOOLCHAIN := auto
 # Debian's golang-1.23 (what install-deps installs where no go is present).
 GO ?= $(shell command -v go || echo /usr/lib/go-1.23/bin/go)
 
-.PHONY: all deps build vet test test-kmod demo bench syscalls bench-proxy bench-fio bench-blockdev bin/uioproxy
+.PHONY: all deps build vet test test-kmod demo bench syscalls bench-proxy bench-fio bench-storage bench-blockdev bin/uioproxy
 all: build
 
 deps:
@@ -55,6 +55,10 @@ bench-proxy: bin/uioproxy
 # Our engine next to fio's libaio and io_uring engines (bench/fio).
 bench-fio: deps
 	./bench/fio/run.sh
+
+# dio files and Pebble on them vs os.File and Pebble's default vfs.
+bench-storage: deps
+	./bench/storage.sh
 
 # ABUSE vs nbd.ko vs the loop device, inside a 6.12 VM (bench/blockdev).
 bench-blockdev: deps

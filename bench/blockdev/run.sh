@@ -53,7 +53,7 @@ raw=$(awk '{printf "%s/%s %s IOPS %s KiB/s; ", $2, $3, $4, $5}' "$LAB/bench.txt"
 
 frag=$(cat <<EOF
 <!-- blockdev-bench:begin -->
-### Userspace block devices: ABUSE vs NBD vs loop (bench/blockdev)
+## Userspace block devices: ABUSE vs NBD vs loop (bench/blockdev/run.sh)
 
 Ratios to NBD (higher is better), same VM, same RAM backend (\`blockdev.RAM\`,
 1 MiB chunks, prefilled) behind ABUSE and NBD; one hardware queue / one
