@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export GOFLAGS=-ldflags=-checklinkname=0
 COUNT=${COUNT:-7}
+source bench/lib.sh # medians, write_results
 raw=$(mktemp); trap 'rm -f "$raw"' EXIT
 
 cmd1="go test -run '^\$' -bench 'LoopSocket|PlainSyscalls' -benchtime=20000x -count=$COUNT ."
@@ -17,17 +18,7 @@ eval "$cmd1" >"$raw"
 eval "$cmd2" >>"$raw"
 
 # median of the named metric for each benchmark name
-medians() { # $1 = metric unit; prints "name median" (mawk has no asort)
-	awk -v unit="$1" '/^Benchmark/ {
-		name=$1; sub(/-[0-9]+$/, "", name)
-		for (i = 3; i < NF; i++) if ($(i+1) == unit) print name, $i
-	}' "$raw" | sort -k1,1 -k2,2g | awk '
-		function flush() { if (k) print cur, (k % 2) ? a[(k+1)/2] : (a[k/2] + a[k/2+1]) / 2 }
-		$1 != cur { flush(); cur = $1; k = 0 }
-		{ a[++k] = $2 }
-		END { flush() }'
-}
-ns=$(medians ns/msg); sys=$(medians syscalls/msg); reap=$(medians ns/event-reap)
+ns=$(medians "$raw" ns/msg); sys=$(medians "$raw" syscalls/msg); reap=$(medians "$raw" ns/event-reap)
 get() { echo "$1" | awk -v n="$2" '$1 == n { print $2 }'; }
 
 table=$(
@@ -57,7 +48,6 @@ header="## Engine: per message through the loop vs plain syscalls (bench/engine.
 - syscalls/msg is from the engine's counters (the strace test shows they equal strace's)"
 echo "$header"; echo; echo "$table"
 
-source bench/lib.sh
 block=$(mktemp)
 printf '<!-- engine-bench:begin -->\n%s\n\n%s\n<!-- engine-bench:end -->\n' "$header" "$table" >"$block"
 write_results bench/RESULTS.md engine-bench "$block"

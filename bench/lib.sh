@@ -34,3 +34,17 @@ write_results() {
 		{ echo "# Benchmark results"; echo; cat "$block"; } >"$file"
 	fi
 }
+
+# medians FILE UNIT: for go test -bench output in FILE, print "name median"
+# of the metric UNIT (e.g. ns/op, syncs/s) per benchmark name. (mawk, the
+# default awk on Debian, has no asort, hence sort.)
+medians() {
+	awk -v unit="$2" '/^Benchmark/ {
+		name=$1; sub(/-[0-9]+$/, "", name)
+		for (i = 3; i < NF; i++) if ($(i+1) == unit) print name, $i
+	}' "$1" | sort -k1,1 -k2,2g | awk '
+		function flush() { if (k) print cur, (k % 2) ? a[(k+1)/2] : (a[k/2] + a[k/2+1]) / 2 }
+		$1 != cur { flush(); cur = $1; k = 0 }
+		{ a[++k] = $2 }
+		END { flush() }'
+}

@@ -24,22 +24,12 @@ for r in $(seq "$ROUNDS"); do
 	eval "$peb_cmd" >>"$raw"
 done
 
-medians() { # $1 = metric unit; prints "name median"
-	awk -v unit="$1" '/^Benchmark/ {
-		name=$1; sub(/-[0-9]+$/, "", name)
-		for (i = 3; i < NF; i++) if ($(i+1) == unit) print name, $i
-	}' "$raw" | sort -k1,1 -k2,2g | awk '
-		function flush() { if (k) print cur, (k % 2) ? a[(k+1)/2] : (a[k/2] + a[k/2+1]) / 2 }
-		$1 != cur { flush(); cur = $1; k = 0 }
-		{ a[++k] = $2 }
-		END { flush() }'
-}
 get() { echo "$1" | awk -v n="$2" '$1 == n { printf "%.0f", $2; f = 1 } END { if (!f) printf "n/a" }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "n/a" || b == "n/a" || b == 0) print "n/a"; else printf "%.2f", a / b }'; }
 
-wal=$(medians syncs/s)
-rr=$(medians reads/s)
-fs=$(medians writes/s)
+wal=$(medians "$raw" syncs/s)
+rr=$(medians "$raw" reads/s)
+fs=$(medians "$raw" writes/s)
 table=$(
 	echo "| WAL record + sync (syncs/s) | dio aio | dio uring | os.File O_DIRECT | os.File buffered + fdatasync | dio aio / buffered | dio uring / buffered |"
 	echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
