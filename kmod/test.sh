@@ -108,4 +108,7 @@ fi
 
 echo "=== summary ($(echo "$EPOCHREALTIME - $T0" | bc | cut -c1-6)s, logs in $LOGDIR)"
 printf '%s\n' "${SUMMARY[@]}"
+passed=$(printf '%s\n' "${SUMMARY[@]}" | grep -c '^PASS' || true)
+failed=$(printf '%s\n' "${SUMMARY[@]}" | grep -c '^FAIL' || true)
+echo "kmod: $passed passed, $failed failed"
 exit $FAILED
