@@ -25,6 +25,7 @@ type Config struct {
 	Splice         bool
 	LogLevel       string        // "debug", "info", "warn" or "error"
 	LogFormat      string        // "console" or "json"
+	LogFile        string        // append logs here instead of stderr; SIGHUP reopens it
 	StatsInterval  time.Duration // 0: no periodic stats line
 	MetricsAddr    string        // "": no metrics listener
 }
@@ -208,6 +209,7 @@ func newFlagSet() (*Config, *flag.FlagSet) {
 	fs.BoolVar(&cfg.Splice, "splice", false, "move data with splice(2) through a pipe instead of user-space buffers")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "least severe level logged: debug, info, warn or error")
 	fs.StringVar(&cfg.LogFormat, "log-format", "console", "log format: console or json")
+	fs.StringVar(&cfg.LogFile, "log-file", "", "append logs to `PATH` instead of stderr; SIGHUP reopens it (for logrotate)")
 	fs.DurationVar(&cfg.StatsInterval, "stats", 0, "log connection and byte counters every `INTERVAL` (0 = never)")
 	fs.StringVar(&cfg.MetricsAddr, "metrics", "", "serve Prometheus metrics on `ADDR` (host:port; empty = off)")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGINT/SIGTERM stop accepting and let open connections finish for this long")

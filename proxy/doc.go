@@ -47,5 +47,7 @@
 // a growing back-off (100 ms to 1 s) instead of spinning.
 //
 // Shutdown (SIGINT/SIGTERM in Run) stops accepting, lets open connections
-// finish for up to -drain-timeout, then closes the rest.
+// finish for up to -drain-timeout, then closes the rest. Logs go to stderr
+// or to -log-file, which SIGHUP reopens by path (logrotate renames the
+// file, then signals).
 package proxy

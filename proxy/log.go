@@ -4,15 +4,16 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
 
-// NewLogger builds the zap logger for -log-level and -log-format. Logs go
-// to stderr.
-func NewLogger(level, format string) (*zap.Logger, error) {
+// NewLogger builds the zap logger for -log-level and -log-format, writing
+// to out (os.Stderr, or a LogFile).
+func NewLogger(level, format string, out zapcore.WriteSyncer) (*zap.Logger, error) {
 	var lvl zapcore.Level
 	if err := lvl.UnmarshalText([]byte(level)); err != nil || !oneOf(level, LogLevels) {
 		return nil, fmt.Errorf("-log-level %q: want one of debug, info, warn, error", level)
@@ -29,15 +30,70 @@ func NewLogger(level, format string) (*zap.Logger, error) {
 	default:
 		return nil, fmt.Errorf("-log-format %q: want console or json", format)
 	}
-	core := zapcore.NewCore(enc, zapcore.Lock(os.Stderr), lvl)
+	core := zapcore.NewCore(enc, zapcore.Lock(out), lvl)
 	return zap.New(core).Named("uioproxy"), nil
 }
 
-// watchHUP handles SIGHUP, the usual "reopen your log files" signal. The
-// logs go to stderr, which whoever started us owns and rotates, so there
-// is nothing to reopen: the signal is acknowledged in the log and otherwise
-// ignored (rather than killing the process, SIGHUP's default).
-func watchHUP(log *zap.Logger) (stop func()) {
+// LogFile is a log destination that can be reopened by path, so that
+// logrotate can rename the file and send SIGHUP: the next line goes to a
+// new file with the old name.
+type LogFile struct {
+	path string
+	mu   sync.Mutex
+	f    *os.File
+}
+
+// OpenLogFile opens path for appending, creating it (mode 0644) if needed.
+func OpenLogFile(path string) (*LogFile, error) {
+	l := &LogFile{path: path}
+	if err := l.Reopen(); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// Reopen opens the path anew and closes the file it replaces. On failure
+// the old file stays in use.
+func (l *LogFile) Reopen() error {
+	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE|syscall.O_CLOEXEC, 0o644)
+	if err != nil {
+		return fmt.Errorf("-log-file: %w", err)
+	}
+	l.mu.Lock()
+	old := l.f
+	l.f = f
+	l.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	return nil
+}
+
+func (l *LogFile) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.f.Write(p)
+}
+
+// Sync flushes the file to disk.
+func (l *LogFile) Sync() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.f.Sync()
+}
+
+// Close closes the file.
+func (l *LogFile) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.f.Close()
+}
+
+// watchHUP handles SIGHUP, the usual "reopen your log files" signal: it
+// reopens file, or, when the logs go to stderr (file nil), which whoever
+// started us owns and rotates, only acknowledges it (rather than dying,
+// SIGHUP's default).
+func watchHUP(log *zap.Logger, file *LogFile) (stop func()) {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, syscall.SIGHUP)
 	done := make(chan struct{})
@@ -45,7 +101,13 @@ func watchHUP(log *zap.Logger) (stop func()) {
 		for {
 			select {
 			case <-ch:
-				log.Info("SIGHUP: logging to stderr, nothing to reopen")
+				if file == nil {
+					log.Info("SIGHUP: logging to stderr, nothing to reopen")
+				} else if err := file.Reopen(); err != nil {
+					log.Error("SIGHUP: reopening the log file failed; still writing to the old one", zap.Error(err))
+				} else {
+					log.Info("SIGHUP: log file reopened", zap.String("path", file.path))
+				}
 			case <-done:
 				return
 			}

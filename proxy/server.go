@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"golang.org/x/sys/unix"
 
 	"github.com/userland-io/uio"
@@ -284,21 +286,36 @@ func (s *Server) warnFds(ms *mapState, err error, backoff time.Duration) {
 
 // Run is uioproxy: it starts a Server for cfg, logs where it listens, and
 // serves until ctx is cancelled (main cancels it on SIGINT/SIGTERM); then
-// it drains for cfg.DrainTimeout and returns nil. SIGHUP asks to reopen the
-// logs, which go to stderr, so it is only acknowledged. With
+// it drains for cfg.DrainTimeout and returns nil. Logs go to stderr or, with
+// cfg.LogFile, to that file, which SIGHUP reopens. With
 // cfg.StatsInterval it logs a stats line that often; with cfg.MetricsAddr it
 // serves Prometheus metrics.
 func Run(ctx context.Context, cfg Config) error {
-	log, err := NewLogger(cfg.LogLevel, cfg.LogFormat)
+	var out zapcore.WriteSyncer = os.Stderr
+	var file *LogFile
+	if cfg.LogFile != "" {
+		f, err := OpenLogFile(cfg.LogFile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		out, file = f, f
+	}
+	log, err := NewLogger(cfg.LogLevel, cfg.LogFormat, out)
 	if err != nil {
 		return err
 	}
 	defer log.Sync()
-	return RunWithLogger(ctx, cfg, log)
+	return runWith(ctx, cfg, log, file)
 }
 
-// RunWithLogger is Run with the caller's logger.
+// RunWithLogger is Run with the caller's logger; SIGHUP is acknowledged
+// only, since the caller owns the logger's output.
 func RunWithLogger(ctx context.Context, cfg Config, log *zap.Logger) error {
+	return runWith(ctx, cfg, log, nil)
+}
+
+func runWith(ctx context.Context, cfg Config, log *zap.Logger, logFile *LogFile) error {
 	s, err := New(cfg, log)
 	if err != nil {
 		return err
@@ -320,7 +337,7 @@ func RunWithLogger(ctx context.Context, cfg Config, log *zap.Logger) error {
 	}
 	log.Info("uioproxy started", zap.String("backend", s.Backend()), zap.Int("loops", cfg.Loops),
 		zap.Bool("splice", s.splice), zap.Int("buffer", cfg.BufferSize))
-	stopHup := watchHUP(log)
+	stopHup := watchHUP(log, logFile)
 	defer stopHup()
 	var stopStats func()
 	if cfg.StatsInterval > 0 {
