@@ -2,16 +2,22 @@
 # TCP proxy benchmark: uioproxy (aio and uring) next to HAProxy (mode tcp,
 # splice-auto), nginx stream, socat and a plain Go io.Copy proxy, all on
 # loopback in front of one Go echo upstream, all driven by one load
-# generator of ours (bench/proxy/loadgen). Prints one table and writes it
+# generator of ours (bench/proxy/loadgen). The measurement runs in ROUNDS
+# interleaved rounds: each round starts, measures (every cell) and stops
+# every proxy in turn, in the same order, so drift of the machine is spread
+# over all contenders instead of landing on one; the table shows, per cell
+# and metric, the median over the rounds. Prints the table and writes it
 # into bench/RESULTS.md between the proxy-bench markers.
 #
-# Usage: bench/proxy/run.sh            (5 s per cell, about 5 minutes)
-#        QUICK=1 bench/proxy/run.sh    (1 s per cell, about 1.5 minutes)
+# Usage: bench/proxy/run.sh            (5 s per cell, 3 rounds, about 12 minutes)
+#        QUICK=1 bench/proxy/run.sh    (1 s per cell, 3 rounds, about 2.5 minutes)
 #
 # Environment (all optional):
+#   ROUNDS=N           interleaved rounds, medians reported (default 3)
 #   QUICK=1            1 s cells and a 1 s strace run
 #   CELL_SECONDS=N     seconds per measurement cell (default 5, QUICK 1)
-#   STRACE_SECONDS=N   seconds of the extra echo x64 run under strace (default 2, QUICK 1)
+#   STRACE_SECONDS=N   seconds of the extra echo x64 run under strace (default 2,
+#                      QUICK 1); once per proxy, in the last round
 #   PROXIES="..."      subset/order of: direct haproxy nginx socat iocopy uioproxy-aio uioproxy-uring
 #   UIOPROXY=path      uioproxy binary (default: <repo>/bin/uioproxy; rows say n/a if missing)
 #   PIN=0              do not pin; by default the proxy gets the last CPU and the
@@ -32,7 +38,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 
 # The exact command, with the knobs that were set, for RESULTS.md.
 COMMAND_LINE=""
-for v in QUICK CELL_SECONDS STRACE_SECONDS PROXIES UIOPROXY PIN BASE_PORT NO_INSTALL; do
+for v in ROUNDS QUICK CELL_SECONDS STRACE_SECONDS PROXIES UIOPROXY PIN BASE_PORT NO_INSTALL; do
 	if [[ -n ${!v+x} ]]; then COMMAND_LINE+="$v=${!v} "; fi
 done
 COMMAND_LINE+="bench/proxy/run.sh"
@@ -44,6 +50,11 @@ else
 	CELL_SECONDS=${CELL_SECONDS:-5}
 	STRACE_SECONDS=${STRACE_SECONDS:-2}
 fi
+ROUNDS=${ROUNDS:-3}
+if ! [[ $ROUNDS =~ ^[1-9][0-9]*$ ]]; then
+	echo "run.sh: ROUNDS must be a positive integer, not '$ROUNDS'" >&2
+	exit 2
+fi
 PROXIES=${PROXIES:-"direct haproxy nginx socat iocopy uioproxy-aio uioproxy-uring"}
 UIOPROXY=${UIOPROXY:-$ROOT/bin/uioproxy}
 BASE_PORT=${BASE_PORT:-19000}
@@ -54,12 +65,13 @@ BULK_STREAMS=(1 8)
 CONNECT_WORKERS=8
 UPSTREAM_PORT=$BASE_PORT
 # Upper bounds on the processes we start, from the worst case of one proxy's
-# cells (each may add 10 s of dial and op timeouts); the trap normally ends
-# them long before.
+# cells in one round (each may add 10 s of dial and op timeouts); the trap
+# normally ends them long before. A proxy lives for one round only; the echo
+# upstream for all rounds.
 PER_PROXY_SECONDS=$((6 * (CELL_SECONDS + 10) + STRACE_SECONDS + 15))
 MAX_PROXY_SECONDS=$((PER_PROXY_SECONDS + 60))
-set -- $PROXIES
-MAX_RUN_SECONDS=$(($# * PER_PROXY_SECONDS + 60))
+read -r -a PROXY_LIST <<<"$PROXIES"
+MAX_RUN_SECONDS=$((ROUNDS * ${#PROXY_LIST[@]} * PER_PROXY_SECONDS + 60))
 
 NCPU=$(nproc)
 if [[ $PIN == 1 && $NCPU -ge 2 ]]; then
@@ -104,6 +116,20 @@ kill_tree() {
 	wait "$1" 2>/dev/null || true
 }
 
+# forget PID: drop a reaped PID from STARTED_PIDS, so that the EXIT trap
+# never signals a PID the system may have handed out again since.
+forget() {
+	local p keep=()
+	for p in "${STARTED_PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+	STARTED_PIDS=("${keep[@]}")
+}
+
+# stop PID: kill_tree PID (which reaps it), then forget it.
+stop() {
+	kill_tree "$1"
+	forget "$1"
+}
+
 cleanup() {
 	local pid
 	for pid in "${STARTED_PIDS[@]}"; do kill_tree "$pid"; done
@@ -114,7 +140,7 @@ trap 'exit 130' INT TERM
 
 # --- dependencies ------------------------------------------------------------
 
-source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh" # apt_install, write_results
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh" # apt_install, write_results, medians
 
 NGINX_STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
 need=()
@@ -245,7 +271,7 @@ start_proxy() {
 		NA_REASON="n/a (did not start)"
 		log "$name did not start; its log:"
 		tail -n 20 "$WORK/$name.log" >&2 || true
-		kill_tree "$PROXY_PID"
+		stop "$PROXY_PID"
 		return 1
 	fi
 }
@@ -287,53 +313,53 @@ note_errors() { # note_errors PROXY CELL FILE
 	fi
 }
 
+# record FILE KEY VALUE: append one round's VALUE of metric KEY to FILE, in
+# the go test -bench form that lib.sh's medians reads; no value (a missing
+# JSON field, "-") is left out of the median.
+record() {
+	[[ $3 =~ ^[0-9.eE+-]+$ ]] || return 0
+	printf 'Benchmark%s 1 %s v\n' "$2" "$3" >>"$1"
+}
+
 fmt0() { awk -v x="${1:-}" 'BEGIN { if (x == "") print "-"; else printf "%.0f", x }'; }
 
-ROWS=() # tab-separated table rows
-port=$BASE_PORT
-for proxy in $PROXIES; do
-	port=$((port + 1))
-	addr=127.0.0.1:$port
-	row="$proxy"
-	if [[ $proxy == direct ]]; then
-		addr=127.0.0.1:$UPSTREAM_PORT
-		PROXY_PID=""
-		row="none (direct)"
-	elif ! start_proxy "$proxy" "$port"; then
-		row="$proxy	$NA_REASON"
-		for _ in $(seq 10); do row+="	-"; done
-		ROWS+=("$row")
-		continue
-	fi
-	log "measuring $proxy on $addr (${CELL_SECONDS}s cells)"
-	res=$WORK/$proxy.results
-	mkdir -p "$res"
-	cpu_per_req="-"
+# measure PROXY ROUND ADDR RES VALUES: one round of every cell against ADDR
+# (PROXY_PID is the proxy, empty for direct); the loadgen JSON goes to RES,
+# one line per metric to VALUES. The strace run is in the last round only.
+measure() {
+	local proxy=$1 round=$2 addr=$3 res=$4 vals=$5
+	local c s t0=0 t1 cpu_per_req sys_per_req f where="round $2"
 	for c in "${ECHO_CONNS[@]}"; do
+		f=$res/echo$c.json
 		if [[ -n $PROXY_PID ]]; then t0=$(cpu_ticks "$PROXY_PID"); fi
-		run_loadgen "$res/echo$c.json" -mode echo -addr "$addr" -conns "$c" -duration "${CELL_SECONDS}s" -label "$proxy"
+		run_loadgen "$f" -mode echo -addr "$addr" -conns "$c" -duration "${CELL_SECONDS}s" -label "$proxy"
 		if [[ -n $PROXY_PID && $c == 64 ]]; then
 			t1=$(cpu_ticks "$PROXY_PID")
-			cpu_per_req=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$(json "$res/echo$c.json" requests)" \
-				'BEGIN { if (n > 0) printf "%.1f", d * 1e6 / hz / n; else print "-" }')
+			cpu_per_req=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$(json "$f" requests)" \
+				'BEGIN { if (n > 0) printf "%.3f", d * 1e6 / hz / n; else print "-" }')
+			record "$vals" cpu_us "$cpu_per_req"
 		fi
-		note_errors "$proxy" "echo x$c" "$res/echo$c.json"
-		row+="	$(fmt0 "$(json "$res/echo$c.json" rps)")	$(fmt0 "$(json "$res/echo$c.json" p50_us)")/$(fmt0 "$(json "$res/echo$c.json" p99_us)")"
+		note_errors "$proxy" "echo x$c ($where)" "$f"
+		record "$vals" "echo${c}_rps" "$(json "$f" rps)"
+		record "$vals" "echo${c}_p50" "$(json "$f" p50_us)"
+		record "$vals" "echo${c}_p99" "$(json "$f" p99_us)"
 	done
 	for s in "${BULK_STREAMS[@]}"; do
-		run_loadgen "$res/bulk$s.json" -mode bulk -addr "$addr" -conns "$s" -duration "${CELL_SECONDS}s" -label "$proxy"
-		note_errors "$proxy" "bulk x$s" "$res/bulk$s.json"
-		row+="	$(fmt0 "$(json "$res/bulk$s.json" mb_per_s)")"
+		f=$res/bulk$s.json
+		run_loadgen "$f" -mode bulk -addr "$addr" -conns "$s" -duration "${CELL_SECONDS}s" -label "$proxy"
+		note_errors "$proxy" "bulk x$s ($where)" "$f"
+		record "$vals" "bulk${s}_mbs" "$(json "$f" mb_per_s)"
 	done
-	run_loadgen "$res/connect.json" -mode connect -addr "$addr" -conns "$CONNECT_WORKERS" -duration "${CELL_SECONDS}s" -label "$proxy"
-	note_errors "$proxy" "connect" "$res/connect.json"
-	row+="	$(fmt0 "$(json "$res/connect.json" cps)")"
+	f=$res/connect.json
+	run_loadgen "$f" -mode connect -addr "$addr" -conns "$CONNECT_WORKERS" -duration "${CELL_SECONDS}s" -label "$proxy"
+	note_errors "$proxy" "connect ($where)" "$f"
+	record "$vals" connect_cps "$(json "$f" cps)"
 
-	sys_per_req="-"
-	if [[ -n $PROXY_PID ]] && command -v strace >/dev/null; then
+	if [[ -n $PROXY_PID ]] && ((round == ROUNDS)) && command -v strace >/dev/null; then
 		# A separate, shorter echo x64 run under strace: ptrace slows the
-		# proxy several times over, so only calls per request is kept.
-		pflags=()
+		# proxy several times over, so only calls per request is kept. A
+		# count, not a timing, so once per proxy is enough.
+		local pflags=() p strace_pid calls
 		for p in $(descendants "$PROXY_PID"); do
 			# Skip the timeout(1) and taskset wrappers: they only wait.
 			case $(cat "/proc/$p/comm" 2>/dev/null) in timeout | taskset) continue ;; esac
@@ -348,13 +374,69 @@ for proxy in $PROXIES; do
 		# its summary.
 		kill -INT "$strace_pid" 2>/dev/null || true
 		wait "$strace_pid" 2>/dev/null || true
+		forget "$strace_pid"
 		calls=$(awk '$NF == "total" { print $4 }' "$res/strace.txt" 2>/dev/null)
 		sys_per_req=$(awk -v c="${calls:-0}" -v n="$(json "$res/strace-echo64.json" requests)" \
 			'BEGIN { if (n > 0 && c > 0) printf "%.2f", c / n; else print "-" }')
+		record "$vals" sys_per_req "$sys_per_req"
 	fi
-	row+="	$cpu_per_req	$sys_per_req"
+}
+
+# The rounds. Proxy number i (in PROXIES order) keeps its files under
+# $WORK/results/i-NAME; round r uses port BASE_PORT + (r-1)*#proxies + i, so
+# no round ever binds a port a previous round's proxy just released.
+declare -A NA=() # proxy number -> "n/a (reason)" once it failed to start
+for round in $(seq "$ROUNDS"); do
+	log "round $round of $ROUNDS (${CELL_SECONDS}s cells)"
+	round_start=$SECONDS
+	i=0
+	for proxy in "${PROXY_LIST[@]}"; do
+		i=$((i + 1))
+		port=$((BASE_PORT + (round - 1) * ${#PROXY_LIST[@]} + i))
+		[[ -z ${NA[$i]:-} ]] || continue # failed in an earlier round: stays n/a
+		dir=$WORK/results/$i-$proxy
+		mkdir -p "$dir/r$round"
+		addr=127.0.0.1:$port
+		PROXY_PID=""
+		if [[ $proxy == direct ]]; then
+			addr=127.0.0.1:$UPSTREAM_PORT
+		elif ! start_proxy "$proxy" "$port"; then
+			NA[$i]=$NA_REASON
+			continue
+		fi
+		log "round $round: measuring $proxy on $addr"
+		measure "$proxy" "$round" "$addr" "$dir/r$round" "$dir/values"
+		if [[ -n $PROXY_PID ]]; then stop "$PROXY_PID"; fi
+	done
+	log "round $round of $ROUNDS took $((SECONDS - round_start))s"
+done
+
+# One row per proxy: per cell and metric, the median over the rounds.
+ROWS=() # tab-separated table rows
+i=0
+for proxy in "${PROXY_LIST[@]}"; do
+	i=$((i + 1))
+	if [[ -n ${NA[$i]:-} ]]; then
+		row="$proxy	${NA[$i]}"
+		for _ in $(seq 10); do row+="	-"; done
+		ROWS+=("$row")
+		continue
+	fi
+	declare -A M=()
+	if [[ -f $WORK/results/$i-$proxy/values ]]; then
+		while read -r k v; do M[${k#Benchmark}]=$v; done < <(medians "$WORK/results/$i-$proxy/values" v)
+	fi
+	row=$proxy
+	[[ $proxy == direct ]] && row="none (direct)"
+	for c in "${ECHO_CONNS[@]}"; do
+		row+="	$(fmt0 "${M[echo${c}_rps]:-}")	$(fmt0 "${M[echo${c}_p50]:-}")/$(fmt0 "${M[echo${c}_p99]:-}")"
+	done
+	for s in "${BULK_STREAMS[@]}"; do row+="	$(fmt0 "${M[bulk${s}_mbs]:-}")"; done
+	row+="	$(fmt0 "${M[connect_cps]:-}")"
+	row+="	$(awk -v x="${M[cpu_us]:-}" 'BEGIN { if (x == "") print "-"; else printf "%.1f", x }')"
+	row+="	$(awk -v x="${M[sys_per_req]:-}" 'BEGIN { if (x == "") print "-"; else printf "%.2f", x }')"
 	ROWS+=("$row")
-	if [[ -n $PROXY_PID ]]; then kill_tree "$PROXY_PID"; fi
+	unset M
 done
 
 # --- the table -------------------------------------------------------------------
@@ -376,6 +458,7 @@ TABLE=$(printf '%s\n' "$HEADER" "${ROWS[@]}" | awk -F'\t' '
 	}')
 
 echo "$TABLE"
+log "$ROUNDS rounds, interleaved; medians; took ${SECONDS}s"
 for n in "${ERROR_NOTES[@]}"; do echo "note: $n"; done
 
 CPU_MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
@@ -387,12 +470,13 @@ BLOCK=$WORK/block.md
 	echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
 	echo "- kernel: $(uname -sr); CPU: ${CPU_MODEL:-unknown} x $NCPU"
 	echo "- command: \`$COMMAND_LINE\`"
+	echo "- $ROUNDS rounds, interleaved; medians: each round starts, measures every cell and stops each proxy in turn, in the order of the table, so drift of the machine spreads over all of them; every number is the median over the rounds of that cell's per-round value, each metric on its own (p50 and p99 are medians of the per-round p50s and p99s, and need not come from the same round as req/s)"
 	echo "- ${CELL_SECONDS} s per cell, loopback only, one Go echo upstream; $PIN_NOTE"
 	echo "- echo: 64-byte request, wait for the 64-byte echo, one in flight per connection; latency p50/p99 in microseconds"
 	echo "- bulk: 64 KiB writes per stream through the proxy to the echo upstream, MB/s (10^6 B) of data echoed back"
 	echo "- connect: $CONNECT_WORKERS workers each connect, do one 64-byte round trip, close"
-	echo "- CPU us/req: proxy utime+stime from /proc/PID/stat (all its processes and threads) over the echo x64 cell, per request (one request plus its echo)"
-	echo "- syscalls/req: strace -f -c on the proxy during a separate ${STRACE_SECONDS} s echo x64 run; strace slows the proxy, only the count per request is meaningful"
+	echo "- CPU us/req: proxy utime+stime from /proc/PID/stat (all its processes and threads) over the echo x64 cell, per request (one request plus its echo); median over the rounds"
+	echo "- syscalls/req: strace -f -c on the proxy during a separate ${STRACE_SECONDS} s echo x64 run, once per proxy (last round); strace slows the proxy, only the count per request is meaningful"
 	echo "- peers: haproxy mode tcp with option splice-auto; nginx stream proxy_pass; socat TCP-LISTEN fork; iocopy = goroutines + io.Copy (splices on Linux)"
 	echo
 	echo "$TABLE"
