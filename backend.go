@@ -33,8 +33,6 @@ import (
 //   - Every id handed to Prepare is delivered exactly once.
 type Backend interface {
 	Name() string
-	// Capacity is how many ops may be in the kernel's hands at once.
-	Capacity() int
 	Prepare(id OpID, op *Op) error
 	// Staged is the number of prepared ops not yet taken by the kernel.
 	Staged() int

@@ -126,9 +126,8 @@ func (b *aioBackend) armDoorbell(drain bool) {
 	b.staged = append(b.staged, &b.wakePoll)
 }
 
-func (b *aioBackend) Name() string  { return BackendAIO }
-func (b *aioBackend) Capacity() int { return b.capacity }
-func (b *aioBackend) Staged() int   { return len(b.staged) }
+func (b *aioBackend) Name() string { return BackendAIO }
+func (b *aioBackend) Staged() int  { return len(b.staged) }
 
 func (b *aioBackend) Prepare(id OpID, op *Op) error {
 	if b.inKernel+len(b.staged) >= b.capacity+aioReserved {
@@ -207,25 +206,36 @@ func errRes(err error) int32 {
 	return errnoRes(err)
 }
 
-// Flush submits every staged iocb in one io_submit. A short count is
-// backpressure: the rest stay staged. An iocb the kernel rejects completes
-// with its errno, and the ones behind it wait for the next round, so a
-// round never makes a second io_submit.
+// Flush submits every staged iocb, in one io_submit unless the kernel
+// takes only part of them. A short count is ambiguous: the ring is full, or
+// the next iocb is invalid (io_submit stops at the first bad iocb and, when
+// it has taken some, does not say why). So Flush asks again at once: the
+// kernel then takes more, answers EAGAIN (full: the rest stay staged until
+// completions make room), or names the error, which completes that one op
+// and lets the rest go on. A round whose ops are all valid and fit makes
+// exactly one io_submit.
 func (b *aioBackend) Flush() (int, error) {
-	if len(b.staged) == 0 {
-		return 0, nil
+	total := 0
+	for len(b.staged) > 0 {
+		n, err := b.ctx.Submit(b.staged)
+		for _, cb := range b.staged[:n] {
+			b.submitted(cb)
+		}
+		total += n
+		rest := b.staged[n:]
+		if err != nil {
+			b.reject(rest[0], err)
+			rest = rest[1:]
+		}
+		b.staged = append(b.staged[:0], rest...)
+		if n == 0 && err == nil {
+			break // EAGAIN: full
+		}
+		if err == nil && len(b.staged) == 0 {
+			break
+		}
 	}
-	n, err := b.ctx.Submit(b.staged)
-	for _, cb := range b.staged[:n] {
-		b.submitted(cb)
-	}
-	rest := b.staged[n:]
-	if err != nil && len(rest) > 0 {
-		b.reject(rest[0], err)
-		rest = rest[1:]
-	}
-	b.staged = append(b.staged[:0], rest...)
-	return n, nil
+	return total, nil
 }
 
 func (b *aioBackend) submitted(cb *aio.Iocb) {
@@ -329,6 +339,9 @@ func (b *aioBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uint3
 			return n, 0, err
 		}
 		submitted = n
+		if len(b.ready) > 0 { // the flush failed an op: deliver, don't sleep
+			return submitted, b.ready.deliver(deliver), nil
+		}
 	}
 	got, err := b.ctx.GetEvents(1, b.events, timeout)
 	if err != nil {

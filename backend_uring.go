@@ -79,9 +79,8 @@ func (b *uringBackend) armDoorbell() {
 	b.wakeArmed = true
 }
 
-func (b *uringBackend) Name() string  { return BackendUring }
-func (b *uringBackend) Capacity() int { return b.capacity }
-func (b *uringBackend) Staged() int   { return int(b.ring.SQReady()) }
+func (b *uringBackend) Name() string { return BackendUring }
+func (b *uringBackend) Staged() int  { return int(b.ring.SQReady()) }
 
 func (b *uringBackend) Prepare(id OpID, op *Op) error {
 	if b.inKernel+int(b.ring.SQReady()) >= b.capacity {

@@ -113,7 +113,7 @@ func NewLoop(cfg Config) (*Loop, error) {
 	if err := <-errc; err != nil {
 		return nil, err
 	}
-	log.Debug("uio loop started", zap.String("backend", l.b.Name()), zap.Int("capacity", l.b.Capacity()))
+	log.Debug("uio loop started", zap.String("backend", l.b.Name()), zap.Int("depth", cfg.Depth))
 	return l, nil
 }
 
@@ -172,9 +172,8 @@ func (l *Loop) Cancel(id OpID) {
 	s.cancel = true
 	switch s.state {
 	case slotPending:
-		// Still ours: it completes in this round's dispatch, never reaching
-		// the kernel. Staging skips it.
-		l.stats.cancelled.add(1)
+		// Still ours: the next stage completes it, and it never reaches
+		// the kernel.
 	case slotTimer:
 		s.timer.Stop()
 		s.timer = nil
@@ -207,17 +206,14 @@ func (l *Loop) finishLater(id OpID, res int32) {
 	})
 }
 
-func (l *Loop) runLater() int {
-	n := 0
+func (l *Loop) runLater() {
 	for len(l.later) > 0 { // a Done may add more
 		fns := l.later
 		l.later = nil
 		for _, fn := range fns {
 			fn()
 		}
-		n += len(fns)
 	}
-	return n
 }
 
 // finish frees the op's slot and runs its Done: the op's one completion.
@@ -284,32 +280,35 @@ func (l *Loop) requeue(s *slot, id OpID) {
 	l.pending = append(l.pending, id.index())
 }
 
-// stage hands pending ops to the backend until it is full. It returns the
-// number of cancelled ops it completed instead.
-func (l *Loop) stage() int {
-	i, done := 0, 0
-	for ; i < len(l.pending); i++ {
+// stage hands pending ops to the backend, in order, until it is full, and
+// completes the cancelled ones wherever they stand in the queue, so a
+// cancel never waits for room in the kernel.
+func (l *Loop) stage() {
+	kept, full := 0, false
+	for i := 0; i < len(l.pending); i++ { // a Done may append to l.pending
 		idx := l.pending[i]
 		s := l.slots.at(idx)
 		id := makeOpID(idx, s.gen)
 		if s.cancel {
 			l.finish(id, s, -int32(unix.ECANCELED), 0)
-			done++
 			continue
 		}
-		op := &s.op
-		if s.polling {
-			op = &s.pollOp
+		if !full {
+			op := &s.op
+			if s.polling {
+				op = &s.pollOp
+			}
+			if err := l.b.Prepare(id, op); err == nil {
+				s.state = slotKernel
+				l.inflight++
+				continue
+			}
+			full = true // ErrBackendFull: the rest wait for room
 		}
-		if err := l.b.Prepare(id, op); err != nil {
-			break // ErrBackendFull: the rest wait for room
-		}
-		s.state = slotKernel
-		l.inflight++
+		l.pending[kept] = idx
+		kept++
 	}
-	n := copy(l.pending, l.pending[i:])
-	l.pending = l.pending[:n]
-	return done
+	l.pending = l.pending[:kept]
 }
 
 // Post runs fn on the loop's goroutine at the start of a coming round. It
@@ -331,7 +330,7 @@ func (l *Loop) Post(fn func()) error {
 	return nil
 }
 
-func (l *Loop) runPosted() int {
+func (l *Loop) runPosted() {
 	l.mu.Lock()
 	fns := l.posted
 	l.posted = l.spare[:0]
@@ -341,7 +340,6 @@ func (l *Loop) runPosted() int {
 		fns[i] = nil
 	}
 	l.spare = fns
-	return len(fns)
 }
 
 func (l *Loop) hasPosted() bool {
@@ -379,44 +377,40 @@ func (l *Loop) Do(op Op) (Result, error) {
 //
 //	post -> timers -> stage -> flush (1 syscall) -> reap (0 syscalls) -> dispatch
 //
-// and a sleep in the kernel only when a round found nothing to do (on
-// io_uring the flush then rides in the sleeping enter).
+// and a sleep in the kernel when the round left nothing for another round
+// to stage. On io_uring the flush of a round that goes to sleep rides in the
+// sleeping io_uring_enter, so such a round costs one syscall, not two.
 func (l *Loop) run() {
 	defer close(l.done)
 	for {
 		l.stats.rounds.add(1)
-		work := l.runPosted()
-		work += l.timers.fire(time.Now())
-		work += l.runLater()
-		work += l.stage()
-		// A round that has nothing to do but flush is about to sleep; a
-		// backend that can submits in the syscall it sleeps in, so the
-		// round costs one syscall, not two. A busy round flushes now, or
-		// a stream of posts could hold staged ops back indefinitely.
-		fuse := work == 0 && l.submitsOnWait && !l.hasPosted()
-		if l.b.Staged() > 0 && !fuse {
-			n, err := l.b.Flush()
-			l.stats.batch(n)
-			if err != nil {
-				l.log.Error("uio: flush", zap.String("backend", l.b.Name()), zap.Error(err))
-			}
+		l.runPosted()
+		l.timers.fire(time.Now())
+		l.runLater()
+		l.stage()
+		waiting := len(l.pending) // found the backend full; only completions make room
+		if !l.submitsOnWait {
+			l.flush()
 		}
-		work += l.b.Reap(l.deliverFn)
-		work += l.runLater()
+		reaped := l.b.Reap(l.deliverFn)
+		l.runLater()
 		if l.closing && l.inflight == 0 && len(l.pending) == 0 && len(l.later) == 0 && !l.hasPosted() {
 			l.shutdown()
 			return
 		}
-		// Ops still pending here found the backend full: only completions
-		// make room, so they are no reason to skip the sleep.
-		if work > 0 || l.hasPosted() {
+		// Another round first when there is new work to stage: a post, an
+		// op a Done submitted or requeued, a deferred completion, or room
+		// that completions just made for ops that found the backend full.
+		// Whatever is staged goes out now rather than wait for that round.
+		if l.hasPosted() || len(l.pending) > waiting || len(l.later) > 0 || (waiting > 0 && reaped > 0) {
+			l.flush()
 			continue
 		}
-		// Nothing ready: sleep in the kernel until a completion, a Post
-		// or the next timer.
+		// Nothing to do until a completion, a Post or the next timer.
 		l.sleeping.Store(true)
 		if l.hasPosted() {
 			l.sleeping.Store(false)
+			l.flush()
 			continue
 		}
 		timeout := time.Duration(-1)
@@ -429,6 +423,18 @@ func (l *Loop) run() {
 			l.log.Error("uio: wait", zap.String("backend", l.b.Name()), zap.Error(err))
 		}
 		l.sleeping.Store(false)
+	}
+}
+
+// flush hands the staged ops to the kernel, if there are any.
+func (l *Loop) flush() {
+	if l.b.Staged() == 0 {
+		return
+	}
+	n, err := l.b.Flush()
+	l.stats.batch(n)
+	if err != nil {
+		l.log.Error("uio: flush", zap.String("backend", l.b.Name()), zap.Error(err))
 	}
 }
 

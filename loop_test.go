@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -521,4 +522,110 @@ func TestDoRacingClose(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A cancelled op queued behind a full backend completes at once; it does
+// not wait for the ops ahead of it to make room.
+func TestCancelBehindFullBackend(t *testing.T) {
+	forEachBackend(t, Config{Depth: 8}, func(t *testing.T, l *Loop) {
+		const n = 20 // far more recvs than the backend takes; none has data
+		results := make(chan Result, n)
+		ids := make(chan OpID, 1)
+		l.Post(func() {
+			var last OpID
+			for i := 0; i < n; i++ {
+				_, b := socketpair(t)
+				last, _ = l.Submit(Op{Kind: OpRecv, Fd: b, Buf: make([]byte, 8), Done: func(r Result) { results <- r }})
+			}
+			ids <- last
+		})
+		last := <-ids
+		time.Sleep(20 * time.Millisecond) // the first ops are in the kernel, the rest queued
+		l.Post(func() { l.Cancel(last) })
+		select {
+		case r := <-results:
+			if r.ID != last || !errors.Is(r.Err(), unix.ECANCELED) {
+				t.Fatalf("first completion: op %x %v, want the cancelled op %x with ECANCELED", r.ID, r.Err(), last)
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatal("a cancelled op behind a full backend did not complete")
+		}
+	})
+}
+
+// On io_uring, an op posted to an idle loop goes out in the io_uring_enter
+// the loop then sleeps in: the wake-up enter plus that one, not a third
+// for a separate flush.
+func TestUringFlushRidesInWait(t *testing.T) {
+	l, err := NewLoop(Config{Backend: BackendUring})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	f, err := os.Create(filepath.Join(t.TempDir(), "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 512)
+	const n = 300
+	before := l.Stats()
+	for i := 0; i < n; i++ {
+		if r := mustDo(t, l, Op{Kind: OpWrite, Fd: int(f.Fd()), Buf: buf, Offset: int64(i) * 512}); r.Res != 512 {
+			t.Fatalf("write = %d %v", r.Res, r.Err())
+		}
+	}
+	d := l.Stats().Sub(before)
+	perOp := float64(d.Enters) / n
+	t.Logf("%d sequential Do on an idle uring loop: %.2f io_uring_enter per op", n, perOp)
+	if perOp > 2.5 {
+		t.Fatalf("%.2f enters per op, want about 2 (wake + submit-and-wait)", perOp)
+	}
+}
+
+// A round allocates nothing: thousands of rounds of one send and one recv
+// cost no more heap allocations than setting the workload up.
+func TestRoundsDoNotAllocate(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		const rounds = 3000
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		runSocketWorkload(t, l, 1, rounds)
+		runtime.ReadMemStats(&after)
+		if allocs := after.Mallocs - before.Mallocs; allocs > rounds/4 {
+			t.Fatalf("%d allocations for %d rounds, want only the workload's setup", allocs, rounds)
+		}
+	})
+}
+
+// An invalid op behind a valid one in the same round: io_submit takes the
+// first and stops at the second without saying why; both must complete.
+func TestBadOpBehindGoodOneInARound(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		f, err := os.Create(filepath.Join(t.TempDir(), "f"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		results := make(chan Result, 2)
+		done := func(r Result) { results <- r }
+		l.Post(func() {
+			l.Submit(Op{Kind: OpWrite, Fd: int(f.Fd()), Buf: []byte("ok"), Done: done})
+			l.Submit(Op{Kind: OpRead, Fd: 1 << 20, Buf: make([]byte, 8), Done: done})
+		})
+		var got []Result
+		for len(got) < 2 {
+			select {
+			case r := <-results:
+				got = append(got, r)
+			case <-time.After(3 * time.Second):
+				t.Fatalf("only %d of 2 ops completed: %+v", len(got), got)
+			}
+		}
+		for _, r := range got { // completion order is not promised
+			if (r.Kind == OpWrite && r.Res != 2) || (r.Kind == OpRead && !errors.Is(r.Err(), unix.EBADF)) {
+				t.Fatalf("completions %+v, want the write's 2 bytes and EBADF for the read", got)
+			}
+		}
+	})
 }

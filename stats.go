@@ -104,7 +104,6 @@ type loopStats struct {
 	rounds       counter
 	opsSubmitted counter
 	completions  counter
-	cancelled    counter
 	flushes      counter
 	flushedOps   counter
 	batches      [BatchBuckets]counter

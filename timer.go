@@ -62,15 +62,11 @@ func (h *timerHeap) next() (time.Time, bool) {
 	return (*h)[0].when, true
 }
 
-// fire runs every timer due at now and returns how many ran.
-func (h *timerHeap) fire(now time.Time) int {
-	n := 0
+// fire runs every timer due at now.
+func (h *timerHeap) fire(now time.Time) {
 	for len(*h) > 0 && !(*h)[0].when.After(now) {
-		t := heap.Pop(h).(*Timer)
-		t.fn()
-		n++
+		heap.Pop(h).(*Timer).fn()
 	}
-	return n
 }
 
 func (h *timerHeap) clear() {

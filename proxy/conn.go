@@ -440,6 +440,17 @@ func (d *direction) completed() bool {
 	return true
 }
 
+// received counts n bytes read from src, one forwarded message, and marks
+// the connection busy for -idle-timeout.
+func (d *direction) received(n int32) {
+	c := d.c
+	c.ctr.bytes[d.idx].add(uint64(n))
+	c.ctr.msgs[d.idx].add(1)
+	if c.idleOn {
+		c.last = monotime()
+	}
+}
+
 func (d *direction) onRecv(r uio.Result) {
 	if !d.completed() {
 		return
@@ -448,11 +459,7 @@ func (d *direction) onRecv(r uio.Result) {
 	switch {
 	case r.Res > 0:
 		d.n, d.off = int(r.Res), 0
-		c.ctr.bytes[d.idx].add(uint64(r.Res))
-		c.ctr.msgs[d.idx].add(1)
-		if c.idleOn {
-			c.last = monotime()
-		}
+		d.received(r.Res)
 		d.send()
 	case r.Res == 0:
 		d.eof()
@@ -533,11 +540,7 @@ func (d *direction) onSpliceIn(r uio.Result) {
 	switch {
 	case r.Res > 0:
 		d.inPipe = int(r.Res)
-		c.ctr.bytes[d.idx].add(uint64(r.Res))
-		c.ctr.msgs[d.idx].add(1)
-		if c.idleOn {
-			c.last = monotime()
-		}
+		d.received(r.Res)
 		d.spliceOut()
 	case r.Res == 0:
 		d.eof()
