@@ -98,9 +98,10 @@ func newBackend(name string, depth int) (Backend, error) {
 // Engine ids never have the top bit set: generations stay below 1<<31.
 const internalTag = OpID(1) << 63
 
-// counter is a statistic written by one goroutine and read by any. A plain
-// load and store, not an atomic add, because there is a single writer: on
-// amd64 and arm64 both are ordinary moves.
+// counter is a statistic written by one goroutine and read by any: a load
+// and a store rather than an atomic add, because there is a single writer.
+// The store is still atomic (an XCHG on amd64), so counters are bumped per
+// syscall or per round, never per op (see loopStats).
 type counter struct{ v atomic.Uint64 }
 
 func (c *counter) add(n uint64) { c.v.Store(c.v.Load() + n) }

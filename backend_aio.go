@@ -18,8 +18,8 @@ import (
 // after a POLL has said they will not block.
 type aioBackend struct {
 	ctx      *aio.Context
-	capacity int
-	inKernel int // iocbs submitted and not yet reaped, doorbell included
+	capacity int // engine ops (staged or in the kernel) at most; the doorbell's slots come on top
+	ops      int // engine ops staged or in the kernel
 
 	slots  chunked[aioSlot]
 	staged []*aio.Iocb
@@ -49,6 +49,17 @@ const (
 	aioPoll                           // OpPoll
 	aioAcceptPoll                     // POLLIN on a listener, then accept4
 	aioConnectPoll                    // POLLOUT after EINPROGRESS, then SO_ERROR
+	aioRecvPoll                       // POLLIN, then recvfrom with the op's MSG_* flags
+	aioSendPoll                       // POLLOUT, then sendmsg with the op's MSG_* flags
+)
+
+// A PREAD or PWRITE iocb cannot carry MSG_* flags. Recvs and sends that
+// have any the engine does not handle itself (MSG_PEEK, MSG_WAITALL,
+// MSG_MORE, MSG_OOB, ...) wait for readiness with a POLL and then make the
+// socket call inline with their flags, as accept does.
+const (
+	aioRecvOwnFlags = unix.MSG_DONTWAIT
+	aioSendOwnFlags = unix.MSG_DONTWAIT | unix.MSG_NOSIGNAL
 )
 
 type aioSlot struct {
@@ -57,8 +68,12 @@ type aioSlot struct {
 	kind      aioSlotKind
 	staged    bool
 	cancelled bool
+	moved     int // bytes an inline MSG_WAITALL recv has read so far
 	iov       []unix.Iovec
 }
+
+// aioFullRetry bounds a sleep while the kernel refuses staged iocbs.
+const aioFullRetry = time.Millisecond
 
 const (
 	aioWakePollTag = internalTag | 1
@@ -130,11 +145,11 @@ func (b *aioBackend) Name() string { return BackendAIO }
 func (b *aioBackend) Staged() int  { return len(b.staged) }
 
 func (b *aioBackend) Prepare(id OpID, op *Op) error {
-	if b.inKernel+len(b.staged) >= b.capacity+aioReserved {
+	if b.ops >= b.capacity {
 		return ErrBackendFull
 	}
 	s := b.slots.at(id.index())
-	s.op, s.kind, s.cancelled, s.staged = op, aioRW, false, false
+	s.op, s.kind, s.cancelled, s.staged, s.moved = op, aioRW, false, false, 0
 	cb := &s.cb
 	switch op.Kind {
 	case OpRead:
@@ -156,11 +171,32 @@ func (b *aioBackend) Prepare(id OpID, op *Op) error {
 	case OpFdatasync:
 		cb.PrepFdsync(op.Fd)
 	case OpRecv:
+		if op.Flags&^aioRecvOwnFlags != 0 {
+			s.kind = aioRecvPoll
+			if op.Flags&unix.MSG_DONTWAIT != 0 {
+				// No waiting asked for: the call itself, now.
+				res, _ := b.flaggedIO(s)
+				b.ready.add(id, res)
+				return nil
+			}
+			cb.PrepPoll(op.Fd, unix.POLLIN)
+			break
+		}
 		// RWF_NOWAIT: a blocking socket must not stall the loop inside
 		// io_submit; -EAGAIN sends the engine to wait for POLLIN.
 		cb.PrepPread(op.Fd, op.Buf, 0)
 		cb.RWFlags = aio.RWF_NOWAIT
 	case OpSend:
+		if op.Flags&^aioSendOwnFlags != 0 {
+			s.kind = aioSendPoll
+			if op.Flags&unix.MSG_DONTWAIT != 0 {
+				res, _ := b.flaggedIO(s)
+				b.ready.add(id, res)
+				return nil
+			}
+			cb.PrepPoll(op.Fd, unix.POLLOUT)
+			break
+		}
 		cb.PrepPwrite(op.Fd, op.Buf, 0)
 		cb.RWFlags = aio.RWF_NOWAIT | b.nosignal
 	case OpPoll:
@@ -190,6 +226,7 @@ func (b *aioBackend) Prepare(id OpID, op *Op) error {
 		return nil
 	}
 	cb.Data = uint64(id)
+	b.ops++
 	b.stage(s)
 	return nil
 }
@@ -239,7 +276,6 @@ func (b *aioBackend) Flush() (int, error) {
 }
 
 func (b *aioBackend) submitted(cb *aio.Iocb) {
-	b.inKernel++
 	id := OpID(cb.Data)
 	if id&internalTag != 0 {
 		if id == aioWakePollTag {
@@ -258,6 +294,7 @@ func (b *aioBackend) reject(cb *aio.Iocb, err error) {
 		return
 	}
 	b.slots.at(id.index()).staged = false
+	b.ops--
 	b.ready.add(id, errnoRes(err))
 }
 
@@ -277,7 +314,6 @@ func (b *aioBackend) Reap(deliver func(OpID, int32, uint32)) int {
 // complete turns one ring event into a delivery, or into the next step of
 // an op that takes two (accept, connect). It returns the deliveries made.
 func (b *aioBackend) complete(ev aio.Event, deliver func(OpID, int32, uint32)) int {
-	b.inKernel--
 	id, res := OpID(ev.Data), int32(ev.Res)
 	switch id {
 	case aioWakePollTag:
@@ -290,6 +326,7 @@ func (b *aioBackend) complete(ev aio.Event, deliver func(OpID, int32, uint32)) i
 	s := b.slots.at(id.index())
 	if s.cancelled && res == 0 && s.kind != aioRW {
 		// io_cancel of a POLL completes it with res 0.
+		b.ops--
 		deliver(id, -int32(unix.ECANCELED), 0)
 		return 1
 	}
@@ -298,6 +335,9 @@ func (b *aioBackend) complete(ev aio.Event, deliver func(OpID, int32, uint32)) i
 		res = pollMask(res, s.op.Events)
 	case aioAcceptPoll:
 		if res >= 0 {
+			if h := testHooks.Load(); h != nil && h.beforeAccept != nil {
+				h.beforeAccept()
+			}
 			nfd, _, err := unix.Accept4(s.op.Fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 			b.other.Add(1)
 			if err == unix.EAGAIN && !s.cancelled {
@@ -321,9 +361,49 @@ func (b *aioBackend) complete(ev aio.Event, deliver func(OpID, int32, uint32)) i
 				res = -int32(soerr)
 			}
 		}
+	case aioRecvPoll, aioSendPoll:
+		if res >= 0 {
+			var again bool
+			if res, again = b.flaggedIO(s); again {
+				b.stage(s)
+				return 0
+			}
+		}
 	}
+	b.ops--
 	deliver(id, res, 0)
 	return 1
+}
+
+// flaggedIO makes the inline recvfrom or sendmsg of a recv or send with
+// MSG_* flags once its POLL has fired. It reports the op's result, or again
+// when the op must wait for readiness once more: the data went to another
+// reader, or a MSG_WAITALL recv has not filled its buffer yet.
+func (b *aioBackend) flaggedIO(s *aioSlot) (res int32, again bool) {
+	op := s.op
+	var n int
+	var err error
+	if s.kind == aioRecvPoll {
+		n, _, err = unix.Recvfrom(op.Fd, op.Buf[s.moved:], int(op.Flags&^unix.MSG_WAITALL)|unix.MSG_DONTWAIT)
+	} else {
+		n, err = unix.SendmsgN(op.Fd, op.Buf, nil, nil, int(op.Flags)|unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+	}
+	b.other.Add(1)
+	if n > 0 {
+		s.moved += n
+	}
+	waitAll := s.kind == aioRecvPoll && op.Flags&unix.MSG_WAITALL != 0
+	switch {
+	case err == unix.EAGAIN && op.Flags&unix.MSG_DONTWAIT == 0 && !s.cancelled:
+		return 0, true
+	case err == nil && waitAll && n > 0 && s.moved < len(op.Buf) && !s.cancelled:
+		return 0, true
+	case s.moved > 0:
+		return int32(s.moved), false // what arrived before an error or end of stream
+	case err != nil:
+		return errnoRes(err), false
+	}
+	return 0, false
 }
 
 func (b *aioBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uint32)) (int, int, error) {
@@ -331,9 +411,11 @@ func (b *aioBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uint3
 		return 0, b.ready.deliver(deliver), nil
 	}
 	submitted := 0
-	if !b.wakeArmed {
-		// The doorbell fired in the last reap and its re-arm is still
-		// staged; flush it, or nothing could wake this sleep.
+	if len(b.staged) > 0 {
+		// Iocbs staged after the round's flush: the doorbell's re-arm
+		// after it fired, an accept's POLL again after another loop took
+		// the connection. Nothing could wake this sleep for them unless
+		// they go out first.
 		n, err := b.Flush()
 		if err != nil {
 			return n, 0, err
@@ -341,6 +423,13 @@ func (b *aioBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uint3
 		submitted = n
 		if len(b.ready) > 0 { // the flush failed an op: deliver, don't sleep
 			return submitted, b.ready.deliver(deliver), nil
+		}
+		if len(b.staged) > 0 && (timeout < 0 || timeout > aioFullRetry) {
+			// The kernel refused them (EAGAIN: its ring is full, or
+			// its free slots sit in other CPUs' caches). Completions
+			// make room, and wake this sleep; but if none comes, try
+			// again soon rather than never.
+			timeout = aioFullRetry
 		}
 	}
 	got, err := b.ctx.GetEvents(1, b.events, timeout)
@@ -371,6 +460,7 @@ func (b *aioBackend) Cancel(id OpID) error {
 			}
 		}
 		s.staged = false
+		b.ops--
 		b.ready.add(id, -int32(unix.ECANCELED))
 		return nil
 	}

@@ -103,10 +103,10 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 	}
 	switch op.Kind {
 	case OpRead:
-		sqe.PrepRead(op.Fd, op.Buf, op.Offset)
+		sqe.PrepRead(op.Fd, clampRW(op.Buf), op.Offset)
 		sqe.OpcodeFlags = op.Flags
 	case OpWrite:
-		sqe.PrepWrite(op.Fd, op.Buf, op.Offset)
+		sqe.PrepWrite(op.Fd, clampRW(op.Buf), op.Offset)
 		sqe.OpcodeFlags = op.Flags
 	case OpReadv:
 		sqe.PrepReadv(op.Fd, s.iov, op.Offset)
@@ -119,9 +119,9 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 	case OpFdatasync:
 		sqe.PrepFsync(op.Fd, uring.IORING_FSYNC_DATASYNC)
 	case OpRecv:
-		sqe.PrepRecv(op.Fd, op.Buf, int(op.Flags))
+		sqe.PrepRecv(op.Fd, clampRW(op.Buf), int(op.Flags))
 	case OpSend:
-		sqe.PrepSend(op.Fd, op.Buf, int(op.Flags)|unix.MSG_NOSIGNAL)
+		sqe.PrepSend(op.Fd, clampRW(op.Buf), int(op.Flags)|unix.MSG_NOSIGNAL)
 	case OpPoll:
 		sqe.PrepPollAdd(op.Fd, op.Events)
 	case OpAccept:
@@ -131,7 +131,7 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 	case OpClose:
 		sqe.PrepClose(op.Fd)
 	case OpSplice:
-		sqe.PrepSplice(op.Fd, op.Offset, op.FdOut, op.OffsetOut, uint32(op.Len), op.Flags)
+		sqe.PrepSplice(op.Fd, op.Offset, op.FdOut, op.OffsetOut, uint32(min(op.Len, maxRW)), op.Flags)
 	default:
 		// Loop.Submit lets no other kind through; a NOP keeps the slot
 		// accounted for and completes the op with EOPNOTSUPP.

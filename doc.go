@@ -31,6 +31,15 @@
 // loop, and costs nothing while the loop is busy. Ops from many goroutines
 // posted in the same round go to the kernel in the same syscall.
 //
+// Do takes a context: when it ends, the op is cancelled, and Do returns
+// once the op's one completion is in. A Do of a file op (read, write,
+// readv, writev, fsync, fdatasync) whose caller is the only goroutine in Do
+// has nothing to batch with; handing it to the loop's thread and back would
+// cost two thread wake-ups on top of the syscall, so Do makes that one
+// syscall on the caller's goroutine instead (Stats.Direct counts them;
+// Config.NoDirect turns it off). As soon as two callers overlap, their ops
+// go through the loop's rounds again.
+//
 // # Ownership
 //
 // An op's buffers belong to the kernel from Submit until its Done runs: do

@@ -23,6 +23,12 @@ type Config struct {
 	// Logger receives the loop's rare events (backend chosen, submit
 	// errors). Default: no logging.
 	Logger *zap.Logger
+	// NoDirect makes every Do go through the loop's rounds. By default a
+	// Do of a file op (read, write, readv, writev, fsync, fdatasync) whose
+	// caller is the only one waiting in Do runs as the one plain syscall
+	// on the caller's goroutine: with nobody to batch with, handing it to
+	// the loop and back would only add two thread wake-ups.
+	NoDirect bool
 }
 
 // ErrClosed is returned for ops submitted to a loop that is closing.
@@ -35,8 +41,13 @@ type Loop struct {
 	log *zap.Logger
 	// deliverFn is l.deliver made once: a method value built per call
 	// would be a heap allocation per round.
-	deliverFn     func(OpID, int32, uint32)
+	deliverFn func(OpID, int32, uint32)
+	// waitDeliverFn is deliverFn for completions reaped by a sleeping
+	// Wait: it marks the loop awake before the first Done runs, so a Post
+	// from a Done does not ring the doorbell of a loop that is running.
+	waitDeliverFn func(OpID, int32, uint32)
 	submitsOnWait bool
+	direct        bool // !Config.NoDirect
 
 	slots    chunked[slot]
 	free     []uint32 // free slot indices
@@ -54,8 +65,11 @@ type Loop struct {
 	spare    []func()
 	shut     bool // under mu: the loop has run its last posted function
 	sleeping atomic.Bool
-	closed   atomic.Bool
+	closed   atomic.Bool // Close has been called
 	done     chan struct{}
+
+	doing   atomic.Int32 // goroutines inside Do
+	doWakes []*doWaiter  // Do calls completed this round, woken at its end
 
 	stats loopStats
 }
@@ -91,7 +105,7 @@ func NewLoop(cfg Config) (*Loop, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	l := &Loop{log: log, done: make(chan struct{})}
+	l := &Loop{log: log, done: make(chan struct{}), direct: !cfg.NoDirect}
 	errc := make(chan error, 1)
 	go func() {
 		// A SINGLE_ISSUER ring belongs to the thread that created it, and
@@ -105,6 +119,12 @@ func NewLoop(cfg Config) (*Loop, error) {
 		}
 		l.b = b
 		l.deliverFn = l.deliver
+		l.waitDeliverFn = func(id OpID, res int32, flags uint32) {
+			if l.sleeping.Load() {
+				l.sleeping.Store(false)
+			}
+			l.deliver(id, res, flags)
+		}
 		l.submitsOnWait = b.SubmitsOnWait()
 		l.stats.backend = b.Name()
 		errc <- nil
@@ -135,7 +155,7 @@ func (l *Loop) Submit(op Op) (OpID, error) {
 	s := l.slots.at(idx)
 	s.op = op
 	id := makeOpID(idx, s.gen)
-	l.stats.opsSubmitted.add(1)
+	l.stats.cur.opsSubmitted++
 	if op.Kind == OpTimeout {
 		s.state = slotTimer
 		s.timer = l.AfterFunc(op.Timeout, func() {
@@ -224,7 +244,7 @@ func (l *Loop) finish(id OpID, s *slot, res int32, flags uint32) {
 	s.state, s.polling, s.cancel = slotFree, false, false
 	s.gen = (s.gen + 1) & (1<<31 - 1)
 	l.free = append(l.free, id.index())
-	l.stats.completions.add(1)
+	l.stats.cur.completions++
 	if done != nil {
 		done(Result{ID: id, Kind: kind, Res: res, Flags: flags})
 	}
@@ -250,7 +270,13 @@ func (l *Loop) deliver(id OpID, res int32, flags uint32) {
 		l.requeue(s, id) // ready now: run the op itself again
 		return
 	}
-	if res == -int32(unix.EAGAIN) && !s.cancel && retriesOnEAGAIN(&s.op) {
+	if res == -int32(unix.EAGAIN) && retriesOnEAGAIN(&s.op) {
+		if s.cancel {
+			// Cancelled while the kernel found nothing to do: the
+			// caller asked for an end, and EAGAIN is never a result.
+			l.finish(id, s, -int32(unix.ECANCELED), flags)
+			return
+		}
 		// Nothing to read, no room to write, no connection yet: wait for
 		// readiness, then try again. The caller never sees EAGAIN.
 		s.polling = true
@@ -315,16 +341,21 @@ func (l *Loop) stage() {
 // may be called from any goroutine, the loop's included.
 func (l *Loop) Post(fn func()) error {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.shut {
-		l.mu.Unlock()
 		return ErrClosed
 	}
 	l.posted = append(l.posted, fn)
-	l.mu.Unlock()
 	// Ring the doorbell only when the loop sleeps or is about to: it sets
 	// sleeping before its last look at the queue, so either it sees fn or
-	// we see sleeping. A busy loop costs posters no syscall.
+	// we see sleeping. A busy loop costs posters no syscall. The wake
+	// happens under mu because shutdown sets shut under mu before the
+	// backend closes the doorbell: a wake can never land in a closed
+	// eventfd, or in whatever file reused its number.
 	if l.sleeping.Load() && l.sleeping.CompareAndSwap(true, false) {
+		if h := testHooks.Load(); h != nil && h.beforeWake != nil {
+			h.beforeWake()
+		}
 		return l.b.Wake()
 	}
 	return nil
@@ -349,30 +380,6 @@ func (l *Loop) hasPosted() bool {
 	return n > 0
 }
 
-// Do submits op from a goroutine other than the loop's and waits for its
-// completion. Ops from many goroutines batch into the same rounds.
-func (l *Loop) Do(op Op) (Result, error) {
-	if err := op.validate(); err != nil {
-		return Result{}, err
-	}
-	type outcome struct {
-		r   Result
-		err error
-	}
-	ch := make(chan outcome, 1)
-	op.Done = func(r Result) { ch <- outcome{r: r} }
-	err := l.Post(func() {
-		if _, err := l.Submit(op); err != nil {
-			ch <- outcome{err: err}
-		}
-	})
-	if err != nil {
-		return Result{}, err
-	}
-	o := <-ch
-	return o.r, o.err
-}
-
 // run is the loop: one round per iteration.
 //
 //	post -> timers -> stage -> flush (1 syscall) -> reap (0 syscalls) -> dispatch
@@ -395,6 +402,7 @@ func (l *Loop) run() {
 		reaped := l.b.Reap(l.deliverFn)
 		l.runLater()
 		if l.closing && l.inflight == 0 && len(l.pending) == 0 && len(l.later) == 0 && !l.hasPosted() {
+			l.endRound()
 			l.shutdown()
 			return
 		}
@@ -404,10 +412,15 @@ func (l *Loop) run() {
 		// Whatever is staged goes out now rather than wait for that round.
 		if l.hasPosted() || len(l.pending) > waiting || len(l.later) > 0 || (waiting > 0 && reaped > 0) {
 			l.flush()
+			l.endRound()
 			continue
 		}
+		l.endRound()
 		// Nothing to do until a completion, a Post or the next timer.
 		l.sleeping.Store(true)
+		if h := testHooks.Load(); h != nil && h.sleepEdge != nil {
+			h.sleepEdge()
+		}
 		if l.hasPosted() {
 			l.sleeping.Store(false)
 			l.flush()
@@ -417,13 +430,25 @@ func (l *Loop) run() {
 		if when, ok := l.timers.next(); ok {
 			timeout = max(time.Until(when), 0)
 		}
-		n, _, err := l.b.Wait(timeout, l.deliverFn)
+		n, _, err := l.b.Wait(timeout, l.waitDeliverFn)
 		l.stats.batch(n)
 		if err != nil {
 			l.log.Error("uio: wait", zap.String("backend", l.b.Name()), zap.Error(err))
 		}
 		l.sleeping.Store(false)
+		l.endRound()
 	}
+}
+
+// endRound publishes the round's counters, then wakes the Do calls whose
+// ops completed in it, so that a Stats read after Do returns counts that op.
+func (l *Loop) endRound() {
+	l.stats.publish()
+	for i, w := range l.doWakes {
+		w.ch <- w.out
+		l.doWakes[i] = nil
+	}
+	l.doWakes = l.doWakes[:0]
 }
 
 // flush hands the staged ops to the kernel, if there are any.
@@ -440,14 +465,14 @@ func (l *Loop) flush() {
 
 // Close stops the loop: new submissions fail with ErrClosed, every op in
 // flight is cancelled and its Done runs, then the backend is closed. It
-// waits for the loop to exit. Call it from outside the loop.
+// waits for the loop to exit, however many goroutines call it at once.
+// Call it from outside the loop.
 func (l *Loop) Close() error {
-	if l.closed.Load() {
+	if l.closed.Swap(true) {
 		<-l.done
 		return nil
 	}
 	err := l.Post(func() {
-		l.closed.Store(true)
 		l.closing = true
 		for _, idx := range l.pending {
 			l.slots.at(idx).cancel = true
@@ -460,7 +485,7 @@ func (l *Loop) Close() error {
 		}
 		l.timers.clear() // AfterFunc callbacks that have not run never will
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, ErrClosed) {
 		return err
 	}
 	<-l.done
@@ -473,6 +498,9 @@ func (l *Loop) shutdown() {
 	l.mu.Lock()
 	l.shut = true
 	l.mu.Unlock()
+	if h := testHooks.Load(); h != nil && h.shutdown != nil {
+		h.shutdown()
+	}
 	l.runPosted()
 	if err := l.b.Close(); err != nil {
 		l.log.Warn("uio: closing backend", zap.Error(err))

@@ -27,7 +27,8 @@ type Options struct {
 	Buffered bool
 	// Align overrides the detected alignment (offsets and lengths of
 	// direct I/O). It must be a power of two and a multiple of what the
-	// file system requires. 0: detect.
+	// file system requires. 0: detect. Ignored when the file is buffered
+	// (Buffered, or direct I/O refused), where nothing needs aligning.
 	Align int
 	// ExactSizeOnSync makes every Sync leave the file on disk exactly at
 	// its logical size: after writing the zero-padded tail block, Sync
@@ -165,7 +166,7 @@ func (f *File) init(o Options) error {
 		}
 	}
 	f.exact = o.ExactSizeOnSync
-	if o.Align > 0 {
+	if o.Align > 0 && f.direct {
 		if o.Align&(o.Align-1) != 0 || int64(o.Align)%f.bs != 0 {
 			return &Error{Op: "open", Path: f.path, Off: -1, Err: errors.New("Options.Align must be a power of two and a multiple of the file system's alignment")}
 		}
@@ -449,7 +450,7 @@ func (f *File) submitFlight(fl *flight) {
 	_, err := f.l.Submit(uio.Op{Kind: uio.OpWrite, Fd: f.fd, Buf: fl.data, Offset: fl.off, Done: func(r uio.Result) {
 		switch n := int(r.Res); {
 		case r.Res < 0:
-			f.landed(fl, &Error{Op: "append", Path: f.path, Off: fl.off, Len: len(fl.data), Err: r.Err()}, true)
+			f.landed(fl, &Error{Op: "append", Path: f.path, Off: fl.off, Len: len(fl.data), Err: resErr(r.Res)}, true)
 		case n == len(fl.data):
 			f.landed(fl, nil, true)
 		case n == 0 || (f.direct && int64(n)%f.bs != 0):

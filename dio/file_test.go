@@ -597,7 +597,7 @@ func TestSyncPadding(t *testing.T) {
 					}
 				}
 				d := l.Stats().Sub(st0)
-				if d.OpsSubmitted != 2*n {
+				if d.OpsSubmitted+d.Direct != 2*n {
 					t.Errorf("%d ops for %d Syncs, want 2 each (write, fdatasync)", d.OpsSubmitted, n)
 				}
 				if !exact && d.Other > n {
@@ -613,4 +613,57 @@ func TestSyncPadding(t *testing.T) {
 			})
 		}
 	}
+}
+
+// A File whose loop has closed reports uio.ErrClosed, not the ECANCELED of
+// the ops the closing loop cancelled or refused.
+func TestClosedLoopIsErrClosed(t *testing.T) {
+	for _, b := range []string{uio.BackendAIO, uio.BackendUring} {
+		t.Run(b, func(t *testing.T) {
+			l, err := uio.NewLoop(uio.Config{Backend: b, NoDirect: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, err := Open(l, filepath.Join(t.TempDir(), "f"), os.O_RDWR|os.O_CREATE, 0o644, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.Append([]byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			l.Close()
+			if err := f.Sync(); !errors.Is(err, uio.ErrClosed) {
+				t.Errorf("Sync on a closed loop: %v, want uio.ErrClosed", err)
+			}
+			f.Close()
+		})
+	}
+}
+
+// Options.Align applies to direct I/O only: a buffered file gets no
+// padding from it.
+func TestAlignIgnoredWhenBuffered(t *testing.T) {
+	l, err := uio.NewLoop(uio.Config{Backend: uio.BackendAIO})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	path := filepath.Join(t.TempDir(), "f")
+	f, err := Open(l, path, os.O_RDWR|os.O_CREATE, 0o644, &Options{Buffered: true, Align: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Append([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if f.Align() != 1 {
+		t.Errorf("buffered file's Align() = %d, want 1", f.Align())
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Size() != 5 {
+		t.Fatalf("buffered file with Align 4096 is %d bytes on disk after Sync, want 5 (%v)", fi.Size(), err)
+	}
+	f.Close()
 }

@@ -177,7 +177,7 @@ func (r *syncReq) onWrite(res uio.Result) {
 	f := r.f
 	switch n := int(res.Res); {
 	case res.Res < 0:
-		r.writeDone(res.Err())
+		r.writeDone(resErr(res.Res))
 	case n == len(r.buf):
 		r.writeDone(nil)
 	case n == 0 || (f.direct && int64(n)%f.bs != 0):
@@ -238,7 +238,7 @@ func (r *syncReq) release(onLoop bool) {
 func (r *syncReq) onSync(res uio.Result) {
 	r.synced = true
 	if res.Res < 0 {
-		r.serr = res.Err()
+		r.serr = resErr(res.Res)
 	}
 	r.ch <- struct{}{}
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"net"
 	"testing"
 	"time"
@@ -29,7 +30,7 @@ func TestEngineSendAfterFullBuffer(t *testing.T) {
 			}
 			defer unix.Close(fd)
 			port := ln.Addr().(*net.TCPAddr).Port
-			if r, _ := l.Do(uio.Op{Kind: uio.OpConnect, Fd: fd, Addr: &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: port}}); r.Res != 0 {
+			if r, _ := l.Do(context.Background(), uio.Op{Kind: uio.OpConnect, Fd: fd, Addr: &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}, Port: port}}); r.Res != 0 {
 				t.Fatalf("connect: %v", r.Err())
 			}
 			peer, err := ln.Accept()

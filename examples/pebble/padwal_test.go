@@ -2,6 +2,7 @@ package diofs
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -137,7 +138,7 @@ func (w *padWAL) writeSyncOnly() error {
 	if w.l == nil {
 		return unix.Fdatasync(w.fd)
 	}
-	r, err := w.l.Do(uio.Op{Kind: uio.OpFdatasync, Fd: w.fd})
+	r, err := w.l.Do(context.Background(), uio.Op{Kind: uio.OpFdatasync, Fd: w.fd})
 	if err == nil && r.Res < 0 {
 		err = unix.Errno(-r.Res)
 	}

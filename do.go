@@ -1,0 +1,196 @@
+package uio
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// Do runs op from a goroutine other than the loop's and waits for its
+// completion. Ops from many goroutines batch into the same rounds.
+//
+// When ctx ends first, the op is cancelled and Do still waits for its one
+// completion, so the op's buffers are free again when Do returns: the
+// result is then -ECANCELED with ctx's error, or the op's real result if it
+// finished first or cannot be stopped (a file read in flight on AIO).
+//
+// A file op (read, write, readv, writev, fsync, fdatasync) whose caller is
+// the only goroutine in Do runs as one plain syscall on the caller's
+// goroutine, unless Config.NoDirect is set: with nothing to batch it with,
+// handing it to the loop's thread and back would add two thread wake-ups
+// to the syscall it needs anyway. Stats counts such ops in Direct.
+func (l *Loop) Do(ctx context.Context, op Op) (Result, error) {
+	if err := op.validate(); err != nil {
+		return Result{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return Result{}, err
+	}
+	if l.closed.Load() {
+		return Result{}, ErrClosed
+	}
+	alone := l.doing.Add(1) == 1
+	defer l.doing.Add(-1)
+	if alone && l.direct && op.Kind.direct() {
+		return l.runDirect(&op), nil
+	}
+	w := doWaiters.Get().(*doWaiter)
+	w.l = l
+	w.op = op
+	w.op.Done = w.doneFn
+	if err := l.Post(w.submitFn); err != nil {
+		w.release()
+		return Result{}, err
+	}
+	var out doOutcome
+	select {
+	case out = <-w.ch:
+		w.release()
+	case <-ctx.Done():
+		// The cancel is posted behind the submit, so it finds the op. The
+		// waiter is not reused: the posted cancel reads it later.
+		_ = l.Post(w.cancelFn)
+		out = <-w.ch
+		if out.err == nil && out.r.Res == -int32(unix.ECANCELED) {
+			out.err = ctx.Err()
+		}
+	}
+	return out.r, out.err
+}
+
+// doWaiter carries one Do to the loop and its result back, with its
+// functions bound once so that a Do allocates nothing.
+type doWaiter struct {
+	l        *Loop
+	op       Op
+	id       OpID // loop goroutine only
+	out      doOutcome
+	ch       chan doOutcome
+	submitFn func()
+	cancelFn func()
+	doneFn   func(Result)
+}
+
+type doOutcome struct {
+	r   Result
+	err error
+}
+
+var doWaiters = sync.Pool{New: func() any {
+	w := &doWaiter{ch: make(chan doOutcome, 1)}
+	w.submitFn = func() {
+		id, err := w.l.Submit(w.op)
+		if err != nil {
+			w.ch <- doOutcome{r: Result{Kind: w.op.Kind}, err: err}
+			return
+		}
+		w.id = id
+	}
+	w.cancelFn = func() { w.l.Cancel(w.id) }
+	// The wake waits for the end of the round (Loop.endRound), after the
+	// round's counters are published.
+	w.doneFn = func(r Result) {
+		w.out = doOutcome{r: r}
+		w.l.doWakes = append(w.l.doWakes, w)
+	}
+	return w
+}}
+
+func (w *doWaiter) release() {
+	w.l, w.op, w.out = nil, Op{}, doOutcome{}
+	doWaiters.Put(w)
+}
+
+// direct reports whether Do may run the op as a plain syscall on the
+// caller's goroutine: a file op that the kernel would run synchronously in
+// the caller's stead, which can block but never waits for a peer.
+func (k OpKind) direct() bool {
+	switch k {
+	case OpRead, OpWrite, OpReadv, OpWritev, OpFsync, OpFdatasync:
+		return true
+	}
+	return false
+}
+
+// runDirect makes op's one syscall on the calling goroutine.
+func (l *Loop) runDirect(op *Op) Result {
+	var n int
+	var err error
+	for {
+		n, err = directSyscall(op)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	l.stats.direct.Add(1)
+	r := Result{Kind: op.Kind, Res: int32(n)}
+	if err != nil {
+		r.Res = errnoRes(err)
+	}
+	return r
+}
+
+func directSyscall(op *Op) (int, error) {
+	switch op.Kind {
+	case OpRead:
+		buf := clampRW(op.Buf)
+		if op.Flags != 0 {
+			return unix.Preadv2(op.Fd, [][]byte{buf}, op.Offset, int(op.Flags))
+		}
+		if op.Offset < 0 {
+			return unix.Read(op.Fd, buf)
+		}
+		return unix.Pread(op.Fd, buf, op.Offset)
+	case OpWrite:
+		buf := clampRW(op.Buf)
+		if op.Flags != 0 {
+			return unix.Pwritev2(op.Fd, [][]byte{buf}, op.Offset, int(op.Flags))
+		}
+		if op.Offset < 0 {
+			return unix.Write(op.Fd, buf)
+		}
+		return unix.Pwrite(op.Fd, buf, op.Offset)
+	case OpReadv:
+		if op.Flags != 0 || op.Offset < 0 {
+			return unix.Preadv2(op.Fd, op.Iovecs, op.Offset, int(op.Flags))
+		}
+		return unix.Preadv(op.Fd, op.Iovecs, op.Offset)
+	case OpWritev:
+		if op.Flags != 0 || op.Offset < 0 {
+			return unix.Pwritev2(op.Fd, op.Iovecs, op.Offset, int(op.Flags))
+		}
+		return unix.Pwritev(op.Fd, op.Iovecs, op.Offset)
+	case OpFsync:
+		return 0, unix.Fsync(op.Fd)
+	case OpFdatasync:
+		return 0, unix.Fdatasync(op.Fd)
+	}
+	return 0, unix.EOPNOTSUPP
+}
+
+// maxRW is the kernel's MAX_RW_COUNT (INT_MAX rounded down to a page): no
+// read or write moves more in one call, and io_uring's length field is 32
+// bits wide. Longer buffers are cut to it, so a read or write of more is a
+// short one, as a plain pread(2) would be, never a silently empty one.
+const maxRW = 0x7ffff000
+
+func clampRW(b []byte) []byte {
+	if len(b) > maxRW {
+		return b[:maxRW]
+	}
+	return b
+}
+
+// loopHooks lets tests stop the loop and its posters at chosen points, to
+// replay races deterministically. Nil outside tests.
+type loopHooks struct {
+	sleepEdge  func() // the loop has set sleeping and not yet looked at the posted queue
+	beforeWake func() // a poster won the doorbell and is about to ring it
+	shutdown   func() // the loop refuses new posts and is about to close its backend
+	// beforeAccept: an AIO accept's POLL fired and its accept4 is next
+	beforeAccept func()
+}
+
+var testHooks atomic.Pointer[loopHooks]

@@ -1,0 +1,420 @@
+package uio
+
+// Tests for defects found in review: each one fails on the code before its
+// fix.
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func setHooks(t *testing.T, h *loopHooks) {
+	t.Helper()
+	testHooks.Store(h)
+	t.Cleanup(func() { testHooks.Store(nil) })
+}
+
+// A Post that won the doorbell while the loop was going to sleep must not
+// ring it after the loop has shut down and closed it: the eventfd's number
+// may belong to another file by then. The hooks replay the interleaving:
+// the loop looks at its queue after the poster decided to wake it, runs
+// Close's function, and shuts down while the poster is still on its way to
+// the doorbell.
+func TestPostNeverWakesAClosedDoorbell(t *testing.T) {
+	for _, name := range backends {
+		t.Run(name, func(t *testing.T) {
+			l, err := NewLoop(Config{Backend: name})
+			if err != nil {
+				t.Fatal(err)
+			}
+			mustDo(t, l, Op{Kind: OpTimeout})
+			var (
+				armed   = make(chan struct{}) // the loop's next sleep stops at the edge
+				armWake = make(chan struct{}) // the next doorbell stops before ringing
+				atEdge  = make(chan struct{})
+				casDone = make(chan struct{})
+				once1   sync.Once
+				once2   sync.Once
+				pipes   [][2]int
+			)
+			setHooks(t, &loopHooks{
+				sleepEdge: func() {
+					select {
+					case <-armed:
+					default:
+						return
+					}
+					once1.Do(func() {
+						close(atEdge)
+						select {
+						case <-casDone:
+						case <-time.After(2 * time.Second):
+						}
+					})
+				},
+				beforeWake: func() {
+					select {
+					case <-armWake:
+					default:
+						return
+					}
+					once2.Do(func() {
+						close(casDone)
+						select {
+						case <-l.Done():
+							// Take the lowest free fd numbers, the
+							// doorbell's among them.
+							for range 4 {
+								var p [2]int
+								if unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK) == nil {
+									pipes = append(pipes, p)
+								}
+							}
+						case <-time.After(300 * time.Millisecond):
+						}
+					})
+				},
+			})
+			close(armed)
+			// Wake the loop so that it goes to sleep again through the edge.
+			if err := l.Post(func() {}); err != nil {
+				t.Fatal(err)
+			}
+			<-atEdge
+			close(armWake)
+			closeErr := l.Close()
+			<-l.Done()
+			for _, p := range pipes {
+				var b [8]byte
+				n, _ := unix.Read(p[0], b[:])
+				unix.Close(p[0])
+				unix.Close(p[1])
+				if n > 0 {
+					t.Errorf("a wake wrote %d bytes into a pipe that reused the closed doorbell's fd", n)
+				}
+			}
+			if closeErr != nil {
+				t.Errorf("Close: %v (the wake hit a closed doorbell)", closeErr)
+			}
+		})
+	}
+}
+
+// Close called twice at once: both calls return only after the loop has
+// exited.
+func TestConcurrentCloseWaitsForLoop(t *testing.T) {
+	for _, name := range backends {
+		t.Run(name, func(t *testing.T) {
+			l, err := NewLoop(Config{Backend: name})
+			if err != nil {
+				t.Fatal(err)
+			}
+			inShutdown := make(chan struct{})
+			setHooks(t, &loopHooks{shutdown: func() {
+				close(inShutdown)
+				time.Sleep(50 * time.Millisecond) // the backend closes slowly
+			}})
+			first := make(chan error, 1)
+			go func() { first <- l.Close() }()
+			<-inShutdown
+			if err := l.Close(); err != nil {
+				t.Fatalf("second Close: %v", err)
+			}
+			select {
+			case <-l.Done():
+			default:
+				t.Fatal("second Close returned before the loop exited")
+			}
+			if err := <-first; err != nil {
+				t.Fatalf("first Close: %v", err)
+			}
+		})
+	}
+}
+
+// An AIO accept whose accept4 finds the connection gone (another loop or
+// process took it) puts its POLL back. When that happens in a round's reap
+// (the connection was already waiting, so the POLL completed inside
+// io_submit), the POLL must still go to the kernel before the loop sleeps,
+// or the loop never accepts again. The hook steals the connection at the
+// right moment.
+func TestAIOAcceptAfterLostRace(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	lfd := int(f.Fd())
+	if err := unix.SetNonblock(lfd, true); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	setHooks(t, &loopHooks{beforeAccept: func() {
+		once.Do(func() {
+			if nfd, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC); err == nil {
+				unix.Close(nfd)
+			}
+		})
+	}})
+	l, err := NewLoop(Config{Backend: BackendAIO})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c1, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	accepted := make(chan int32, 1)
+	l.Post(func() {
+		l.Submit(Op{Kind: OpAccept, Fd: lfd, Done: func(r Result) {
+			if r.Res >= 0 {
+				unix.Close(int(r.Res))
+			}
+			accepted <- r.Res
+		}})
+	})
+	time.Sleep(50 * time.Millisecond) // the stolen connection is gone; the loop sleeps
+	c2, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	select {
+	case fd := <-accepted:
+		if fd < 0 {
+			t.Fatalf("accept: %v", unix.Errno(-fd))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the second connection was never accepted: the loop sleeps with its accept POLL staged")
+	}
+}
+
+// Recv and send pass their MSG_* flags on both backends.
+func TestRecvSendFlags(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		a, b := socketpair(t)
+		if _, err := unix.Write(b, []byte("hello")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 16)
+		r := mustDo(t, l, Op{Kind: OpRecv, Fd: a, Buf: buf, Flags: unix.MSG_PEEK})
+		if r.Res != 5 || string(buf[:5]) != "hello" {
+			t.Fatalf("MSG_PEEK recv = %d %q", r.Res, buf[:max(r.Res, 0)])
+		}
+		r = mustDo(t, l, Op{Kind: OpRecv, Fd: a, Buf: buf})
+		if r.Res != 5 || string(buf[:5]) != "hello" {
+			t.Fatalf("recv after MSG_PEEK = %d %q; the peeked bytes must still be there", r.Res, buf[:max(r.Res, 0)])
+		}
+
+		// MSG_WAITALL: 10 bytes arriving in two writes make one result.
+		go func() {
+			unix.Write(b, []byte("01234"))
+			time.Sleep(30 * time.Millisecond)
+			unix.Write(b, []byte("56789"))
+		}()
+		all := make([]byte, 10)
+		r = mustDo(t, l, Op{Kind: OpRecv, Fd: a, Buf: all, Flags: unix.MSG_WAITALL})
+		if r.Res != 10 || string(all) != "0123456789" {
+			t.Fatalf("MSG_WAITALL recv = %d %q, want all 10 bytes", r.Res, all[:max(r.Res, 0)])
+		}
+
+		// MSG_MORE and MSG_DONTWAIT are accepted on send; the bytes arrive.
+		r = mustDo(t, l, Op{Kind: OpSend, Fd: a, Buf: []byte("abc"), Flags: unix.MSG_MORE})
+		if r.Res != 3 {
+			t.Fatalf("MSG_MORE send = %d %v", r.Res, r.Err())
+		}
+		got := make([]byte, 3)
+		if n, err := unix.Read(b, got); n != 3 || err != nil || string(got) != "abc" {
+			t.Fatalf("peer read %d %q %v", n, got, err)
+		}
+
+		// MSG_DONTWAIT with nothing to read: EAGAIN, not a wait.
+		r = mustDo(t, l, Op{Kind: OpRecv, Fd: a, Buf: buf, Flags: unix.MSG_DONTWAIT | unix.MSG_PEEK})
+		if !errors.Is(r.Err(), unix.EAGAIN) {
+			t.Fatalf("MSG_DONTWAIT|MSG_PEEK recv on an empty socket = %d %v, want EAGAIN", r.Res, r.Err())
+		}
+	})
+}
+
+// A recv cancelled while the kernel is finding no data completes with
+// -ECANCELED, never -EAGAIN. On AIO both recvs run inside one io_submit:
+// the first one's Done cancels the second, whose EAGAIN is already in the
+// ring.
+func TestCancelledRecvNeverEAGAIN(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		a1, b1 := socketpair(t)
+		a2, _ := socketpair(t)
+		unix.Write(b1, []byte("x"))
+		res := make(chan int32, 1)
+		l.Post(func() {
+			var second OpID
+			l.Submit(Op{Kind: OpRecv, Fd: a1, Buf: make([]byte, 4), Done: func(Result) { l.Cancel(second) }})
+			second, _ = l.Submit(Op{Kind: OpRecv, Fd: a2, Buf: make([]byte, 4), Done: func(r Result) { res <- r.Res }})
+		})
+		select {
+		case r := <-res:
+			if r != -int32(unix.ECANCELED) {
+				t.Fatalf("cancelled recv completed with %d (%v), want -ECANCELED", r, unix.Errno(-r))
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("cancelled recv never completed")
+		}
+	})
+}
+
+// A read into a buffer of 4 GiB or more reads the file, as pread would; on
+// io_uring a length cut to 32 bits made it a 0-byte read that looks like EOF.
+func TestReadIntoHugeBuffer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("maps a 4 GiB buffer")
+	}
+	path := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(path, []byte("some bytes"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// An anonymous mapping: untouched pages cost nothing.
+	huge, err := unix.Mmap(-1, 0, 4<<30, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		t.Skipf("cannot map 4 GiB: %v", err)
+	}
+	defer unix.Munmap(huge)
+	forEachBackend(t, Config{NoDirect: true}, func(t *testing.T, l *Loop) {
+		r := mustDo(t, l, Op{Kind: OpRead, Fd: int(f.Fd()), Buf: huge, Offset: 0})
+		if r.Res != 10 {
+			t.Fatalf("read into a 4 GiB buffer = %d %v, want 10", r.Res, r.Err())
+		}
+	})
+}
+
+// A Post from a Done that a sleeping loop's Wait delivered does not ring
+// the doorbell: the loop is running by then.
+func TestPostFromDoneAfterWaitRingsNoDoorbell(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		a, b := socketpair(t)
+		ran := make(chan struct{})
+		l.Post(func() {
+			l.Submit(Op{Kind: OpRecv, Fd: a, Buf: make([]byte, 8), Done: func(Result) {
+				l.Post(func() { close(ran) })
+			}})
+		})
+		time.Sleep(50 * time.Millisecond) // the loop sleeps on the recv
+		before := l.Stats()
+		unix.Write(b, []byte("x"))
+		<-ran
+		time.Sleep(10 * time.Millisecond)
+		d := l.Stats().Sub(before)
+		if d.Other != 0 {
+			t.Fatalf("%d other syscalls (doorbell writes) for a Post made by a Done on a running loop, want 0", d.Other)
+		}
+	})
+}
+
+// AIO: engine ops never take the ring slots kept for the doorbell.
+func TestAIOCapacityKeepsDoorbellSlots(t *testing.T) {
+	b, err := newAIOBackend(8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	a, _ := socketpair(t)
+	ops := make([]Op, 12)
+	taken := 0
+	for i := range ops {
+		ops[i] = Op{Kind: OpPoll, Fd: a, Events: unix.POLLIN}
+		if b.Prepare(makeOpID(uint32(i), 0), &ops[i]) != nil {
+			break
+		}
+		taken++
+		if i == 3 {
+			b.Flush() // some in the kernel, some staged
+		}
+	}
+	if taken != 8 {
+		t.Fatalf("backend of depth 8 took %d engine ops", taken)
+	}
+}
+
+// Do ends its op when its context does, and still waits for the op's one
+// completion.
+func TestDoContext(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		a, _ := socketpair(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+		defer cancel()
+		r, err := l.Do(ctx, Op{Kind: OpRecv, Fd: a, Buf: make([]byte, 8)})
+		if !errors.Is(err, context.DeadlineExceeded) || r.Res != -int32(unix.ECANCELED) {
+			t.Fatalf("Do with an expiring context = %d, %v; want -ECANCELED and the deadline", r.Res, err)
+		}
+		done, cancel2 := context.WithCancel(context.Background())
+		cancel2()
+		if _, err := l.Do(done, Op{Kind: OpTimeout}); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Do with a done context = %v", err)
+		}
+		// The loop carries on.
+		if r := mustDo(t, l, Op{Kind: OpTimeout}); !errors.Is(r.Err(), unix.ETIME) {
+			t.Fatal(r.Err())
+		}
+	})
+}
+
+// A lone Do of a file op runs as one syscall on the caller's goroutine;
+// with NoDirect, or beside other Do calls, it goes through the loop.
+func TestDoDirect(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	for _, noDirect := range []bool{false, true} {
+		forEachBackend(t, Config{NoDirect: noDirect}, func(t *testing.T, l *Loop) {
+			before := l.Stats()
+			buf := []byte("0123456789")
+			for i := range 20 {
+				if r := mustDo(t, l, Op{Kind: OpWrite, Fd: fd, Buf: buf, Offset: int64(i * 10)}); r.Res != 10 {
+					t.Fatalf("write = %d %v", r.Res, r.Err())
+				}
+			}
+			got := make([]byte, 10)
+			if r := mustDo(t, l, Op{Kind: OpRead, Fd: fd, Buf: got, Offset: 190}); r.Res != 10 || string(got) != string(buf) {
+				t.Fatalf("read = %d %q", r.Res, got)
+			}
+			if r := mustDo(t, l, Op{Kind: OpFdatasync, Fd: fd}); r.Res != 0 {
+				t.Fatalf("fdatasync = %v", r.Err())
+			}
+			d := l.Stats().Sub(before)
+			wantDirect := uint64(22)
+			if noDirect {
+				wantDirect = 0
+			}
+			if d.Direct != wantDirect {
+				t.Fatalf("NoDirect=%v: %d direct ops, want %d (%v)", noDirect, d.Direct, wantDirect, d)
+			}
+			// Errors come back as results, as from the kernel's ring.
+			if r := mustDo(t, l, Op{Kind: OpRead, Fd: 1 << 20, Buf: got}); !errors.Is(r.Err(), unix.EBADF) {
+				t.Fatalf("read of a bad fd = %d %v, want EBADF", r.Res, r.Err())
+			}
+		})
+	}
+}
