@@ -1,13 +1,13 @@
-# giouring (pinned, unmaintained) pull-links syscall.munmap, which Go >= 1.23
-# refuses unless the linker's linkname check is off. Every build, test and
-# benchmark goes through GOFLAGS below so nobody has to remember the flag.
-# Outside make: GOFLAGS=-ldflags=-checklinkname=0 go test ./...
-export GOFLAGS := -ldflags=-checklinkname=0
+# Every package builds with no extra flag. Only the alternative giouring ring
+# setup (-tags giouring, see uring/doc.go) needs -ldflags=-checklinkname=0,
+# because giouring pull-links syscall.munmap; that flag is passed on that one
+# test line below and nowhere else.
+GIOURING_FLAGS := -tags giouring -ldflags=-checklinkname=0
 export GOTOOLCHAIN := auto
 # Debian's golang-1.23 (what install-deps installs where no go is present).
 GO ?= $(shell command -v go || echo /usr/lib/go-1.23/bin/go)
 
-.PHONY: all deps build vet test test-kmod demo bench syscalls bench-proxy bench-fio bench-storage bench-blockdev bin/uioproxy
+.PHONY: all deps build vet test test-kmod check-import demo bench syscalls bench-proxy bench-fio bench-storage bench-blockdev bin/uioproxy
 all: build
 
 deps:
@@ -22,13 +22,21 @@ vet:
 # Every test: the Go packages (engine and bindings also under the race
 # detector), with the strace comparisons required rather than skipped; then
 # the kernel module: checkpatch, a compile against sid's headers, and the
-# checks inside qemu VMs booting Debian's 6.1 and 6.12 kernels. The Pebble
+# checks inside qemu VMs booting Debian's 6.1 and 6.12 kernels. In between:
+# the engine and uring/ again on the giouring ring setup, and a scratch
+# module importing uio built with no flags (check-import). The Pebble
 # example is a module of its own, so ./... does not reach it.
 test: deps
 	UIO_REQUIRE_STRACE=1 $(GO) test -count=1 -timeout 20m ./...
 	$(GO) test -race -count=1 -timeout 10m . ./aio ./uring
+	$(GO) test $(GIOURING_FLAGS) -count=1 -timeout 10m . ./uring
+	GO=$(GO) ./scripts/check-import.sh
 	cd examples/pebble && $(GO) test -count=1 -timeout 10m ./...
 	./kmod/test.sh
+
+# A program importing uio (and cmd/...) builds and links with no flags.
+check-import: deps
+	GO=$(GO) ./scripts/check-import.sh
 
 # Only the kernel module's checks (see kmod/test.sh for its switches).
 test-kmod:

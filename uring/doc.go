@@ -1,6 +1,7 @@
-// Package uring is uio's thin io_uring binding: ring setup and the mmapped
-// rings come from github.com/pawelgaczynski/giouring; submission, waiting,
-// completion reaping and every SQE encoding are done here.
+// Package uring is uio's thin io_uring binding on golang.org/x/sys/unix raw
+// syscalls: ring setup (io_uring_setup and the three mmaps), submission,
+// waiting, completion reaping, io_uring_register (eventfd, opcode probe) and
+// every SQE encoding are done here, with no cgo and no linker flags.
 //
 // # The model
 //
@@ -21,6 +22,21 @@
 // batching. PeekCQEs copies ready CQEs and advances the CQ head once per
 // batch, again without a syscall. Enters counts the syscalls so tests and
 // benchmarks can verify the "one enter per round" claim.
+//
+// # Ring memory
+//
+// io_uring_setup returns an fd and the offsets of every ring field. New maps
+// the SQ ring (IORING_OFF_SQ_RING), the CQ ring (IORING_OFF_CQ_RING, or the
+// same mapping when the kernel reports IORING_FEAT_SINGLE_MMAP, 5.4+) and
+// the SQE array (IORING_OFF_SQES), all MAP_SHARED; Close unmaps them and
+// closes the fd. The SQ array maps index i to slot i once at setup. Indices
+// are shared with the kernel under the usual protocol: the SQ tail and CQ
+// head we write are published with a store-release (sync/atomic), the SQ
+// head and CQ tail the kernel writes are read with a load-acquire, so an SQE
+// is complete before the kernel can see it and a CQE is read before its slot
+// is handed back. Entry sizes are properties of the ring (SQESize: 64, or
+// 128 with IORING_SETUP_SQE128; CQESize: 16, or 32 with IORING_SETUP_CQE32),
+// so NewWithFlags accepts those flags and indexes the arrays accordingly.
 //
 // # Setup flags, chosen by probing
 //
@@ -59,12 +75,10 @@
 // EINVAL. The kernel also rejects many ops whose unused fields are not zero.
 // GetSQE therefore hands out a fully zeroed entry, and every Prep* method
 // rewrites the whole entry (keeping only UserData and Flags) following the
-// kernel's io_uring.h semantics. We deliberately bypass giouring's Prepare*
-// helpers: prepareRW leaves rw_flags/addr3 stale, PrepareTimeout stores the
-// address of the *pointer*, PrepareLinkTimeout stores a stack address,
-// PrepareConnect takes a Go interface, PrepareSendto/PrepareSendZC pass a
-// slice header. RegisterFiles* and RegisterEventFd pass 64-bit ints where the
-// kernel reads s32; RegisterEventFd is done here with an int32.
+// kernel's io_uring.h semantics. (Helpers that set only the fields their op
+// needs, as liburing's and giouring's prepare functions do, rely on a zeroed
+// slot; giouring's also store wrong addresses for timeouts, connect and
+// sendto, which is why none of them is used even in the giouring build.)
 //
 // # Buffer lifetime
 //
@@ -83,15 +97,22 @@
 //
 // # Errors
 //
-// Syscall failures are wrapped with the call and its arguments, e.g.
-// "io_uring_enter(fd=5, to_submit=3, min=0, flags=0x1): bad file descriptor",
-// around a unix.Errno, so errors.Is(err, unix.EINVAL) works. Per-operation
-// failures are not Go errors: they arrive as a negative CQE.Res (CQE.Err).
+// Syscall failures are *SysError values naming the call and its
+// arguments, e.g. "io_uring_setup(entries=4096,
+// flags=SINGLE_ISSUER|DEFER_TASKRUN): EINVAL (invalid argument)" or
+// "io_uring_enter(fd=5, to_submit=3, min=0, flags=0x1): EBADF (bad file
+// descriptor)"; they unwrap to the unix.Errno, so errors.Is(err,
+// unix.EINVAL) works. Per-operation failures are not Go errors: they arrive
+// as a negative CQE.Res (CQE.Err).
 //
 // # Building
 //
-// giouring pull-links syscall.munmap, which Go 1.23+ rejects at link time;
-// build and test with GOFLAGS=-ldflags=-checklinkname=0. The mirror of
-// giouring's unexported ring fields (layout.go) is verified at init against
-// the pinned version.
+// The default build needs nothing beyond the Go toolchain. Building with
+// -tags giouring sets the ring up (io_uring_setup, mmaps, munmap) through
+// github.com/pawelgaczynski/giouring instead, the library the project started
+// on; everything after setup is the same code. That build needs
+// -ldflags=-checklinkname=0 on Go 1.23+, because giouring pull-links
+// syscall.munmap, and it reads giouring's unexported ring fields through
+// mirror structs (layout_giouring.go) verified at init against the pinned
+// version.
 package uring

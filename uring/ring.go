@@ -9,7 +9,6 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/pawelgaczynski/giouring"
 	"golang.org/x/sys/unix"
 )
 
@@ -36,25 +35,44 @@ type getEventsArg struct {
 	ts        uint64
 }
 
+// sqRing points into the mmapped SQ ring. head, flags and dropped are
+// written by the kernel, tail by us; mask and entries never change after
+// setup, so they are read once.
+type sqRing struct {
+	head, tail, flags, dropped *uint32
+	mask, entries              uint32
+	sqes                       unsafe.Pointer // entries * Ring.sqeSize bytes
+
+	// sqeTail counts SQEs handed out by GetSQE; sqeHead the ones published
+	// by flush (the ring's tail). Both wrap freely, like the kernel's.
+	sqeHead, sqeTail uint32
+}
+
+// cqRing points into the mmapped CQ ring. tail, flags and overflow are
+// written by the kernel, head by us.
+type cqRing struct {
+	head, tail, flags, overflow *uint32
+	mask, entries               uint32
+	cqes                        unsafe.Pointer // entries * Ring.cqeSize bytes
+}
+
 // Ring is one io_uring instance. It is NOT safe for concurrent use: every
 // method except Enters must be called from the OS thread that called New
 // (see the package documentation).
 type Ring struct {
-	g  *giouring.Ring
-	sq *sqMirror
-	cq *cqMirror
-
 	fd       int
 	flags    uint32
 	features uint32
-	cqShift  uint32
-	cqes     []giouring.CompletionQueueEvent // the mmapped CQE array
-	sqes     []giouring.SubmissionQueueEntry // the mmapped SQE array
+	sqeSize  uintptr // 64, or 128 with IORING_SETUP_SQE128
+	cqeSize  uintptr // 16, or 32 with IORING_SETUP_CQE32
+	sq       sqRing
+	cq       cqRing
+	mem      ringMem // how the rings were set up and how to tear them down
 
 	enters atomic.Uint64
 
 	probed   bool
-	probe    *giouring.Probe
+	probe    *probe
 	probeErr error
 
 	// Kept in the (heap-allocated, never moving) Ring so the addresses
@@ -65,6 +83,9 @@ type Ring struct {
 
 	closed bool
 }
+
+// errClosed is returned by methods called after Close.
+var errClosed = fmt.Errorf("uring: ring is closed: %w", unix.EBADF)
 
 // setupCandidates is the probing order used by New.
 var setupCandidates = []uint32{
@@ -80,12 +101,18 @@ var setupCandidates = []uint32{
 //
 // It tries, in order, SINGLE_ISSUER|DEFER_TASKRUN (6.1+),
 // COOP_TASKRUN|TASKRUN_FLAG (5.19+) and no flags, moving to the next set only
-// when the kernel answers EINVAL. SetupFlags reports the set that was chosen.
+// when the kernel answers EINVAL (how kernels refuse flags they do not know).
+// SetupFlags reports the set that was chosen. Any other error (EPERM from
+// kernel.io_uring_disabled, ENOMEM, EMFILE, ENOSYS) is returned at once.
 func New(entries uint32) (*Ring, error) {
+	return newFirst(entries, setupCandidates, NewWithFlags)
+}
+
+func newFirst(entries uint32, candidates []uint32, open func(uint32, uint32) (*Ring, error)) (*Ring, error) {
 	var err error
-	for _, f := range setupCandidates {
+	for _, f := range candidates {
 		var r *Ring
-		r, err = NewWithFlags(entries, f)
+		r, err = open(entries, f)
 		if err == nil {
 			return r, nil
 		}
@@ -96,45 +123,48 @@ func New(entries uint32) (*Ring, error) {
 	return nil, err
 }
 
+// unsupportedSetup are IORING_SETUP_* flags that change the ring's memory
+// layout or fd handling in ways this package does not implement.
+const unsupportedSetup = IORING_SETUP_NO_MMAP | IORING_SETUP_REGISTERED_FD_ONLY | IORING_SETUP_NO_SQARRAY
+
 // NewWithFlags sets up a ring with exactly the given IORING_SETUP_* flags,
-// without any fallback.
+// without any fallback. IORING_SETUP_SQE128 and IORING_SETUP_CQE32 give
+// 128-byte SQEs and 32-byte CQEs (see SQESize, CQESize). NO_MMAP,
+// REGISTERED_FD_ONLY and NO_SQARRAY are refused with EOPNOTSUPP.
 func NewWithFlags(entries uint32, flags uint32) (*Ring, error) {
-	if layoutErr != nil {
-		return nil, layoutErr
+	if flags&unsupportedSetup != 0 {
+		return nil, fmt.Errorf("uring: setup flags %s: not supported by this package: %w",
+			SetupFlagsString(flags&unsupportedSetup), unix.EOPNOTSUPP)
 	}
-	g := giouring.NewRing()
-	if err := g.QueueInit(entries, flags); err != nil {
-		var errno syscall.Errno
-		if errors.As(err, &errno) {
-			err = unix.Errno(errno)
-		}
-		return nil, fmt.Errorf("io_uring_setup(entries=%d, flags=%#x): %w", entries, flags, err)
+	return openRing(entries, flags)
+}
+
+// entrySizes returns the SQE and CQE sizes a ring with these flags has.
+func entrySizes(flags uint32) (sqeSize, cqeSize uintptr) {
+	sqeSize, cqeSize = unsafe.Sizeof(SQE{}), unsafe.Sizeof(cqe{})
+	if flags&IORING_SETUP_SQE128 != 0 {
+		sqeSize *= 2
 	}
-	m := (*ringMirror)(unsafe.Pointer(g))
-	r := &Ring{
-		g:        g,
-		sq:       m.sqRing,
-		cq:       m.cqRing,
-		fd:       g.RingFd(),
-		flags:    m.flags,
-		features: m.features,
-		efd:      -1,
+	if flags&IORING_SETUP_CQE32 != 0 {
+		cqeSize *= 2
 	}
-	if m.ringFd != r.fd || m.flags&flags != flags || r.sq.ringEntries == nil ||
-		r.cq.ringEntries == nil || *r.sq.ringEntries < 1 || r.sq.sqeTail != 0 {
-		g.QueueExit()
-		return nil, fmt.Errorf("uring: giouring ring state does not match the expected layout")
+	return sqeSize, cqeSize
+}
+
+// checkRing verifies what the kernel (or giouring) set up before the ring is
+// used: sizes that are powers of two with matching masks, and indices that
+// start at zero.
+func (r *Ring) checkRing() error {
+	sq, cq := &r.sq, &r.cq
+	if sq.entries == 0 || sq.entries&(sq.entries-1) != 0 || sq.mask != sq.entries-1 ||
+		cq.entries == 0 || cq.entries&(cq.entries-1) != 0 || cq.mask != cq.entries-1 {
+		return fmt.Errorf("uring: ring fd %d: inconsistent sizes (sq entries=%d mask=%#x, cq entries=%d mask=%#x)",
+			r.fd, sq.entries, sq.mask, cq.entries, cq.mask)
 	}
-	if r.flags&IORING_SETUP_CQE32 != 0 {
-		r.cqShift = 1
+	if *sq.head != 0 || *sq.tail != 0 || *cq.head != 0 || *cq.tail != 0 {
+		return fmt.Errorf("uring: ring fd %d: new ring has non-zero indices", r.fd)
 	}
-	sqeN := int(*r.sq.ringEntries)
-	if r.flags&IORING_SETUP_SQE128 != 0 {
-		sqeN *= 2
-	}
-	r.sqes = unsafe.Slice(r.sq.sqes, sqeN)
-	r.cqes = unsafe.Slice(r.cq.cqes, int(*r.cq.ringEntries)<<r.cqShift)
-	return r, nil
+	return nil
 }
 
 // SetupFlags returns the IORING_SETUP_* flags the ring was created with.
@@ -147,60 +177,94 @@ func (r *Ring) Features() uint32 { return r.features }
 func (r *Ring) Fd() int { return r.fd }
 
 // SQEntries returns the SQ size (a power of two).
-func (r *Ring) SQEntries() uint32 { return *r.sq.ringEntries }
+func (r *Ring) SQEntries() uint32 { return r.sq.entries }
 
 // CQEntries returns the CQ size.
-func (r *Ring) CQEntries() uint32 { return *r.cq.ringEntries }
+func (r *Ring) CQEntries() uint32 { return r.cq.entries }
+
+// SQESize returns the size of one SQE slot: 64 bytes, or 128 on an
+// IORING_SETUP_SQE128 ring (the extra 64 bytes extend the URING_CMD command
+// area).
+func (r *Ring) SQESize() int { return int(r.sqeSize) }
+
+// CQESize returns the size of one CQE slot: 16 bytes, or 32 on an
+// IORING_SETUP_CQE32 ring.
+func (r *Ring) CQESize() int { return int(r.cqeSize) }
 
 // OpSupported reports whether the kernel supports opcode op, using
 // IORING_REGISTER_PROBE once and caching the answer. It returns false if
 // probing itself fails (see ProbeErr).
 func (r *Ring) OpSupported(op uint8) bool {
-	if !r.probed {
+	if !r.probed && !r.closed {
 		r.probed = true
-		p := &giouring.Probe{}
-		_, err := r.g.RegisterProbe(p, len(p.Ops))
-		if err != nil {
-			r.probeErr = fmt.Errorf("io_uring_register(fd=%d, IORING_REGISTER_PROBE, nr=%d): %w", r.fd, len(p.Ops), err)
+		p := new(probe)
+		nr := uint32(len(p.ops))
+		_, errno := ioUringRegister(r.fd, IORING_REGISTER_PROBE, unsafe.Pointer(p), nr)
+		if errno != 0 {
+			r.probeErr = sysErr(errno, "io_uring_register(fd=%d, IORING_REGISTER_PROBE, nr_ops=%d)", r.fd, nr)
 		} else {
 			r.probe = p
 		}
 	}
-	if r.probe == nil || op > r.probe.LastOp || int(op) >= int(r.probe.OpsLen) {
+	p := r.probe
+	if p == nil || op > p.lastOp || int(op) >= int(p.opsLen) {
 		return false
 	}
-	return r.probe.Ops[op].Op == op && r.probe.Ops[op].Flags&1 != 0
+	return p.ops[op].op == op && p.ops[op].flags&ioUringOpSupported != 0
 }
 
 // ProbeErr returns the error of the probe OpSupported ran, if any.
 func (r *Ring) ProbeErr() error { return r.probeErr }
 
-// GetSQE returns the next free SQE, fully zeroed, or nil when the SQ is full
-// (Submit, then retry). The SQE belongs to the SQ ring; prepare it right away
-// and do not keep the pointer after the next Submit/SubmitAndWait.
+// GetSQE returns the next free SQE, fully zeroed (all SQESize bytes), or nil
+// when the SQ is full (Submit, then retry) or the ring is closed. The SQE
+// belongs to the SQ ring; prepare it right away and do not keep the pointer
+// after the next Submit/SubmitAndWait.
 func (r *Ring) GetSQE() *SQE {
-	e := r.g.GetSQE()
-	if e == nil {
+	sq := &r.sq
+	if r.closed || sq.sqeTail-atomic.LoadUint32(sq.head) >= sq.entries {
 		return nil
 	}
-	s := (*SQE)(e)
-	*s = SQE{}
-	return s
+	p := r.sqeAt(sq.sqeTail)
+	clear(unsafe.Slice((*byte)(p), r.sqeSize))
+	sq.sqeTail++
+	return (*SQE)(p)
+}
+
+// sqeAt returns the slot SQ index i (free-running) maps to. The SQ array
+// maps index i to slot i (set up at creation), so slot = i & mask.
+func (r *Ring) sqeAt(i uint32) unsafe.Pointer {
+	return unsafe.Add(r.sq.sqes, uintptr(i&r.sq.mask)*r.sqeSize)
+}
+
+// cqeAt returns CQ index i's entry (free-running index).
+func (r *Ring) cqeAt(i uint32) *cqe {
+	return (*cqe)(unsafe.Add(r.cq.cqes, uintptr(i&r.cq.mask)*r.cqeSize))
 }
 
 // SQReady returns the number of SQEs prepared but not yet consumed by the
 // kernel.
 func (r *Ring) SQReady() uint32 {
+	if r.closed {
+		return 0
+	}
 	return r.sq.sqeTail - atomic.LoadUint32(r.sq.head)
 }
 
 // SQSpace returns how many more SQEs GetSQE can hand out before Submit.
-func (r *Ring) SQSpace() uint32 { return *r.sq.ringEntries - r.SQReady() }
+func (r *Ring) SQSpace() uint32 {
+	if r.closed {
+		return 0
+	}
+	return r.sq.entries - r.SQReady()
+}
 
 // flush publishes all prepared SQEs to the kernel (store-release of the SQ
-// tail) and returns how many are waiting for the kernel to consume them.
+// tail, after the plain stores that filled them) and returns how many are
+// waiting for the kernel to consume them (load-acquire of the SQ head, which
+// the kernel advances after it has read the entries).
 func (r *Ring) flush() uint32 {
-	sq := r.sq
+	sq := &r.sq
 	if sq.sqeHead != sq.sqeTail {
 		sq.sqeHead = sq.sqeTail
 		atomic.StoreUint32(sq.tail, sq.sqeTail)
@@ -241,8 +305,8 @@ func (r *Ring) enter(toSubmit, minComplete, flags uint32, arg unsafe.Pointer, ar
 }
 
 func (r *Ring) enterErr(toSubmit, minComplete, flags uint32, err error) error {
-	return fmt.Errorf("io_uring_enter(fd=%d, to_submit=%d, min=%d, flags=%#x): %w",
-		r.fd, toSubmit, minComplete, flags, err)
+	return sysErr(errnoOf(err), "io_uring_enter(fd=%d, to_submit=%d, min=%d, flags=%#x)",
+		r.fd, toSubmit, minComplete, flags)
 }
 
 // Submit hands every prepared SQE to the kernel with exactly one
@@ -259,6 +323,9 @@ func (r *Ring) enterErr(toSubmit, minComplete, flags uint32, err error) error {
 // work (e.g. buffered file writes issued from the enter) still runs on this
 // thread; use SubmitAndWait when you mean to block.
 func (r *Ring) Submit() (int, error) {
+	if r.closed {
+		return 0, errClosed
+	}
 	n := r.flush()
 	var flags uint32
 	if r.needsGetEvents() {
@@ -299,6 +366,9 @@ func retryable(err error) bool {
 // It blocks in the kernel, so it goes through syscall.Syscall6 and the Go
 // scheduler hands this thread's P to other goroutines meanwhile.
 func (r *Ring) SubmitAndWait(waitNr uint32, timeout time.Duration) (int, error) {
+	if r.closed {
+		return 0, errClosed
+	}
 	n := r.flush()
 	flags := IORING_ENTER_GETEVENTS
 	var arg unsafe.Pointer
@@ -329,6 +399,9 @@ func (r *Ring) SubmitAndWait(waitNr uint32, timeout time.Duration) (int, error) 
 
 // CQReady returns the number of CQEs ready to be read by PeekCQEs.
 func (r *Ring) CQReady() uint32 {
+	if r.closed {
+		return 0
+	}
 	return atomic.LoadUint32(r.cq.tail) - *r.cq.head
 }
 
@@ -337,8 +410,11 @@ func (r *Ring) CQReady() uint32 {
 // syscall and returns the number copied. On a DEFER_TASKRUN ring completions
 // appear only after an enter with GETEVENTS (Submit or SubmitAndWait).
 func (r *Ring) PeekCQEs(out []CQE) int {
-	head := *r.cq.head // we are the only writer of head
-	ready := atomic.LoadUint32(r.cq.tail) - head
+	if r.closed {
+		return 0
+	}
+	head := *r.cq.head                           // we are the only writer of head
+	ready := atomic.LoadUint32(r.cq.tail) - head // acquire: the CQEs up to tail are written
 	n := uint32(len(out))
 	if ready < n {
 		n = ready
@@ -346,12 +422,11 @@ func (r *Ring) PeekCQEs(out []CQE) int {
 	if n == 0 {
 		return 0
 	}
-	mask := *r.cq.ringMask
 	for i := uint32(0); i < n; i++ {
-		c := &r.cqes[((head+i)&mask)<<r.cqShift]
-		out[i] = CQE{UserData: c.UserData, Res: c.Res, Flags: c.Flags}
+		c := r.cqeAt(head + i)
+		out[i] = CQE{UserData: c.userData, Res: c.res, Flags: c.flags}
 	}
-	atomic.StoreUint32(r.cq.head, head+n)
+	atomic.StoreUint32(r.cq.head, head+n) // release: we are done reading them
 	return int(n)
 }
 
@@ -359,6 +434,9 @@ func (r *Ring) PeekCQEs(out []CQE) int {
 // holding back CQEs (IORING_SQ_CQ_OVERFLOW; the next GETEVENTS enter flushes
 // them) or has dropped some (the CQ overflow counter is non-zero).
 func (r *Ring) Overflow() bool {
+	if r.closed {
+		return false
+	}
 	return atomic.LoadUint32(r.sq.flags)&IORING_SQ_CQ_OVERFLOW != 0 ||
 		atomic.LoadUint32(r.cq.overflow) != 0
 }
@@ -367,20 +445,26 @@ func (r *Ring) Overflow() bool {
 // posted. On a DEFER_TASKRUN ring the CQEs still need a GETEVENTS enter to
 // become visible after the eventfd fires.
 func (r *Ring) RegisterEventFd(fd int) error {
+	if r.closed {
+		return errClosed
+	}
 	r.efd = int32(fd) // the kernel reads an s32
-	_, errno := r.g.Register(r.fd, IORING_REGISTER_EVENTFD, unsafe.Pointer(&r.efd), 1)
+	_, errno := ioUringRegister(r.fd, IORING_REGISTER_EVENTFD, unsafe.Pointer(&r.efd), 1)
 	runtime.KeepAlive(r)
 	if errno != 0 {
-		return fmt.Errorf("io_uring_register(fd=%d, IORING_REGISTER_EVENTFD, eventfd=%d): %w", r.fd, fd, unix.Errno(errno))
+		return sysErr(errno, "io_uring_register(fd=%d, IORING_REGISTER_EVENTFD, eventfd=%d)", r.fd, fd)
 	}
 	return nil
 }
 
 // UnregisterEventFd removes the eventfd registered by RegisterEventFd.
 func (r *Ring) UnregisterEventFd() error {
-	_, errno := r.g.Register(r.fd, IORING_UNREGISTER_EVENTFD, nil, 0)
+	if r.closed {
+		return errClosed
+	}
+	_, errno := ioUringRegister(r.fd, IORING_UNREGISTER_EVENTFD, nil, 0)
 	if errno != 0 {
-		return fmt.Errorf("io_uring_register(fd=%d, IORING_UNREGISTER_EVENTFD): %w", r.fd, unix.Errno(errno))
+		return sysErr(errno, "io_uring_register(fd=%d, IORING_UNREGISTER_EVENTFD)", r.fd)
 	}
 	return nil
 }
@@ -389,15 +473,17 @@ func (r *Ring) UnregisterEventFd() error {
 // made. It is safe to call from any goroutine.
 func (r *Ring) Enters() uint64 { return r.enters.Load() }
 
-// Close unmaps the rings and closes the ring fd. The kernel cancels
-// outstanding requests; buffers they referenced must stay alive until Close
-// returns. Close is idempotent.
+// Close unmaps the rings and the SQE array and closes the ring fd. The
+// kernel cancels outstanding requests; buffers they referenced must stay
+// alive until Close returns. After Close, GetSQE returns nil, PeekCQEs 0 and
+// Submit an error wrapping EBADF. Close is idempotent; it reports the first
+// munmap or close failure.
 func (r *Ring) Close() error {
 	if r.closed {
 		return nil
 	}
 	r.closed = true
-	r.g.QueueExit()
-	r.cqes, r.sqes = nil, nil
-	return nil
+	err := r.mem.release(r.fd)
+	r.sq, r.cq = sqRing{}, cqRing{}
+	return err
 }

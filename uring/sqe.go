@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"unsafe"
 
-	"github.com/pawelgaczynski/giouring"
 	"golang.org/x/sys/unix"
 )
 
@@ -13,14 +12,36 @@ import (
 // method, optionally SetData/SetFlags (before or after Prep*), then Submit.
 //
 // Every Prep* method rewrites all fields of the entry except UserData and
-// Flags, following the kernel's io_uring.h field semantics directly. None of
-// giouring's Prepare* helpers is used (several store wrong addresses or leave
-// stale fields; see doc.go).
+// Flags, following the kernel's io_uring.h field semantics directly.
+//
+// Field names follow the kernel's; where io_uring.h has a union, the field
+// is named after its most common member and the comment lists the others.
+// On an IORING_SETUP_SQE128 ring each entry is 128 bytes: this struct is its
+// first 64, and the command area (cmd[], from Addr3 on) runs 64 bytes
+// further (see Ring.SQESize).
 //
 // Addresses placed in an SQE (buffers, iovec arrays, timespecs, sockaddrs)
 // are plain integers to the Go runtime: the caller must keep that memory
 // alive and unmodified until the operation's CQE has been reaped.
-type SQE giouring.SubmissionQueueEntry
+type SQE struct {
+	OpCode uint8  // IORING_OP_*
+	Flags  uint8  // IOSQE_*
+	IoPrio uint16 // ioprio; accept/recv/send flags for some ops
+	Fd     int32
+	Off    uint64 // off | addr2 | {cmd_op, __pad1}
+	Addr   uint64 // addr | splice_off_in | {level, optname}
+	Len    uint32
+	// OpcodeFlags is the per-opcode flags union: rw_flags, fsync_flags,
+	// poll32_events, msg_flags, timeout_flags, accept_flags, cancel_flags,
+	// splice_flags, uring_cmd_flags, ...
+	OpcodeFlags uint32
+	UserData    uint64
+	BufIG       uint16 // buf_index | buf_group
+	Personality uint16
+	SpliceFdIn  int32  // splice_fd_in | file_index | optlen | {addr_len, __pad3}
+	Addr3       uint64 // addr3 | optval | cmd[0:8]
+	Pad2        uint64 // __pad2[0] | cmd[8:16]
+}
 
 // SetData sets the user_data value echoed in the CQE.
 func (s *SQE) SetData(ud uint64) { s.UserData = ud }

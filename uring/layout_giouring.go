@@ -1,3 +1,5 @@
+//go:build giouring
+
 package uring
 
 import (
