@@ -7,7 +7,6 @@
 # COUNT (default 7) runs of each benchmark; the median is reported.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export GOFLAGS=-ldflags=-checklinkname=0
 COUNT=${COUNT:-7}
 source bench/lib.sh # medians, write_results
 raw=$(mktemp); trap 'rm -f "$raw"' EXIT

@@ -11,7 +11,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
-export GOFLAGS=-ldflags=-checklinkname=0
 ROUNDS=${ROUNDS:-5}
 raw=$(mktemp)
 trap 'rm -f "$raw" "$raw.block"' EXIT

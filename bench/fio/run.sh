@@ -70,7 +70,7 @@ fi
 command -v go >/dev/null || die "go is required to build bench/fio/uiofio"
 
 log "building uiofio"
-(cd "$ROOT" && GOFLAGS=-ldflags=-checklinkname=0 go build -o "$WORK/uiofio" ./bench/fio/uiofio)
+(cd "$ROOT" && go build -o "$WORK/uiofio" ./bench/fio/uiofio)
 UIOFIO=$WORK/uiofio
 
 # --- the test file -------------------------------------------------------------

@@ -161,7 +161,7 @@ command -v pgrep >/dev/null || { log "pgrep (procps) is required to find proxy p
 log "building loadgen, echoserver, iocopy"
 mkdir -p "$WORK/bin"
 for tool in loadgen echoserver iocopy; do
-	(cd "$ROOT" && GOFLAGS=-ldflags=-checklinkname=0 go build -o "$WORK/bin/$tool" "./bench/proxy/$tool")
+	(cd "$ROOT" && go build -o "$WORK/bin/$tool" "./bench/proxy/$tool")
 done
 LOADGEN=$WORK/bin/loadgen
 

@@ -29,7 +29,7 @@ import (
 // package's FS on each uio backend. Run it bounded, on a real disk (ext4,
 // not tmpfs):
 //
-//	GOFLAGS=-ldflags=-checklinkname=0 go test -run '^$' -bench Fillseq -benchtime=3000x -count=5 .
+//	go test -run '^$' -bench Fillseq -benchtime=3000x -count=5 .
 //
 // FILLSEQ_EXTRA=1 adds the variants used to analyse the gap (see BENCH.md).
 func BenchmarkFillseq(b *testing.B) {

@@ -10,7 +10,7 @@
 // uio backends. It is a separate module so that the main module does not
 // depend on Pebble:
 //
-//	cd examples/pebble && GOFLAGS=-ldflags=-checklinkname=0 go test -v .
+//	cd examples/pebble && go test -v .
 package diofs
 
 import (
