@@ -2,7 +2,6 @@ package uio
 
 import (
 	"errors"
-	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -70,29 +69,6 @@ const (
 	BackendAIO   = "aio"
 	BackendUring = "uring"
 )
-
-// newBackend opens the named backend. It runs on the loop's locked thread,
-// because an io_uring with SINGLE_ISSUER belongs to the thread that made it.
-func newBackend(name string, depth int) (Backend, error) {
-	switch name {
-	case BackendAIO:
-		return newAIOBackend(depth)
-	case BackendUring:
-		return newUringBackend(depth)
-	case BackendAuto, "":
-		b, err := newUringBackend(depth)
-		if err == nil {
-			return b, nil
-		}
-		b2, err2 := newAIOBackend(depth)
-		if err2 != nil {
-			return nil, fmt.Errorf("uio: no usable backend: io_uring: %v; aio: %w", err, err2)
-		}
-		return b2, nil
-	default:
-		return nil, fmt.Errorf("uio: unknown backend %q (want %q, %q or %q)", name, BackendAuto, BackendAIO, BackendUring)
-	}
-}
 
 // internalTag marks the ids a backend uses for its own ops (the doorbell).
 // Engine ids never have the top bit set: generations stay below 1<<31.

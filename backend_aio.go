@@ -1,6 +1,7 @@
 package uio
 
 import (
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -87,7 +88,7 @@ func newAIOBackend(depth int) (*aioBackend, error) {
 	}
 	ctx, err := aio.Setup(depth + aioReserved)
 	if err != nil {
-		return nil, err
+		return nil, aioSetupError(err, depth+aioReserved)
 	}
 	b := &aioBackend{ctx: ctx, capacity: depth, events: make([]aio.Event, 256)}
 	b.wakeFd, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
@@ -97,7 +98,18 @@ func newAIOBackend(depth int) (*aioBackend, error) {
 		return nil, fmt.Errorf("uio: aio doorbell: eventfd: %w", err)
 	}
 	b.probeNoSignal()
+	// The doorbell is the first POLL: a kernel without IOCB_CMD_POLL
+	// refuses it here, not in the middle of the first round.
 	b.armDoorbell(false)
+	if _, err := b.ctx.Submit(b.staged); err != nil {
+		b.Close()
+		if errors.Is(err, unix.EINVAL) {
+			return nil, &NotSupportedError{Backend: BackendAIO, Feature: "IOCB_CMD_POLL (Linux 4.18)", Err: err}
+		}
+		return nil, fmt.Errorf("uio: aio doorbell: %w", err)
+	}
+	b.staged = b.staged[:0]
+	b.wakeArmed = true
 	return b, nil
 }
 

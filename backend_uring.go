@@ -1,6 +1,7 @@
 package uio
 
 import (
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -53,6 +54,15 @@ func newUringBackend(depth int) (*uringBackend, error) {
 	}
 	ring, err := uring.New(uint32(depth))
 	if err != nil {
+		if errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM) {
+			// No io_uring at all, or turned off (kernel.io_uring_disabled,
+			// a seccomp filter).
+			return nil, &NotSupportedError{Backend: BackendUring, Feature: "io_uring_setup (Linux 5.1, allowed by kernel.io_uring_disabled and seccomp)", Err: err}
+		}
+		return nil, err
+	}
+	if err := checkUring(ring); err != nil {
+		ring.Close()
 		return nil, err
 	}
 	b := &uringBackend{ring: ring, capacity: int(ring.SQEntries()), cqes: make([]uring.CQE, 256)}

@@ -191,6 +191,9 @@ type loopHooks struct {
 	shutdown   func() // the loop refuses new posts and is about to close its backend
 	// beforeAccept: an AIO accept's POLL fired and its accept4 is next
 	beforeAccept func()
+	// uringRefused: "auto" finds io_uring unusable with this error, as an
+	// old kernel would make it
+	uringRefused error
 }
 
 var testHooks atomic.Pointer[loopHooks]

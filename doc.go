@@ -71,7 +71,13 @@
 // # Backends
 //
 // Config.Backend chooses "aio", "uring" or "auto" (io_uring where the kernel
-// allows it, else AIO). On AIO, socket reads and writes run inside io_submit
+// allows it, else AIO). A backend is usable only when the kernel has every
+// opcode and feature the engine relies on: for io_uring the opcodes it
+// encodes (probed with IORING_REGISTER_PROBE) and IORING_FEAT_EXT_ARG
+// (5.11: a wait with a timeout in one io_uring_enter), for AIO
+// IOCB_CMD_POLL (4.18). "auto" logs why it fell back; a backend asked for by
+// name fails with a *NotSupportedError that names the missing feature and
+// matches ErrNotSupported. On AIO, socket reads and writes run inside io_submit
 // and their completions are in the ring when it returns, so a round of
 // socket I/O costs one syscall in all; polls (IOCB_CMD_POLL) replace epoll;
 // accept, connect and close, which AIO lacks, run inline after a poll. On

@@ -111,7 +111,7 @@ func NewLoop(cfg Config) (*Loop, error) {
 		// A SINGLE_ISSUER ring belongs to the thread that created it, and
 		// the loop never gives its thread back.
 		runtime.LockOSThread()
-		b, err := newBackend(cfg.Backend, cfg.Depth)
+		b, err := chooseBackend(cfg.Backend, cfg.Depth, log)
 		if err != nil {
 			errc <- err
 			close(l.done)
