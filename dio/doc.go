@@ -53,9 +53,13 @@
 // Options.ExactSizeOnSync restores it for callers that need the size on
 // disk exact after every Sync.
 //
-// # One trip to the loop per Sync
+// # At most one trip to the loop per Sync
 //
-// Sync posts one function to the loop. It submits the tail write; when the
+// When no other Sync's fdatasync is running, Sync waits for the chunk
+// writes in flight, then makes the tail write and the fdatasync as two
+// uio.Loop.Do calls from the caller's goroutine: a lone caller's Do is one plain syscall on its own goroutine,
+// so such a Sync costs a pwrite and an fdatasync and no thread hand-off.
+// Otherwise Sync posts one function to the loop. It submits the tail write; when the
 // tail write and the chunk writes that were in flight when Sync was called
 // have all landed, the last completion submits the fdatasync on the loop,
 // and only the fdatasync's completion wakes the caller. Appends by other

@@ -9,8 +9,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Sync makes every byte written or appended before it durable, in one
-// trip to the loop: it posts one function that submits the unflushed rest
+// Sync makes every byte written or appended before it durable. When no
+// other Sync's fdatasync is running, it waits for the chunk writes in
+// flight and then makes two Do calls from the caller's goroutine, the tail
+// write and the fdatasync (see syncInline). Otherwise, or with
+// ExactSizeOnSync, it is one trip to the loop: it posts one function that submits the unflushed rest
 // of the append chunk (the partial last block padded with zeros); when
 // that write and every chunk write in flight at the time of the call have
 // landed, the loop submits the fdatasync from the last completion, and
@@ -39,6 +42,17 @@ func (f *File) Sync() error {
 	if err != nil || done {
 		f.mu.Unlock()
 		return err
+	}
+
+	if owner && !f.exact {
+		// The chunk writes in flight land first (their completions wake
+		// us), then the tail write and the fdatasync go from here.
+		if err := f.waitAllFlights(); err != nil {
+			f.mu.Unlock()
+			f.finishSync(0, nil)
+			return f.wrap("sync", -1, 0, err)
+		}
+		return f.syncInline(m)
 	}
 
 	r := syncReqs.Get().(*syncReq)
@@ -115,6 +129,35 @@ func (f *File) Sync() error {
 		return f.finishSync(m, f.fdatasync())
 	}
 	return f.groupSync(m)
+}
+
+// syncInline is Sync once no chunk write is in flight, when no other
+// fdatasync runs: the tail write and the fdatasync as two Do calls, in
+// order, from the caller's goroutine. Alone in Do, each is one plain
+// syscall there (no trip to the loop's thread at all); beside other
+// callers they batch through the loop like any Do. Called with mu, as the
+// owner of the next fdatasync; releases mu once the tail write has landed,
+// so appends resume while the fdatasync runs.
+func (f *File) syncInline(m uint64) error {
+	if f.dirty && f.clen > f.cflushed {
+		end := int(f.alignUp(int64(f.clen)))
+		clear(f.cbuf[f.clen:end])
+		off := f.cbase + int64(f.cflushed)
+		if err := f.writeFull(f.cbuf[f.cflushed:end], off); err != nil {
+			f.mu.Unlock()
+			f.finishSync(0, nil)
+			return &Error{Op: "write", Path: f.path, Off: off, Len: end - f.cflushed, Err: err}
+		}
+		// Full blocks are done; a partial last block is rewritten when
+		// it grows. Its padding stays on disk.
+		f.diskSize = max(f.diskSize, f.cbase+int64(end))
+		f.cflushed, f.dirty = int(f.alignDown(int64(f.clen))), false
+	}
+	f.smu.Lock()
+	f.settled = max(f.settled, m)
+	f.smu.Unlock()
+	f.mu.Unlock()
+	return f.finishSync(m, f.fdatasync())
 }
 
 // syncReq is one Sync's trip to the loop. Its count of pending events
