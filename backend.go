@@ -8,13 +8,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Backend is one kernel submission/completion interface driven by a Loop.
+// backend is one kernel submission/completion interface driven by a Loop.
 // A Loop calls every method but Wake and Counters from its own locked OS
 // thread; Wake and Counters may be called from any goroutine.
 //
 // The contract a Loop relies on:
 //   - Prepare stages an op under id without a syscall. The *Op stays valid
-//     and unmoved until id's completion has been delivered. ErrBackendFull
+//     and unmoved until id's completion has been delivered. errBackendFull
 //     means "no room now", never a lost op.
 //   - Flush hands every staged op to the kernel in one syscall. Ops the
 //     kernel did not take (a full ring) stay staged for the next Flush; an
@@ -30,7 +30,7 @@ import (
 //     is still delivered: -ECANCELED, or the op's real result if it had
 //     already finished or cannot be cancelled.
 //   - Every id handed to Prepare is delivered exactly once.
-type Backend interface {
+type backend interface {
 	Name() string
 	Prepare(id OpID, op *Op) error
 	// Staged is the number of prepared ops not yet taken by the kernel.
@@ -43,13 +43,13 @@ type Backend interface {
 	SubmitsOnWait() bool
 	Cancel(id OpID) error
 	Wake() error
-	Counters() BackendCounters
+	Counters() backendCounters
 	Close() error
 }
 
-// BackendCounters are a backend's exact syscall counts and how its
+// backendCounters are a backend's exact syscall counts and how its
 // completions were reaped.
-type BackendCounters struct {
+type backendCounters struct {
 	Submits   uint64 // io_submit
 	GetEvents uint64 // io_getevents
 	Enters    uint64 // io_uring_enter
@@ -59,9 +59,9 @@ type BackendCounters struct {
 	ReapedSyscall uint64 // completions returned by io_getevents
 }
 
-// ErrBackendFull is returned by Backend.Prepare when the backend has no room
+// errBackendFull is returned by backend.Prepare when the backend has no room
 // for another op this round.
-var ErrBackendFull = errors.New("uio: backend full")
+var errBackendFull = errors.New("uio: backend full")
 
 // Backend names accepted by Config.Backend.
 const (

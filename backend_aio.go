@@ -158,7 +158,7 @@ func (b *aioBackend) Staged() int  { return len(b.staged) }
 
 func (b *aioBackend) Prepare(id OpID, op *Op) error {
 	if b.ops >= b.capacity {
-		return ErrBackendFull
+		return errBackendFull
 	}
 	s := b.slots.at(id.index())
 	s.op, s.kind, s.cancelled, s.staged, s.moved = op, aioRW, false, false, 0
@@ -494,9 +494,9 @@ func (b *aioBackend) Wake() error {
 	return err
 }
 
-func (b *aioBackend) Counters() BackendCounters {
+func (b *aioBackend) Counters() backendCounters {
 	c := b.ctx.Counters()
-	return BackendCounters{
+	return backendCounters{
 		Submits:       c.Submits,
 		GetEvents:     c.GetEvents,
 		Other:         c.Cancels + b.other.Load(),

@@ -94,7 +94,7 @@ func (b *uringBackend) Staged() int  { return int(b.ring.SQReady()) }
 
 func (b *uringBackend) Prepare(id OpID, op *Op) error {
 	if b.inKernel+int(b.ring.SQReady()) >= b.capacity {
-		return ErrBackendFull
+		return errBackendFull
 	}
 	s := b.slots.at(id.index())
 	s.op = op
@@ -109,7 +109,7 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 	}
 	sqe := b.ring.GetSQE()
 	if sqe == nil {
-		return ErrBackendFull
+		return errBackendFull
 	}
 	switch op.Kind {
 	case OpRead:
@@ -246,8 +246,8 @@ func (b *uringBackend) Wake() error {
 	return err
 }
 
-func (b *uringBackend) Counters() BackendCounters {
-	return BackendCounters{
+func (b *uringBackend) Counters() backendCounters {
+	return backendCounters{
 		Enters:     b.ring.Enters(),
 		Other:      b.other.Load(),
 		ReapedUser: b.reaped.load(),

@@ -37,7 +37,7 @@ var ErrClosed = errors.New("uio: loop closed")
 // Loop is one submission/completion loop on its own locked OS thread. See
 // the package documentation for the model.
 type Loop struct {
-	b   Backend
+	b   backend
 	log *zap.Logger
 	// deliverFn is l.deliver made once: a method value built per call
 	// would be a heap allocation per round.
@@ -329,7 +329,7 @@ func (l *Loop) stage() {
 				l.inflight++
 				continue
 			}
-			full = true // ErrBackendFull: the rest wait for room
+			full = true // errBackendFull: the rest wait for room
 		}
 		l.pending[kept] = idx
 		kept++

@@ -100,14 +100,14 @@ func checkUring(ring *uring.Ring) error {
 
 // chooseBackend opens the named backend; "auto" prefers io_uring and falls
 // back to AIO with the reason logged.
-func chooseBackend(name string, depth int, log *zap.Logger) (Backend, error) {
+func chooseBackend(name string, depth int, log *zap.Logger) (backend, error) {
 	switch name {
 	case BackendAIO:
 		return newAIOBackend(depth)
 	case BackendUring:
 		return newUringBackend(depth)
 	case BackendAuto, "":
-		var b Backend
+		var b backend
 		var err error
 		if h := testHooks.Load(); h != nil && h.uringRefused != nil {
 			err = h.uringRefused
