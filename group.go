@@ -12,14 +12,19 @@ type Group struct {
 	next  atomic.Uint32
 }
 
-// NewGroup starts n loops (n <= 0: one per CPU) with the same config.
+// NewGroup starts n loops (n <= 0: one per CPU) with the same config, but
+// for Config.CPUs: loop i is pinned to CPUs[i%len(CPUs)] alone.
 func NewGroup(n int, cfg Config) (*Group, error) {
 	if n <= 0 {
 		n = runtime.NumCPU()
 	}
 	g := &Group{}
 	for i := 0; i < n; i++ {
-		l, err := NewLoop(cfg)
+		c := cfg
+		if len(cfg.CPUs) > 0 {
+			c.CPUs = []int{cfg.CPUs[i%len(cfg.CPUs)]}
+		}
+		l, err := NewLoop(c)
 		if err != nil {
 			g.Close()
 			return nil, fmt.Errorf("uio: group loop %d of %d: %w", i+1, n, err)

@@ -29,6 +29,11 @@ type Config struct {
 	// on the caller's goroutine: with nobody to batch with, handing it to
 	// the loop and back would only add two thread wake-ups.
 	NoDirect bool
+	// CPUs pins the loop's thread to these CPUs (sched_setaffinity); empty:
+	// wherever the scheduler puts it. In a Group, loop i is pinned to
+	// CPUs[i%len(CPUs)] alone, so Config{CPUs: []int{0, 1, 2, 3}} gives
+	// four loops one CPU each.
+	CPUs []int
 }
 
 // ErrClosed is returned for ops submitted to a loop that is closing.
@@ -111,6 +116,11 @@ func NewLoop(cfg Config) (*Loop, error) {
 		// A SINGLE_ISSUER ring belongs to the thread that created it, and
 		// the loop never gives its thread back.
 		runtime.LockOSThread()
+		if err := pinThread(cfg.CPUs); err != nil {
+			errc <- err
+			close(l.done)
+			return
+		}
 		b, err := chooseBackend(cfg.Backend, cfg.Depth, log)
 		if err != nil {
 			errc <- err
@@ -512,4 +522,22 @@ func (l *Loop) Done() <-chan struct{} { return l.done }
 
 func (l *Loop) String() string {
 	return fmt.Sprintf("uio.Loop(%s)", l.Backend())
+}
+
+// pinThread binds the calling (locked) thread to cpus.
+func pinThread(cpus []int) error {
+	if len(cpus) == 0 {
+		return nil
+	}
+	var set unix.CPUSet
+	for _, c := range cpus {
+		if c < 0 || c >= 1024 {
+			return fmt.Errorf("uio: Config.CPUs: CPU %d out of range", c)
+		}
+		set.Set(c)
+	}
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		return fmt.Errorf("uio: sched_setaffinity(CPUs %v): %w", cpus, err)
+	}
+	return nil
 }

@@ -9,6 +9,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -416,5 +418,45 @@ func TestDoDirect(t *testing.T) {
 				t.Fatalf("read of a bad fd = %d %v, want EBADF", r.Res, r.Err())
 			}
 		})
+	}
+}
+
+// Config.CPUs pins a loop's thread; a Group spreads its loops over them.
+func TestPinnedLoops(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("one CPU")
+	}
+	affinity := func(l *Loop) []int {
+		ch := make(chan []int, 1)
+		l.Post(func() {
+			var set unix.CPUSet
+			if err := unix.SchedGetaffinity(0, &set); err != nil {
+				t.Error(err)
+			}
+			var cpus []int
+			for c := range 1024 {
+				if set.IsSet(c) {
+					cpus = append(cpus, c)
+				}
+			}
+			ch <- cpus
+		})
+		return <-ch
+	}
+	g, err := NewGroup(2, Config{Backend: BackendAIO, CPUs: []int{1, 0}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	for i, want := range []int{1, 0} {
+		if got := affinity(g.Loops()[i]); len(got) != 1 || got[0] != want {
+			t.Errorf("loop %d runs on CPUs %v, want [%d]", i, got, want)
+		}
+	}
+	if _, err := NewLoop(Config{CPUs: []int{5000}}); err == nil || !strings.Contains(err.Error(), "CPU 5000") {
+		t.Errorf("CPU 5000: %v", err)
+	}
+	if _, err := NewLoop(Config{CPUs: []int{1000}}); err == nil || !strings.Contains(err.Error(), "sched_setaffinity") {
+		t.Errorf("CPU 1000 on a %d-CPU machine: %v", runtime.NumCPU(), err)
 	}
 }
