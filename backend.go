@@ -32,6 +32,9 @@ import (
 //   - Every id handed to Prepare is delivered exactly once.
 type backend interface {
 	Name() string
+	// native reports whether the backend runs ops of kind k itself; the
+	// loop hands the others to a goroutine (see runBlocking).
+	native(k OpKind) bool
 	Prepare(id OpID, op *Op) error
 	// Staged is the number of prepared ops not yet taken by the kernel.
 	Staged() int

@@ -154,7 +154,12 @@ func (b *aioBackend) armDoorbell(drain bool) {
 }
 
 func (b *aioBackend) Name() string { return BackendAIO }
-func (b *aioBackend) Staged() int  { return len(b.staged) }
+
+// native: AIO has no asynchronous open, fallocate or ftruncate.
+func (b *aioBackend) native(k OpKind) bool {
+	return k != OpOpenat && k != OpFallocate && k != OpFtruncate
+}
+func (b *aioBackend) Staged() int { return len(b.staged) }
 
 func (b *aioBackend) Prepare(id OpID, op *Op) error {
 	if b.ops >= b.capacity {
@@ -211,6 +216,19 @@ func (b *aioBackend) Prepare(id OpID, op *Op) error {
 		}
 		cb.PrepPwrite(op.Fd, op.Buf, 0)
 		cb.RWFlags = aio.RWF_NOWAIT | b.nosignal
+	case OpRecvmsg, OpSendmsg:
+		// No iocb carries a msghdr: readiness first, then the call.
+		events := uint32(unix.POLLIN)
+		s.kind = aioRecvPoll
+		if op.Kind == OpSendmsg {
+			s.kind, events = aioSendPoll, unix.POLLOUT
+		}
+		if op.Flags&unix.MSG_DONTWAIT != 0 {
+			res, _ := b.flaggedIO(s)
+			b.ready.add(id, res)
+			return nil
+		}
+		cb.PrepPoll(op.Fd, events)
 	case OpPoll:
 		s.kind = aioPoll
 		cb.PrepPoll(op.Fd, op.Events)
@@ -395,16 +413,21 @@ func (b *aioBackend) flaggedIO(s *aioSlot) (res int32, again bool) {
 	op := s.op
 	var n int
 	var err error
-	if s.kind == aioRecvPoll {
+	switch op.Kind {
+	case OpRecvmsg:
+		n, err = recvmsg(op)
+	case OpSendmsg:
+		n, err = sendmsg(op)
+	case OpRecv:
 		n, _, err = unix.Recvfrom(op.Fd, op.Buf[s.moved:], int(op.Flags&^unix.MSG_WAITALL)|unix.MSG_DONTWAIT)
-	} else {
+	default:
 		n, err = unix.SendmsgN(op.Fd, op.Buf, nil, nil, int(op.Flags)|unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
 	}
 	b.other.Add(1)
 	if n > 0 {
 		s.moved += n
 	}
-	waitAll := s.kind == aioRecvPoll && op.Flags&unix.MSG_WAITALL != 0
+	waitAll := op.Kind == OpRecv && op.Flags&unix.MSG_WAITALL != 0
 	switch {
 	case err == unix.EAGAIN && op.Flags&unix.MSG_DONTWAIT == 0 && !s.cancelled:
 		return 0, true
@@ -509,4 +532,33 @@ func (b *aioBackend) Close() error {
 	err := b.ctx.Destroy()
 	unix.Close(b.wakeFd)
 	return err
+}
+
+// msgBufs is an op's data as sendmsg/recvmsg buffers: Iovecs, or Buf.
+func msgBufs(op *Op) [][]byte {
+	if op.Iovecs != nil {
+		return op.Iovecs
+	}
+	return [][]byte{op.Buf}
+}
+
+func recvmsg(op *Op) (int, error) {
+	var oob []byte
+	if op.Msg != nil {
+		oob = op.Msg.Oob
+	}
+	n, oobn, flags, from, err := unix.RecvmsgBuffers(op.Fd, msgBufs(op), oob, int(op.Flags)|unix.MSG_DONTWAIT)
+	if err == nil && op.Msg != nil {
+		op.Msg.Addr, op.Msg.OobN, op.Msg.Flags = from, oobn, flags
+	}
+	return n, err
+}
+
+func sendmsg(op *Op) (int, error) {
+	var oob []byte
+	var to unix.Sockaddr
+	if op.Msg != nil {
+		oob, to = op.Msg.Oob, op.Msg.Addr
+	}
+	return unix.SendmsgBuffers(op.Fd, msgBufs(op), oob, to, int(op.Flags)|unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
 }

@@ -32,15 +32,19 @@ type uringBackend struct {
 
 	cancels []OpID // cancellations that found the SQ full; staged next round
 
+	hasOp [opKindEnd]bool // kinds whose opcode the kernel has (native)
+
 	reaped counter
 
 	other atomic.Uint64
 }
 
 type uringSlot struct {
-	op  *Op
-	sa  uring.Sockaddr // CONNECT reads it when the op runs
-	iov []unix.Iovec
+	op   *Op
+	sa   uring.Sockaddr // CONNECT reads it when the op runs
+	iov  []unix.Iovec
+	msg  uring.Msghdr // SENDMSG and RECVMSG
+	path []byte       // OPENAT's NUL-terminated path
 }
 
 const (
@@ -69,6 +73,13 @@ func newUringBackend(depth int) (*uringBackend, error) {
 	if c := int(ring.CQEntries()) / 2; c < b.capacity {
 		b.capacity = c // leave CQ room for cancels and the doorbell
 	}
+	for k := OpKind(1); k < opKindEnd; k++ {
+		b.hasOp[k] = true
+	}
+	for k, op := range map[OpKind]uint8{OpOpenat: uring.IORING_OP_OPENAT, OpFallocate: uring.IORING_OP_FALLOCATE, OpFtruncate: uring.IORING_OP_FTRUNCATE,
+		OpSendmsg: uring.IORING_OP_SENDMSG, OpRecvmsg: uring.IORING_OP_RECVMSG} {
+		b.hasOp[k] = ring.OpSupported(op)
+	}
 	b.wakeFd, err = unix.Eventfd(0, unix.EFD_CLOEXEC)
 	b.other.Add(1)
 	if err != nil {
@@ -90,7 +101,10 @@ func (b *uringBackend) armDoorbell() {
 }
 
 func (b *uringBackend) Name() string { return BackendUring }
-func (b *uringBackend) Staged() int  { return int(b.ring.SQReady()) }
+
+// native: every kind the kernel has an opcode for (FTRUNCATE came in 6.9).
+func (b *uringBackend) native(k OpKind) bool { return b.hasOp[k] }
+func (b *uringBackend) Staged() int          { return int(b.ring.SQReady()) }
 
 func (b *uringBackend) Prepare(id OpID, op *Op) error {
 	if b.inKernel+int(b.ring.SQReady()) >= b.capacity {
@@ -104,8 +118,25 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 			return nil
 		}
 	}
-	if op.Kind == OpReadv || op.Kind == OpWritev {
+	switch op.Kind {
+	case OpReadv, OpWritev:
 		s.iov = buildIovecs(s.iov, op.Iovecs)
+	case OpSendmsg, OpRecvmsg:
+		s.iov = buildIovecs(s.iov, msgBufs(op))
+		var oob []byte
+		var to unix.Sockaddr
+		if op.Msg != nil {
+			oob = op.Msg.Oob
+			if op.Kind == OpSendmsg {
+				to = op.Msg.Addr
+			}
+		}
+		if err := s.msg.Set(s.iov, oob, to, op.Kind == OpRecvmsg && op.Msg != nil); err != nil {
+			b.ready.add(id, errnoRes(err))
+			return nil
+		}
+	case OpOpenat:
+		s.path = append(append(s.path[:0], op.Path...), 0)
 	}
 	sqe := b.ring.GetSQE()
 	if sqe == nil {
@@ -140,6 +171,16 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 		sqe.PrepConnect(op.Fd, &s.sa)
 	case OpClose:
 		sqe.PrepClose(op.Fd)
+	case OpSendmsg:
+		sqe.PrepSendmsg(op.Fd, &s.msg, int(op.Flags)|unix.MSG_NOSIGNAL)
+	case OpRecvmsg:
+		sqe.PrepRecvmsg(op.Fd, &s.msg, int(op.Flags))
+	case OpOpenat:
+		sqe.PrepOpenat(op.Fd, s.path, int(op.Flags), op.Mode)
+	case OpFallocate:
+		sqe.PrepFallocate(op.Fd, op.Mode, op.Offset, int64(op.Len))
+	case OpFtruncate:
+		sqe.PrepFtruncate(op.Fd, op.Offset)
 	case OpSplice:
 		sqe.PrepSplice(op.Fd, op.Offset, op.FdOut, op.OffsetOut, uint32(min(op.Len, maxRW)), op.Flags)
 	default:
@@ -203,8 +244,13 @@ func (b *uringBackend) complete(c *uring.CQE, deliver func(OpID, int32, uint32))
 	}
 	res := c.Res
 	s := b.slots.at(id.index())
-	if s.op.Kind == OpPoll {
+	switch {
+	case s.op.Kind == OpPoll:
 		res = pollMask(res, s.op.Events)
+	case s.op.Kind == OpRecvmsg && s.op.Msg != nil && res >= 0:
+		m := s.op.Msg
+		m.OobN, m.Flags = s.msg.ControlLen(), s.msg.Flags()
+		m.Addr, _ = s.msg.From()
 	}
 	deliver(id, res, c.Flags)
 	return 1

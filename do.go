@@ -108,7 +108,7 @@ func (w *doWaiter) release() {
 // the caller's stead, which can block but never waits for a peer.
 func (k OpKind) direct() bool {
 	switch k {
-	case OpRead, OpWrite, OpReadv, OpWritev, OpFsync, OpFdatasync:
+	case OpRead, OpWrite, OpReadv, OpWritev, OpFsync, OpFdatasync, OpOpenat, OpFallocate, OpFtruncate:
 		return true
 	}
 	return false
@@ -166,8 +166,31 @@ func directSyscall(op *Op) (int, error) {
 		return 0, unix.Fsync(op.Fd)
 	case OpFdatasync:
 		return 0, unix.Fdatasync(op.Fd)
+	case OpOpenat:
+		return unix.Openat(op.Fd, op.Path, int(op.Flags), op.Mode)
+	case OpFallocate:
+		return 0, unix.Fallocate(op.Fd, op.Mode, op.Offset, int64(op.Len))
+	case OpFtruncate:
+		return 0, unix.Ftruncate(op.Fd, op.Offset)
 	}
 	return 0, unix.EOPNOTSUPP
+}
+
+// runBlocking is runDirect's syscall for an op the loop hands to a
+// goroutine of its own because its backend has no asynchronous form of it
+// (openat, fallocate and ftruncate on AIO; ftruncate on io_uring before
+// Linux 6.9): it blocks, so it must not run on the loop's thread.
+func runBlocking(op *Op) int32 {
+	for {
+		n, err := directSyscall(op)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return errnoRes(err)
+		}
+		return int32(n)
+	}
 }
 
 // maxRW is the kernel's MAX_RW_COUNT (INT_MAX rounded down to a page): no

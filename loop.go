@@ -82,10 +82,11 @@ type Loop struct {
 type slotState uint8
 
 const (
-	slotFree    slotState = iota
-	slotPending           // queued in the engine, not yet in the backend
-	slotKernel            // handed to the backend
-	slotTimer             // an OpTimeout waiting in the timer heap
+	slotFree      slotState = iota
+	slotPending             // queued in the engine, not yet in the backend
+	slotKernel              // handed to the backend
+	slotTimer               // an OpTimeout waiting in the timer heap
+	slotOffloaded           // running as a blocking syscall on a goroutine of its own
 )
 
 type slot struct {
@@ -291,7 +292,7 @@ func (l *Loop) deliver(id OpID, res int32, flags uint32) {
 		// readiness, then try again. The caller never sees EAGAIN.
 		s.polling = true
 		events := uint32(unix.POLLIN)
-		if s.op.Kind == OpSend {
+		if s.op.Kind == OpSend || s.op.Kind == OpSendmsg {
 			events = unix.POLLOUT
 		}
 		s.pollOp = Op{Kind: OpPoll, Fd: s.op.Fd, Events: events}
@@ -303,7 +304,7 @@ func (l *Loop) deliver(id OpID, res int32, flags uint32) {
 
 func retriesOnEAGAIN(op *Op) bool {
 	switch op.Kind {
-	case OpRecv, OpSend:
+	case OpRecv, OpSend, OpRecvmsg, OpSendmsg:
 		return op.Flags&unix.MSG_DONTWAIT == 0
 	case OpAccept:
 		return true
@@ -329,6 +330,10 @@ func (l *Loop) stage() {
 			l.finish(id, s, -int32(unix.ECANCELED), 0)
 			continue
 		}
+		if !s.polling && !l.b.native(s.op.Kind) {
+			l.offload(id, s)
+			continue
+		}
 		if !full {
 			op := &s.op
 			if s.polling {
@@ -345,6 +350,39 @@ func (l *Loop) stage() {
 		kept++
 	}
 	l.pending = l.pending[:kept]
+}
+
+// offload runs an op its backend has no asynchronous form of as one
+// blocking syscall on a goroutine of its own, and completes it on the loop.
+// It counts as in flight, so the loop does not shut down under it; it
+// cannot be cancelled.
+func (l *Loop) offload(id OpID, s *slot) {
+	s.state = slotOffloaded
+	l.inflight++
+	op := s.op // the goroutine reads its own copy, never the slot
+	go func() {
+		res := runBlocking(&op)
+		l.stats.offloaded.Add(1)
+		l.postInternal(func() {
+			l.inflight--
+			if s := l.lookup(id); s != nil && s.state == slotOffloaded {
+				l.finish(id, s, res, 0)
+			}
+		})
+	}()
+}
+
+// postInternal is Post for the engine's own completions: it never fails,
+// because the loop does not shut down while they are outstanding.
+func (l *Loop) postInternal(fn func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.posted = append(l.posted, fn)
+	if l.sleeping.Load() && l.sleeping.CompareAndSwap(true, false) {
+		if err := l.b.Wake(); err != nil {
+			l.log.Error("uio: doorbell", zap.Error(err))
+		}
+	}
 }
 
 // Post runs fn on the loop's goroutine at the start of a coming round. It

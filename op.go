@@ -2,6 +2,7 @@ package uio
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -50,6 +51,23 @@ const (
 	// OpTimeout completes after Timeout with -ETIME; the engine's own timer,
 	// so it costs no syscall on either backend.
 	OpTimeout
+	// OpSendmsg sends Buf (or Iovecs) with sendmsg(2): to Msg.Addr (nil: the
+	// connected peer), with ancillary data Msg.Oob. Flags are MSG_* flags.
+	// Msg may be nil. Like OpSend it never completes with EAGAIN.
+	OpSendmsg
+	// OpRecvmsg receives into Buf (or Iovecs) with recvmsg(2); Msg, if
+	// not nil, gets the sender's address, the ancillary data (into Msg.Oob)
+	// and msg_flags. Like OpRecv it never completes with EAGAIN.
+	OpRecvmsg
+	// OpOpenat opens Path relative to the directory Fd (unix.AT_FDCWD: the
+	// working directory) with open(2) flags Flags and Mode; the result is
+	// the new fd. Pass unix.O_CLOEXEC yourself, as with openat(2).
+	OpOpenat
+	// OpFallocate is fallocate(2) of Len bytes at Offset with mode Mode
+	// (FALLOC_FL_*; 0 allocates).
+	OpFallocate
+	// OpFtruncate is ftruncate(2) of Fd to Offset bytes.
+	OpFtruncate
 	opKindEnd
 )
 
@@ -57,7 +75,8 @@ var opKindNames = [...]string{
 	OpRead: "read", OpWrite: "write", OpReadv: "readv", OpWritev: "writev",
 	OpFsync: "fsync", OpFdatasync: "fdatasync", OpRecv: "recv", OpSend: "send",
 	OpPoll: "poll", OpAccept: "accept", OpConnect: "connect", OpClose: "close",
-	OpSplice: "splice", OpTimeout: "timeout",
+	OpSplice: "splice", OpTimeout: "timeout", OpSendmsg: "sendmsg", OpRecvmsg: "recvmsg",
+	OpOpenat: "openat", OpFallocate: "fallocate", OpFtruncate: "ftruncate",
 }
 
 func (k OpKind) String() string {
@@ -93,10 +112,30 @@ type Op struct {
 	Len       int
 	// Timeout is the delay of OpTimeout.
 	Timeout time.Duration
+	// Msg is the message header of OpSendmsg and OpRecvmsg (may be nil).
+	Msg *Msg
+	// Path and Mode are the file and permission bits of OpOpenat; Mode is
+	// also the FALLOC_FL_* mode of OpFallocate.
+	Path string
+	Mode uint32
 
 	// Done is called on the loop's goroutine with the op's one and only
 	// completion. It may submit further ops; it must not block.
 	Done func(Result)
+}
+
+// Msg is what OpSendmsg and OpRecvmsg carry besides their data. Like the
+// data buffers it belongs to the engine until the op's Done runs.
+type Msg struct {
+	// Addr is the destination of a send (nil: the connected peer); a
+	// receive sets it to the sender (nil when the socket reports none).
+	Addr unix.Sockaddr
+	// Oob is the ancillary data to send (unix.UnixRights, ...), or the
+	// room for it on a receive; OobN is how much a receive got.
+	Oob  []byte
+	OobN int
+	// Flags are the msg_flags a receive reported (MSG_TRUNC, MSG_CTRUNC).
+	Flags int
 }
 
 // Result is the completion of an Op.
@@ -129,7 +168,7 @@ func (id OpID) index() uint32       { return uint32(id) }
 func (id OpID) gen() uint32         { return uint32(id >> 32) }
 
 // needsFd reports whether the op acts on Fd.
-func (k OpKind) needsFd() bool { return k != OpTimeout }
+func (k OpKind) needsFd() bool { return k != OpTimeout && k != OpOpenat }
 
 func (op *Op) validate() error {
 	if op.Kind == 0 || op.Kind >= opKindEnd {
@@ -150,6 +189,21 @@ func (op *Op) validate() error {
 	case OpSplice:
 		if op.FdOut < 0 || op.Len <= 0 {
 			return fmt.Errorf("uio: splice fd %d -> %d: invalid output fd or length %d", op.Fd, op.FdOut, op.Len)
+		}
+	case OpOpenat:
+		if op.Fd < 0 && op.Fd != unix.AT_FDCWD {
+			return fmt.Errorf("uio: openat %q: invalid directory fd %d", op.Path, op.Fd)
+		}
+		if op.Path == "" || strings.IndexByte(op.Path, 0) >= 0 {
+			return fmt.Errorf("uio: openat %q: empty path or a NUL byte in it", op.Path)
+		}
+	case OpFallocate:
+		if op.Offset < 0 || op.Len <= 0 {
+			return fmt.Errorf("uio: fallocate fd %d: invalid range of %d bytes at %d", op.Fd, op.Len, op.Offset)
+		}
+	case OpFtruncate:
+		if op.Offset < 0 {
+			return fmt.Errorf("uio: ftruncate fd %d: negative length %d", op.Fd, op.Offset)
 		}
 	case OpTimeout:
 		if op.Timeout < 0 {

@@ -26,6 +26,10 @@ type Stats struct {
 	// goroutine (pread, pwrite, fdatasync, ...), each one syscall; they are
 	// not in OpsSubmitted or Completions. See Config.NoDirect.
 	Direct uint64
+	// Offloaded counts the ops whose backend has no asynchronous form
+	// (openat, fallocate, ftruncate on AIO), each one blocking syscall on a
+	// goroutine of the engine's; they are in Completions too.
+	Offloaded uint64
 
 	Rounds        uint64
 	OpsSubmitted  uint64 // ops accepted by Submit (timeouts included)
@@ -40,7 +44,9 @@ type Stats struct {
 }
 
 // Syscalls is the total number of syscalls the engine made.
-func (s Stats) Syscalls() uint64 { return s.Submits + s.GetEvents + s.Enters + s.Other + s.Direct }
+func (s Stats) Syscalls() uint64 {
+	return s.Submits + s.GetEvents + s.Enters + s.Other + s.Direct + s.Offloaded
+}
 
 // PerOp is syscalls per completed op, direct ones included.
 func (s Stats) PerOp() float64 {
@@ -58,6 +64,7 @@ func (s Stats) Sub(old Stats) Stats {
 	d.Enters -= old.Enters
 	d.Other -= old.Other
 	d.Direct -= old.Direct
+	d.Offloaded -= old.Offloaded
 	d.Rounds -= old.Rounds
 	d.OpsSubmitted -= old.OpsSubmitted
 	d.Completions -= old.Completions
@@ -82,6 +89,7 @@ func (s *Stats) add(o Stats) {
 	s.Enters += o.Enters
 	s.Other += o.Other
 	s.Direct += o.Direct
+	s.Offloaded += o.Offloaded
 	s.Rounds += o.Rounds
 	s.OpsSubmitted += o.OpsSubmitted
 	s.Completions += o.Completions
@@ -117,6 +125,7 @@ type loopStats struct {
 	flushedOps counter
 	batches    [BatchBuckets]counter
 	direct     atomic.Uint64 // ops Do ran on the caller's goroutine (any goroutine adds)
+	offloaded  atomic.Uint64 // ops run as a blocking syscall on a goroutine of the engine's
 
 	cur struct{ opsSubmitted, completions uint64 }
 	pub struct{ opsSubmitted, completions counter }
@@ -155,6 +164,7 @@ func (l *Loop) Stats() Stats {
 		OpsSubmitted: ls.pub.opsSubmitted.load(),
 		Completions:  ls.pub.completions.load(),
 		Direct:       ls.direct.Load(),
+		Offloaded:    ls.offloaded.Load(),
 		Flushes:      ls.flushes.load(),
 		FlushedOps:   ls.flushedOps.load(),
 	}

@@ -1,0 +1,146 @@
+package uio
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// UDP through sendmsg/recvmsg: the destination goes out, the sender's
+// address comes back.
+func TestSendmsgRecvmsgUDP(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		udp := func() (int, *unix.SockaddrInet4) {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { unix.Close(fd) })
+			if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+				t.Fatal(err)
+			}
+			sa, _ := unix.Getsockname(fd)
+			return fd, sa.(*unix.SockaddrInet4)
+		}
+		a, aAddr := udp()
+		b, bAddr := udp()
+		r := mustDo(t, l, Op{Kind: OpSendmsg, Fd: a, Iovecs: [][]byte{[]byte("hello "), []byte("udp")}, Msg: &Msg{Addr: bAddr}})
+		if r.Res != 9 {
+			t.Fatalf("sendmsg = %d %v", r.Res, r.Err())
+		}
+		var m Msg
+		buf := make([]byte, 64)
+		r = mustDo(t, l, Op{Kind: OpRecvmsg, Fd: b, Buf: buf, Msg: &m})
+		if r.Res != 9 || string(buf[:9]) != "hello udp" {
+			t.Fatalf("recvmsg = %d %q %v", r.Res, buf[:max(r.Res, 0)], r.Err())
+		}
+		from, ok := m.Addr.(*unix.SockaddrInet4)
+		if !ok || from.Port != aAddr.Port || from.Addr != aAddr.Addr {
+			t.Fatalf("recvmsg sender = %#v, want 127.0.0.1:%d", m.Addr, aAddr.Port)
+		}
+		// A datagram longer than the buffer: MSG_TRUNC in Flags.
+		mustDo(t, l, Op{Kind: OpSendmsg, Fd: a, Buf: bytes.Repeat([]byte{1}, 100), Msg: &Msg{Addr: bAddr}})
+		r = mustDo(t, l, Op{Kind: OpRecvmsg, Fd: b, Buf: make([]byte, 10), Msg: &m})
+		if r.Res != 10 || m.Flags&unix.MSG_TRUNC == 0 {
+			t.Fatalf("short recvmsg = %d, flags %#x; want 10 and MSG_TRUNC", r.Res, m.Flags)
+		}
+	})
+}
+
+// Ancillary data: an fd passed with SCM_RIGHTS arrives.
+func TestSendmsgRecvmsgRights(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		a, b := socketpair(t)
+		f, err := os.CreateTemp(t.TempDir(), "passed")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.WriteString("via SCM_RIGHTS")
+		f.Close()
+		ffd, err := unix.Open(f.Name(), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(ffd)
+		r := mustDo(t, l, Op{Kind: OpSendmsg, Fd: a, Buf: []byte("x"), Msg: &Msg{Oob: unix.UnixRights(ffd)}})
+		if r.Res != 1 {
+			t.Fatalf("sendmsg = %d %v", r.Res, r.Err())
+		}
+		m := Msg{Oob: make([]byte, unix.CmsgSpace(4))}
+		r = mustDo(t, l, Op{Kind: OpRecvmsg, Fd: b, Buf: make([]byte, 4), Msg: &m})
+		if r.Res != 1 || m.OobN == 0 {
+			t.Fatalf("recvmsg = %d, %d bytes of ancillary data", r.Res, m.OobN)
+		}
+		cmsgs, err := unix.ParseSocketControlMessage(m.Oob[:m.OobN])
+		if err != nil || len(cmsgs) != 1 {
+			t.Fatalf("control messages: %v %v", cmsgs, err)
+		}
+		fds, err := unix.ParseUnixRights(&cmsgs[0])
+		if err != nil || len(fds) != 1 {
+			t.Fatalf("rights: %v %v", fds, err)
+		}
+		defer unix.Close(fds[0])
+		got := make([]byte, 32)
+		n, _ := unix.Pread(fds[0], got, 0)
+		if string(got[:n]) != "via SCM_RIGHTS" {
+			t.Fatalf("passed fd reads %q", got[:n])
+		}
+	})
+}
+
+// openat, fallocate and ftruncate through the loop (NoDirect, so that Do
+// does not run them itself): native on io_uring, on a goroutine of the
+// engine's on AIO.
+func TestFileMetadataOps(t *testing.T) {
+	dir := t.TempDir()
+	forEachBackend(t, Config{NoDirect: true}, func(t *testing.T, l *Loop) {
+		path := filepath.Join(dir, l.Backend())
+		before := l.Stats()
+		r := mustDo(t, l, Op{Kind: OpOpenat, Fd: unix.AT_FDCWD, Path: path, Flags: unix.O_RDWR | unix.O_CREAT | unix.O_CLOEXEC, Mode: 0o600})
+		if r.Res < 0 {
+			t.Fatalf("openat = %v", r.Err())
+		}
+		fd := int(r.Res)
+		defer unix.Close(fd)
+		if r := mustDo(t, l, Op{Kind: OpFallocate, Fd: fd, Offset: 0, Len: 1 << 20}); r.Res != 0 {
+			t.Fatalf("fallocate = %v", r.Err())
+		}
+		var st unix.Stat_t
+		unix.Fstat(fd, &st)
+		if st.Size != 1<<20 || st.Mode&0o777 != 0o600 {
+			t.Fatalf("after fallocate: size %d mode %o", st.Size, st.Mode&0o777)
+		}
+		if r := mustDo(t, l, Op{Kind: OpFtruncate, Fd: fd, Offset: 1000}); r.Res != 0 {
+			t.Fatalf("ftruncate = %v", r.Err())
+		}
+		unix.Fstat(fd, &st)
+		if st.Size != 1000 {
+			t.Fatalf("after ftruncate: size %d", st.Size)
+		}
+		if r := mustDo(t, l, Op{Kind: OpOpenat, Fd: unix.AT_FDCWD, Path: filepath.Join(dir, "missing", "x"), Flags: unix.O_RDONLY}); !errors.Is(r.Err(), unix.ENOENT) {
+			t.Fatalf("openat of a missing file = %d %v", r.Res, r.Err())
+		}
+		d := l.Stats().Sub(before)
+		if l.Backend() == BackendAIO && d.Offloaded != 4 {
+			t.Errorf("AIO: %d offloaded ops, want 4", d.Offloaded)
+		}
+		if d.Completions != 4 {
+			t.Errorf("%d completions, want 4", d.Completions)
+		}
+		for _, bad := range []Op{
+			{Kind: OpOpenat, Fd: -5, Path: "x"},
+			{Kind: OpOpenat, Fd: unix.AT_FDCWD, Path: ""},
+			{Kind: OpOpenat, Fd: unix.AT_FDCWD, Path: "a\x00b"},
+			{Kind: OpFallocate, Fd: fd, Len: 0},
+			{Kind: OpFtruncate, Fd: fd, Offset: -1},
+		} {
+			if _, err := l.Do(t.Context(), bad); err == nil {
+				t.Errorf("%s %+v accepted", bad.Kind, bad)
+			}
+		}
+	})
+}
