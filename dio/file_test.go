@@ -597,8 +597,12 @@ func TestSyncPadding(t *testing.T) {
 					}
 				}
 				d := l.Stats().Sub(st0)
-				if d.OpsSubmitted+d.Direct != 2*n {
-					t.Errorf("%d ops for %d Syncs, want 2 each (write, fdatasync)", d.OpsSubmitted, n)
+				want, what := uint64(2*n), "write, fdatasync"
+				if exact {
+					want, what = 3*n, "write, ftruncate, fdatasync"
+				}
+				if ops := d.OpsSubmitted + d.Direct; ops != want {
+					t.Errorf("%d ops for %d Syncs, want %d (%s each)", ops, n, want, what)
 				}
 				if !exact && d.Other > n {
 					t.Errorf("%d doorbells (and other syscalls) for %d Syncs, want at most 1 each", d.Other, n)

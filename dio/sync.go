@@ -104,7 +104,7 @@ func (f *File) Sync() error {
 
 	if trunc { // mu is still held
 		if werr == nil && f.diskSize != f.size {
-			if err := unix.Ftruncate(f.fd, f.size); err != nil {
+			if err := f.ftruncate(f.size); err != nil {
 				werr = &Error{Op: "ftruncate", Path: f.path, Off: f.size, Err: err}
 			} else {
 				f.diskSize = f.size
@@ -296,7 +296,7 @@ func (f *File) settle() error {
 		return f.wrap("sync", -1, 0, err)
 	}
 	if f.diskSize != f.size {
-		if err := unix.Ftruncate(f.fd, f.size); err != nil {
+		if err := f.ftruncate(f.size); err != nil {
 			return &Error{Op: "ftruncate", Path: f.path, Off: f.size, Err: err}
 		}
 		f.diskSize = f.size
@@ -305,6 +305,16 @@ func (f *File) settle() error {
 	f.settled = max(f.settled, f.modSeq)
 	f.smu.Unlock()
 	return nil
+}
+
+// ftruncate cuts the file to size through the loop (a plain syscall on
+// this goroutine when it is the only one in Do).
+func (f *File) ftruncate(size int64) error {
+	res, err := do(f.l, uio.Op{Kind: uio.OpFtruncate, Fd: f.fd, Offset: size})
+	if err == nil && res < 0 {
+		err = unix.Errno(-res)
+	}
+	return err
 }
 
 func (f *File) fdatasync() error {
