@@ -20,7 +20,8 @@ import (
 // the only goroutine in Do runs as one plain syscall on the caller's
 // goroutine, unless Config.NoDirect is set: with nothing to batch it with,
 // handing it to the loop's thread and back would add two thread wake-ups
-// to the syscall it needs anyway. Stats counts such ops in Direct.
+// to the syscall it needs anyway. Stats counts such ops in Direct. An op
+// with a Timeout always goes through the loop, which can cancel it.
 func (l *Loop) Do(ctx context.Context, op Op) (Result, error) {
 	if err := op.validate(); err != nil {
 		return Result{}, err
@@ -33,7 +34,7 @@ func (l *Loop) Do(ctx context.Context, op Op) (Result, error) {
 	}
 	alone := l.doing.Add(1) == 1
 	defer l.doing.Add(-1)
-	if alone && l.direct && op.Kind.direct() {
+	if alone && l.direct && op.Kind.direct() && op.Timeout == 0 {
 		return l.runDirect(&op), nil
 	}
 	w := doWaiters.Get().(*doWaiter)

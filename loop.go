@@ -87,6 +87,7 @@ const (
 	slotKernel              // handed to the backend
 	slotTimer               // an OpTimeout waiting in the timer heap
 	slotOffloaded           // running as a blocking syscall on a goroutine of its own
+	slotLinked              // waiting in a chain for the op before it (SubmitLinked)
 )
 
 type slot struct {
@@ -99,6 +100,12 @@ type slot struct {
 	cancel  bool
 	pollOp  Op
 	timer   *Timer
+	// next is the op that waits for this one in a chain (SubmitLinked).
+	next OpID
+	// deadline cancels the op when its Op.Timeout passes; timedOut turns
+	// that cancellation's -ECANCELED into -ETIME.
+	deadline *Timer
+	timedOut bool
 }
 
 // NewLoop starts a loop on a new goroutine locked to its OS thread and
@@ -162,11 +169,7 @@ func (l *Loop) Submit(op Op) (OpID, error) {
 	if l.closing {
 		return 0, ErrClosed
 	}
-	idx := l.alloc()
-	s := l.slots.at(idx)
-	s.op = op
-	id := makeOpID(idx, s.gen)
-	l.stats.cur.opsSubmitted++
+	id, s := l.newSlot(op)
 	if op.Kind == OpTimeout {
 		s.state = slotTimer
 		s.timer = l.AfterFunc(op.Timeout, func() {
@@ -175,9 +178,30 @@ func (l *Loop) Submit(op Op) (OpID, error) {
 		})
 		return id, nil
 	}
-	s.state = slotPending
-	l.pending = append(l.pending, idx)
+	l.start(id, s)
 	return id, nil
+}
+
+// newSlot takes a slot for op.
+func (l *Loop) newSlot(op Op) (OpID, *slot) {
+	idx := l.alloc()
+	s := l.slots.at(idx)
+	s.op = op
+	l.stats.cur.opsSubmitted++
+	return makeOpID(idx, s.gen), s
+}
+
+// start queues an op for the backend and arms its deadline, if it has one.
+func (l *Loop) start(id OpID, s *slot) {
+	s.state = slotPending
+	l.pending = append(l.pending, id.index())
+	if d := s.op.Timeout; d > 0 {
+		s.deadline = l.AfterFunc(d, func() {
+			s.deadline = nil
+			s.timedOut = true
+			l.Cancel(id)
+		})
+	}
 }
 
 func (l *Loop) alloc() uint32 {
@@ -208,6 +232,8 @@ func (l *Loop) Cancel(id OpID) {
 	case slotTimer:
 		s.timer.Stop()
 		s.timer = nil
+		l.finishLater(id, -int32(unix.ECANCELED))
+	case slotLinked:
 		l.finishLater(id, -int32(unix.ECANCELED))
 	case slotKernel:
 		if err := l.b.Cancel(id); err != nil {
@@ -249,15 +275,26 @@ func (l *Loop) runLater() {
 
 // finish frees the op's slot and runs its Done: the op's one completion.
 func (l *Loop) finish(id OpID, s *slot, res int32, flags uint32) {
+	if s.deadline != nil {
+		s.deadline.Stop()
+		s.deadline = nil
+	}
+	if s.timedOut && res == -int32(unix.ECANCELED) {
+		res = -int32(unix.ETIME)
+	}
+	next, ok := s.next, chainHolds(&s.op, res)
 	done, kind := s.op.Done, s.op.Kind
 	s.op = Op{} // drop the buffers: the kernel is done with them
 	s.pollOp = Op{}
-	s.state, s.polling, s.cancel = slotFree, false, false
+	s.state, s.polling, s.cancel, s.timedOut, s.next = slotFree, false, false, false, 0
 	s.gen = (s.gen + 1) & (1<<31 - 1)
 	l.free = append(l.free, id.index())
 	l.stats.cur.completions++
 	if done != nil {
 		done(Result{ID: id, Kind: kind, Res: res, Flags: flags})
+	}
+	if next != 0 {
+		l.advanceChain(next, ok)
 	}
 }
 
@@ -527,7 +564,7 @@ func (l *Loop) Close() error {
 		}
 		for i := uint32(0); i < l.nslots; i++ {
 			s := l.slots.at(i)
-			if s.state == slotKernel || s.state == slotTimer {
+			if s.state == slotKernel || s.state == slotTimer || s.state == slotLinked {
 				l.Cancel(makeOpID(i, s.gen))
 			}
 		}

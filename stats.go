@@ -156,6 +156,10 @@ func batchBucket(n int) int {
 }
 
 // Stats returns a snapshot of the loop's counters. Safe from any goroutine.
+// The per-op counts are those at the end of the loop's last round: a Done
+// that signals another goroutine runs before its round ends, so that
+// goroutine may not see the op counted yet; a Do returns only after its
+// round's counts are published.
 func (l *Loop) Stats() Stats {
 	ls := &l.stats
 	s := Stats{
