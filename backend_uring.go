@@ -52,11 +52,15 @@ const (
 	uringCancelTag = internalTag | 2
 )
 
-func newUringBackend(depth int) (*uringBackend, error) {
+func newUringBackend(depth int, sqe128 bool) (*uringBackend, error) {
 	if depth < 8 {
 		depth = 8
 	}
-	ring, err := uring.New(uint32(depth))
+	var extra uint32
+	if sqe128 {
+		extra = uring.IORING_SETUP_SQE128
+	}
+	ring, err := uring.NewWithExtra(uint32(depth), extra)
 	if err != nil {
 		if errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM) {
 			// No io_uring at all, or turned off (kernel.io_uring_disabled,
@@ -77,7 +81,7 @@ func newUringBackend(depth int) (*uringBackend, error) {
 		b.hasOp[k] = true
 	}
 	for k, op := range map[OpKind]uint8{OpOpenat: uring.IORING_OP_OPENAT, OpFallocate: uring.IORING_OP_FALLOCATE, OpFtruncate: uring.IORING_OP_FTRUNCATE,
-		OpSendmsg: uring.IORING_OP_SENDMSG, OpRecvmsg: uring.IORING_OP_RECVMSG} {
+		OpSendmsg: uring.IORING_OP_SENDMSG, OpRecvmsg: uring.IORING_OP_RECVMSG, OpUringCmd: uring.IORING_OP_URING_CMD} {
 		b.hasOp[k] = ring.OpSupported(op)
 	}
 	b.wakeFd, err = unix.Eventfd(0, unix.EFD_CLOEXEC)
@@ -181,6 +185,15 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 		sqe.PrepFallocate(op.Fd, op.Mode, op.Offset, int64(op.Len))
 	case OpFtruncate:
 		sqe.PrepFtruncate(op.Fd, op.Offset)
+	case OpUringCmd:
+		sqe.PrepUringCmd(op.Fd, op.CmdOp)
+		if err := b.ring.SetCmd(sqe, op.Cmd); err != nil {
+			// The SQE is taken: send it as a NOP and fail the op.
+			sqe.PrepNop()
+			sqe.SetData(uint64(uringCancelTag))
+			b.ready.add(id, -int32(unix.EINVAL))
+			return nil
+		}
 	case OpSplice:
 		sqe.PrepSplice(op.Fd, op.Offset, op.FdOut, op.OffsetOut, uint32(min(op.Len, maxRW)), op.Flags)
 	default:

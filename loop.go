@@ -34,6 +34,10 @@ type Config struct {
 	// CPUs[i%len(CPUs)] alone, so Config{CPUs: []int{0, 1, 2, 3}} gives
 	// four loops one CPU each.
 	CPUs []int
+	// SQE128 sets the io_uring up with 128-byte SQEs, so that an
+	// OpUringCmd carries up to 80 bytes (ublk's control commands need
+	// that). Ignored by AIO.
+	SQE128 bool
 }
 
 // ErrClosed is returned for ops submitted to a loop that is closing.
@@ -129,7 +133,7 @@ func NewLoop(cfg Config) (*Loop, error) {
 			close(l.done)
 			return
 		}
-		b, err := chooseBackend(cfg.Backend, cfg.Depth, log)
+		b, err := chooseBackend(cfg, log)
 		if err != nil {
 			errc <- err
 			close(l.done)

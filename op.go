@@ -68,6 +68,11 @@ const (
 	OpFallocate
 	// OpFtruncate is ftruncate(2) of Fd to Offset bytes.
 	OpFtruncate
+	// OpUringCmd is a driver's own command on Fd (IORING_OP_URING_CMD,
+	// io_uring only, Linux 5.19): command CmdOp with payload Cmd, copied
+	// into the SQE when the op is staged. Cmd holds up to 16 bytes, or 80
+	// on a loop with Config.SQE128. On AIO it completes with -EOPNOTSUPP.
+	OpUringCmd
 	opKindEnd
 )
 
@@ -76,7 +81,7 @@ var opKindNames = [...]string{
 	OpFsync: "fsync", OpFdatasync: "fdatasync", OpRecv: "recv", OpSend: "send",
 	OpPoll: "poll", OpAccept: "accept", OpConnect: "connect", OpClose: "close",
 	OpSplice: "splice", OpTimeout: "timeout", OpSendmsg: "sendmsg", OpRecvmsg: "recvmsg",
-	OpOpenat: "openat", OpFallocate: "fallocate", OpFtruncate: "ftruncate",
+	OpOpenat: "openat", OpFallocate: "fallocate", OpFtruncate: "ftruncate", OpUringCmd: "uring_cmd",
 }
 
 func (k OpKind) String() string {
@@ -118,6 +123,9 @@ type Op struct {
 	// also the FALLOC_FL_* mode of OpFallocate.
 	Path string
 	Mode uint32
+	// CmdOp and Cmd are the command and payload of OpUringCmd.
+	CmdOp uint32
+	Cmd   []byte
 
 	// Done is called on the loop's goroutine with the op's one and only
 	// completion. It may submit further ops; it must not block.
@@ -200,6 +208,10 @@ func (op *Op) validate() error {
 	case OpFallocate:
 		if op.Offset < 0 || op.Len <= 0 {
 			return fmt.Errorf("uio: fallocate fd %d: invalid range of %d bytes at %d", op.Fd, op.Len, op.Offset)
+		}
+	case OpUringCmd:
+		if len(op.Cmd) > 80 {
+			return fmt.Errorf("uio: uring_cmd fd %d: payload of %d bytes, at most 80", op.Fd, len(op.Cmd))
 		}
 	case OpFtruncate:
 		if op.Offset < 0 {

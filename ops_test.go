@@ -144,3 +144,59 @@ func TestFileMetadataOps(t *testing.T) {
 		}
 	})
 }
+
+// OpUringCmd on a socket (SOCKET_URING_OP_SIOCINQ, Linux 6.7): the bytes
+// queued for reading. A payload beyond the SQE's command area fails
+// cleanly; SQE128 makes room for 80 bytes. AIO has no such op.
+func TestUringCmd(t *testing.T) {
+	const siocinq = 0 // SOCKET_URING_OP_SIOCINQ
+	udpPair := func(t *testing.T) (int, int) {
+		var fds [2]int
+		for i := range fds {
+			fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { unix.Close(fd) })
+			unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
+			fds[i] = fd
+		}
+		sa, _ := unix.Getsockname(fds[1])
+		if err := unix.Sendto(fds[0], []byte("7 bytes"), 0, sa); err != nil {
+			t.Fatal(err)
+		}
+		return fds[0], fds[1]
+	}
+	for _, sqe128 := range []bool{false, true} {
+		l, err := NewLoop(Config{Backend: BackendUring, SQE128: sqe128})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, rx := udpPair(t)
+		r := mustDo(t, l, Op{Kind: OpUringCmd, Fd: rx, CmdOp: siocinq})
+		if errors.Is(r.Err(), unix.EOPNOTSUPP) || errors.Is(r.Err(), unix.EINVAL) && !sqe128 {
+			l.Close()
+			t.Skipf("kernel without socket URING_CMD: %v", r.Err())
+		}
+		if r.Res != 7 {
+			t.Fatalf("SQE128=%v: SIOCINQ = %d %v, want 7", sqe128, r.Res, r.Err())
+		}
+		r = mustDo(t, l, Op{Kind: OpUringCmd, Fd: rx, CmdOp: siocinq, Cmd: make([]byte, 50)})
+		if sqe128 && r.Res != 7 {
+			t.Errorf("SQE128: 50-byte payload: %d %v", r.Res, r.Err())
+		}
+		if !sqe128 && !errors.Is(r.Err(), unix.EINVAL) {
+			t.Errorf("64-byte SQEs: 50-byte payload = %d %v, want EINVAL", r.Res, r.Err())
+		}
+		l.Close()
+	}
+	l, err := NewLoop(Config{Backend: BackendAIO})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, rx := udpPair(t)
+	if r := mustDo(t, l, Op{Kind: OpUringCmd, Fd: rx, CmdOp: siocinq}); !errors.Is(r.Err(), unix.EOPNOTSUPP) {
+		t.Fatalf("AIO uring_cmd = %d %v, want EOPNOTSUPP", r.Res, r.Err())
+	}
+}

@@ -100,19 +100,20 @@ func checkUring(ring *uring.Ring) error {
 
 // chooseBackend opens the named backend; "auto" prefers io_uring and falls
 // back to AIO with the reason logged.
-func chooseBackend(name string, depth int, log *zap.Logger) (backend, error) {
-	switch name {
+func chooseBackend(cfg Config, log *zap.Logger) (backend, error) {
+	depth := cfg.Depth
+	switch name := cfg.Backend; name {
 	case BackendAIO:
 		return newAIOBackend(depth)
 	case BackendUring:
-		return newUringBackend(depth)
+		return newUringBackend(depth, cfg.SQE128)
 	case BackendAuto, "":
 		var b backend
 		var err error
 		if h := testHooks.Load(); h != nil && h.uringRefused != nil {
 			err = h.uringRefused
 		} else {
-			b, err = newUringBackend(depth)
+			b, err = newUringBackend(depth, cfg.SQE128)
 		}
 		if err == nil {
 			return b, nil

@@ -120,3 +120,29 @@ func (s *SQE) PrepFallocate(fd int, mode uint32, off, length int64) {
 func (s *SQE) PrepFtruncate(fd int, length int64) {
 	s.reset(IORING_OP_FTRUNCATE, fd, 0, 0, offset(length))
 }
+
+// cmdOffset is where an SQE's command area starts (sqe->cmd): 16 bytes in
+// a 64-byte SQE, 80 in a 128-byte one (IORING_SETUP_SQE128).
+const cmdOffset = 48
+
+// PrepUringCmd prepares IORING_OP_URING_CMD (Linux 5.19) of command cmdOp
+// on fd, a driver's own command (ublk's FETCH_REQ, ...). Its payload goes in
+// with SetCmd, after this call.
+func (s *SQE) PrepUringCmd(fd int, cmdOp uint32) {
+	s.reset(IORING_OP_URING_CMD, fd, 0, 0, uint64(cmdOp))
+}
+
+// CmdSize is the room for a URING_CMD payload in this ring's SQEs.
+func (r *Ring) CmdSize() int { return int(r.sqeSize) - cmdOffset }
+
+// SetCmd copies a URING_CMD payload into sqe's command area (the rest of
+// the area stays zero). It fails with EINVAL when cmd is larger than
+// CmdSize: a ublk control command needs a ring set up with SQE128.
+func (r *Ring) SetCmd(sqe *SQE, cmd []byte) error {
+	if len(cmd) > r.CmdSize() {
+		return fmt.Errorf("uring: URING_CMD payload of %d bytes, room for %d (IORING_SETUP_SQE128 gives 80): %w", len(cmd), r.CmdSize(), unix.EINVAL)
+	}
+	area := unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(sqe), cmdOffset)), r.CmdSize())
+	copy(area, cmd)
+	return nil
+}

@@ -108,6 +108,17 @@ func New(entries uint32) (*Ring, error) {
 	return newFirst(entries, setupCandidates, NewWithFlags)
 }
 
+// NewWithExtra is New with extra IORING_SETUP_* flags added to every set
+// it tries: IORING_SETUP_SQE128 for 128-byte SQEs (URING_CMD payloads of 80
+// bytes, as ublk's control commands need), IORING_SETUP_CQE32.
+func NewWithExtra(entries uint32, extra uint32) (*Ring, error) {
+	c := make([]uint32, len(setupCandidates))
+	for i, f := range setupCandidates {
+		c[i] = f | extra
+	}
+	return newFirst(entries, c, NewWithFlags)
+}
+
 func newFirst(entries uint32, candidates []uint32, open func(uint32, uint32) (*Ring, error)) (*Ring, error) {
 	var err error
 	for _, f := range candidates {
