@@ -91,8 +91,11 @@ func (k OpKind) String() string {
 	return fmt.Sprintf("OpKind(%d)", uint8(k))
 }
 
-// Op is one request to the kernel. The engine copies the Op when it is
-// submitted; the memory its slices point to belongs to the kernel until the
+// Op is one request to the kernel. Each kind reads Fd (but OpTimeout),
+// Timeout, Done and the fields its documentation names; setting a field
+// the kind does not read is an error, not silently ignored.
+//
+// The engine copies the Op when it is submitted; the memory its slices point to belongs to the kernel until the
 // op's Done runs and must not be touched, reused or resized before then.
 // The engine keeps a reference to it, so it stays reachable (and, the Go
 // heap being non-moving, unmoved) for as long as the kernel may use it.
@@ -178,12 +181,94 @@ func (id OpID) gen() uint32         { return uint32(id >> 32) }
 // needsFd reports whether the op acts on Fd.
 func (k OpKind) needsFd() bool { return k != OpTimeout && k != OpOpenat }
 
+// opField is one of an Op's per-kind fields (Fd, Timeout and Done apply to
+// every kind).
+type opField uint16
+
+const (
+	fBuf opField = 1 << iota
+	fIovecs
+	fOffset
+	fFlags
+	fEvents
+	fAddr
+	fFdOut // FdOut and OffsetOut
+	fLen
+	fMsg
+	fPath
+	fMode
+	fCmd       // CmdOp and Cmd
+	fieldCount = iota
+)
+
+var opFieldNames = [fieldCount]string{"Buf", "Iovecs", "Offset", "Flags", "Events", "Addr", "FdOut/OffsetOut", "Len", "Msg", "Path", "Mode", "CmdOp/Cmd"}
+
+// opFields are the fields each kind reads. A field set on an op whose kind
+// does not read it is refused: it is always a mistake (a readv's buffers in
+// Buf, a recv with an Offset), and silently ignoring it loses data.
+var opFields = [opKindEnd]opField{
+	OpRead: fBuf | fOffset | fFlags, OpWrite: fBuf | fOffset | fFlags,
+	OpReadv: fIovecs | fOffset | fFlags, OpWritev: fIovecs | fOffset | fFlags,
+	OpRecv: fBuf | fFlags, OpSend: fBuf | fFlags,
+	OpSendmsg: fBuf | fIovecs | fMsg | fFlags, OpRecvmsg: fBuf | fIovecs | fMsg | fFlags,
+	OpPoll: fEvents, OpConnect: fAddr,
+	OpSplice:    fOffset | fFdOut | fLen | fFlags,
+	OpOpenat:    fPath | fFlags | fMode,
+	OpFallocate: fOffset | fLen | fMode, OpFtruncate: fOffset,
+	OpUringCmd: fCmd,
+}
+
+func (op *Op) fieldsSet() opField {
+	var f opField
+	set := func(b bool, bit opField) {
+		if b {
+			f |= bit
+		}
+	}
+	set(op.Buf != nil, fBuf)
+	set(op.Iovecs != nil, fIovecs)
+	set(op.Offset != 0, fOffset)
+	set(op.Flags != 0, fFlags)
+	set(op.Events != 0, fEvents)
+	set(op.Addr != nil, fAddr)
+	set(op.FdOut != 0 || op.OffsetOut != 0, fFdOut)
+	set(op.Len != 0, fLen)
+	set(op.Msg != nil, fMsg)
+	set(op.Path != "", fPath)
+	set(op.Mode != 0, fMode)
+	set(op.CmdOp != 0 || op.Cmd != nil, fCmd)
+	return f
+}
+
+func (f opField) names() string {
+	var names []string
+	for i := range fieldCount {
+		if f&(1<<i) != 0 {
+			names = append(names, opFieldNames[i])
+		}
+	}
+	return strings.Join(names, ", ")
+}
+
 func (op *Op) validate() error {
 	if op.Kind == 0 || op.Kind >= opKindEnd {
 		return fmt.Errorf("uio: invalid op kind %d", op.Kind)
 	}
 	if op.Kind.needsFd() && op.Fd < 0 {
 		return fmt.Errorf("uio: %s: invalid fd %d", op.Kind, op.Fd)
+	}
+	if stray := op.fieldsSet() &^ opFields[op.Kind]; stray != 0 {
+		if opFields[op.Kind] == 0 {
+			return fmt.Errorf("uio: %s fd %d: %s set, but %s reads no field besides Fd, Timeout and Done",
+				op.Kind, op.Fd, stray.names(), op.Kind)
+		}
+		return fmt.Errorf("uio: %s fd %d: %s set, but %s uses only %s (besides Fd, Timeout and Done)",
+			op.Kind, op.Fd, stray.names(), op.Kind, opFields[op.Kind].names())
+	}
+	if op.Kind == OpSendmsg || op.Kind == OpRecvmsg {
+		if op.Buf != nil && op.Iovecs != nil {
+			return fmt.Errorf("uio: %s fd %d: both Buf and Iovecs set; the data is one or the other", op.Kind, op.Fd)
+		}
 	}
 	switch op.Kind {
 	case OpConnect:

@@ -460,3 +460,25 @@ func TestPinnedLoops(t *testing.T) {
 		t.Errorf("CPU 1000 on a %d-CPU machine: %v", runtime.NumCPU(), err)
 	}
 }
+
+// A field the op's kind does not read is refused, naming it.
+func TestStrayFieldsRefused(t *testing.T) {
+	l, err := NewLoop(Config{Backend: BackendAIO})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for _, c := range []struct {
+		op   Op
+		want string
+	}{
+		{Op{Kind: OpRecv, Fd: 3, Buf: make([]byte, 1), Offset: 10}, "Offset set, but recv uses only Buf, Flags"},
+		{Op{Kind: OpReadv, Fd: 3, Buf: make([]byte, 1)}, "Buf set, but readv uses only Iovecs, Offset, Flags"},
+		{Op{Kind: OpAccept, Fd: 3, Addr: &unix.SockaddrInet4{}}, "Addr set, but accept reads no field besides Fd, Timeout and Done"},
+		{Op{Kind: OpSendmsg, Fd: 3, Buf: []byte{1}, Iovecs: [][]byte{{1}}}, "both Buf and Iovecs"},
+	} {
+		if _, err := l.Do(context.Background(), c.op); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want it to say %q", c.op.Kind, err, c.want)
+		}
+	}
+}

@@ -76,8 +76,9 @@ type Event struct {
 	Res2 int64  // secondary result, 0 on current kernels
 }
 
-// Errno returns the error carried by Res, or nil when Res >= 0.
-func (e *Event) Errno() error {
+// Err returns the error carried by Res, or nil when Res >= 0 (as
+// uring.CQE.Err and uio.Result.Err do).
+func (e *Event) Err() error {
 	if e.Res >= 0 {
 		return nil
 	}

@@ -141,7 +141,7 @@ func TestFileODirect(t *testing.T) {
 	submitAll(t, c, &w)
 	ev := waitEvents(t, c, 1, 10*time.Second)[0]
 	if ev.Res == errRes(unix.EINVAL) {
-		t.Skipf("%s refuses async O_DIRECT writes: %v", fs, ev.Errno())
+		t.Skipf("%s refuses async O_DIRECT writes: %v", fs, ev.Err())
 	}
 	checkRes(t, ev, 1, size)
 	r.PrepPread(fd, rbuf, 4096)
