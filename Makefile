@@ -74,5 +74,5 @@ bench-blockdev: deps
 
 # Engine benchmarks: per-message cost through the loop vs plain syscalls.
 bench: deps
-	$(GO) test -run '^$$' -bench 'LoopSocket|PlainSyscalls' -benchtime=20000x -count=5 .
+	$(GO) test -run '^$$' -bench 'LoopSocket|PlainSyscalls|DoRead|PlainPread|DoParallel' -benchtime=20000x -count=5 .
 	$(GO) test -run '^$$' -bench . -count=5 ./aio
