@@ -68,6 +68,23 @@
 // capacity (Config.Depth) wait in the engine, in order, and go out as
 // completions make room.
 //
+// # Chains and deadlines
+//
+// SubmitLinked (and DoLinked from other goroutines) runs ops one after the
+// other: each starts when the one before it has completed in full, and an
+// op that fails or comes up short cancels the rest, whose Dones still run,
+// in order. Any op may carry a deadline, Op.Timeout: when it passes, the
+// op is cancelled and completes with -ETIME. Deadlines live in the loop's
+// timer heap, like AfterFunc, so they cost no syscall until one fires.
+//
+// # Ops a backend cannot run asynchronously
+//
+// AIO has no asynchronous openat, fallocate or ftruncate (io_uring before
+// 6.9 has no ftruncate). The loop runs such an op as one blocking syscall on
+// a goroutine of its own and completes it on the loop like any other; it
+// cannot be cancelled, and Stats counts it in Offloaded. The loop's thread
+// never blocks on it.
+//
 // # Backends
 //
 // Config.Backend chooses "aio", "uring" or "auto" (io_uring where the kernel
