@@ -53,6 +53,10 @@ type Config struct {
 	// "ublk" (the kernel's ublk_drv, /dev/ublkbN) or "auto" (default):
 	// ABUSE when /dev/abctl exists, else ublk.
 	Driver string
+	// UblkCopy is how ublk moves data: "auto" (default: USER_COPY where
+	// the kernel has it, 6.5+) or "buffers" (the kernel copies through
+	// per-tag buffers, as before 6.5). ABUSE ignores it.
+	UblkCopy string
 	// Logger receives attach/detach events and bad requests; default none.
 	Logger *zap.Logger
 }

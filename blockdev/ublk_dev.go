@@ -114,7 +114,7 @@ func (u *ublkDev) cmd(nr uint32, c ublk.CtrlCmd, arg []byte) error {
 
 // add creates the device (ADD_DEV) and sets its parameters (SET_PARAMS)
 // from dc; dc gets the kernel's answer (id, queues, largest I/O).
-func (u *ublkDev) add(dc *abuse.DevConfig, discard, zeroes bool) error {
+func (u *ublkDev) add(dc *abuse.DevConfig, discard, zeroes, userCopy bool) error {
 	id := ublk.NoID
 	if dc.DevID >= 0 {
 		id = uint32(dc.DevID)
@@ -132,7 +132,7 @@ func (u *ublkDev) add(dc *abuse.DevConfig, discard, zeroes bool) error {
 	info := ublk.DevInfo{NrHWQueues: uint16(queues), QueueDepth: uint16(depth), MaxIOBufBytes: maxIO, DevID: id}
 	// No recovery flags: when the server dies the kernel fails the
 	// device's I/O with EIO and deletes the disk (see doc.go).
-	if u.features&ublk.FeatUserCopy != 0 {
+	if userCopy && u.features&ublk.FeatUserCopy != 0 {
 		info.Flags |= ublk.FeatUserCopy
 	}
 	b := info.Marshal()
@@ -278,13 +278,16 @@ func serveUblk(cfg Config, dc abuse.DevConfig, log *zap.Logger) (*Server, error)
 	if dc.NrHWQueues > ublk.MaxQueues || dc.QueueDepth > ublk.MaxQueueDepth {
 		return nil, fmt.Errorf("blockdev: ublk: %d queues of depth %d: too many", dc.NrHWQueues, dc.QueueDepth)
 	}
+	if cfg.UblkCopy != "" && cfg.UblkCopy != "auto" && cfg.UblkCopy != "buffers" {
+		return nil, fmt.Errorf("blockdev: ublk copy mode %q: want auto or buffers", cfg.UblkCopy)
+	}
 	u, err := openUblk(log)
 	if err != nil {
 		return nil, err
 	}
 	_, discard := cfg.Backend.(Discarder)
 	_, zeroes := cfg.Backend.(ZeroWriter)
-	if err := u.add(&dc, discard, zeroes); err != nil {
+	if err := u.add(&dc, discard, zeroes, cfg.UblkCopy != "buffers"); err != nil {
 		u.close()
 		return nil, err
 	}

@@ -44,6 +44,7 @@ func main() {
 	chunkStr := flag.String("chunk", "1M", "RAM allocation unit (power of two, 4K..64M)")
 	engine := flag.String("backend", "auto", "engine backend: aio, uring or auto (ublk needs uring)")
 	driver := flag.String("driver", "auto", "kernel interface: abuse (abuse.ko), ublk (ublk_drv) or auto (abuse when /dev/abctl exists, else ublk)")
+	ublkCopy := flag.String("ublk-copy", "auto", "ublk data path: auto (USER_COPY where the kernel has it, 6.5+) or buffers (per-tag buffers the kernel copies through)")
 	index := flag.Int("index", -1, "create /dev/abuseN (/dev/ublkbN) with this N (-1: first free)")
 	attach := flag.Bool("attach", false, "serve the existing device -index (its previous server is gone) instead of creating one (abuse only)")
 	reconnect := flag.Int("reconnect-ms", 0, "hold the device's I/O this long for a new server if this one dies (abuse only)")
@@ -114,7 +115,7 @@ func main() {
 	srv, err := blockdev.Serve(blockdev.Config{
 		Backend: be, Size: size, BlockSize: *bs, Queues: *queues, Depth: *depth, MaxIO: int(maxIO),
 		ReadOnly: *readOnly, WriteCache: writeCache, Index: *index, Attach: *attach,
-		ReconnectMs: *reconnect, Engine: *engine, Driver: *driver, Logger: log,
+		ReconnectMs: *reconnect, Engine: *engine, Driver: *driver, UblkCopy: *ublkCopy, Logger: log,
 	})
 	if err != nil {
 		switch {

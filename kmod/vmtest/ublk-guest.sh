@@ -142,8 +142,10 @@ if daemon ram4k -size 64M -bs 4096 -queues 2 -depth 32 -index 0; then
 	fi
 fi
 
-# ------------------------------ device 0 again: 512-byte blocks, depth 64
-if daemon ram512 -size 64M -bs 512 -queues 2 -depth 64 -index 0; then
+# ------- device 0 again: 512-byte blocks, depth 64, per-tag buffers (the
+# data path of kernels before 6.5, which have no USER_COPY)
+if daemon ram512 -size 64M -bs 512 -queues 2 -depth 64 -index 0 -ublk-copy buffers; then
+	if grep -q '"data": "per-tag buffers"' /tmp/daemon.log.ram512; then pass "ublk-per-tag-buffers"; else fail "ublk-per-tag-buffers"; fi
 	run badblocks-w-ublk-512 600 badblocks -w -b 4096 -c 64 -e 1 $DEV
 	run verify-qd32-ublk-512 600 ramserver verify -dev $DEV -qd 32 -bytes $((256 << 20)) -engine aio -name verify-qd32-ublk-512
 	ext4check $DEV ublk-512
