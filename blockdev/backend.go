@@ -112,7 +112,8 @@ type Request struct {
 	Buf   []byte
 	Queue int // hardware queue index
 
-	q      *queue
+	q      *queue  // ABUSE
+	uq     *uqueue // ublk
 	seq    uint64
 	tag    uint16
 	active bool // fetched, not yet completed

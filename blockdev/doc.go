@@ -1,5 +1,8 @@
-// Package blockdev serves userspace block devices (/dev/abuseN, kernel
-// module kmod/abuse.ko) from a Backend, on the uio engine.
+// Package blockdev serves userspace block devices from a Backend, on the
+// uio engine, over either of two kernel interfaces (Config.Driver): ABUSE
+// (/dev/abuseN, kernel module kmod/abuse.ko) or the kernel's own ublk
+// (/dev/ublkbN, ublk_drv, Linux 6.0+; see "ublk" below). The Backend, the
+// request checks and the flags mean the same on both.
 //
 // # Serve model
 //
@@ -38,4 +41,25 @@
 // it (a device created with ReconnectMs > 0 then holds its I/O for a new
 // server, which takes over with Config.Attach). If the process dies, the
 // kernel ends the server at once and the device's I/O fails with EIO.
+//
+// # ublk
+//
+// Over ublk (package blockdev/ublk has the ABI) each queue's loop runs on
+// io_uring and keeps one URING_CMD in the kernel per tag: FETCH_REQ at
+// start, then COMMIT_AND_FETCH_REQ, which carries a request's result and
+// waits for the tag's next request in one command. A round's completions
+// stage their commands together: one io_uring_enter commits the batch.
+// Control commands (ADD_DEV, SET_PARAMS, START_DEV, STOP_DEV, DEL_DEV) run
+// on a separate loop with 128-byte SQEs. Where the kernel grants
+// UBLK_F_USER_COPY (6.5+), WRITE data is read from /dev/ublkcN with
+// pread(2) into the tag's buffer and READ data written with pwrite(2)
+// straight from the backend's memory (Mapper) or the tag's buffer; older
+// kernels copy through the per-tag buffers named in the commands.
+//
+// No ublk recovery flag is set (no UBLK_F_USER_RECOVERY*): when the
+// server dies, the kernel cancels its commands, fails the device's I/O
+// with EIO and deletes /dev/ublkbN; a new server creates a new device.
+// ReconnectMs and Attach are therefore ABUSE-only. Close refuses (EBUSY)
+// while the disk is mounted or held exclusively, as on ABUSE; Detach
+// deletes it regardless.
 package blockdev

@@ -249,6 +249,10 @@ func serveSync(be Backend, m Mapper, g *geometry, r *Request) {
 
 // finish records r's completion; the next COMMIT_FETCH delivers it.
 func (r *Request) finish(res int32, addr uint64, keep []byte) {
+	if r.uq != nil {
+		r.uq.finish(r, res, keep)
+		return
+	}
 	q := r.q
 	if q == nil {
 		return

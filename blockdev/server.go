@@ -47,8 +47,16 @@ type Config struct {
 	// I/O this long for a new server to Attach (0: fail it at once).
 	ReconnectMs int
 	// Engine is the uio backend of the queue loops: "aio", "uring" or
-	// "auto" (default).
+	// "auto" (default). ublk needs "uring" (or "auto" where io_uring works).
 	Engine string
+	// Driver is the kernel interface: "abuse" (kmod/abuse.ko, /dev/abuseN),
+	// "ublk" (the kernel's ublk_drv, /dev/ublkbN) or "auto" (default):
+	// ABUSE when /dev/abctl exists, else ublk.
+	Driver string
+	// UblkCopy is how ublk moves data: "auto" (default: USER_COPY where
+	// the kernel has it, 6.5+) or "buffers" (the kernel copies through
+	// per-tag buffers, as before 6.5). ABUSE ignores it.
+	UblkCopy string
 	// Logger receives attach/detach events and bad requests; default none.
 	Logger *zap.Logger
 }
@@ -58,7 +66,9 @@ var ErrNoModule = errors.New("blockdev: " + abuse.CtlPath + " missing: load abus
 
 // Server serves one device. Create it with Serve.
 type Server struct {
-	ctl     *abuse.Ctl
+	ctl     *abuse.Ctl // ABUSE; nil on ublk
+	u       *ublkDev   // ublk; nil on ABUSE
+	uqueues []*uqueue
 	cfg     abuse.DevConfig
 	geo     geometry
 	be      Backend
@@ -91,6 +101,13 @@ func Serve(cfg Config) (*Server, error) {
 	dc, err := deviceConfig(&cfg)
 	if err != nil {
 		return nil, err
+	}
+	drv, err := chooseDriver(cfg.Driver)
+	if err != nil {
+		return nil, err
+	}
+	if drv == DriverUblk {
+		return serveUblk(cfg, dc, log)
 	}
 	ctl, err := abuse.Open()
 	if err != nil {
@@ -234,10 +251,26 @@ func deviceConfig(cfg *Config) (abuse.DevConfig, error) {
 	return dc, nil
 }
 
-// Path returns the device node, /dev/abuseN.
-func (s *Server) Path() string { return fmt.Sprintf("/dev/abuse%d", s.cfg.DevID) }
+// Path returns the device node, /dev/abuseN or /dev/ublkbN.
+func (s *Server) Path() string { return "/dev/" + s.Name() }
 
-// Index returns N of /dev/abuseN.
+// Name returns the disk's name in /sys/block: abuseN or ublkbN.
+func (s *Server) Name() string {
+	if s.u != nil {
+		return fmt.Sprintf("ublkb%d", s.cfg.DevID)
+	}
+	return fmt.Sprintf("abuse%d", s.cfg.DevID)
+}
+
+// Driver returns the kernel interface serving the device: "abuse" or "ublk".
+func (s *Server) Driver() string {
+	if s.u != nil {
+		return DriverUblk
+	}
+	return DriverAbuse
+}
+
+// Index returns N of /dev/abuseN (/dev/ublkbN).
 func (s *Server) Index() int { return int(s.cfg.DevID) }
 
 // DeviceConfig returns the effective device configuration.
@@ -259,7 +292,17 @@ func (s *Server) Close(wait time.Duration) error {
 			s.mu.Unlock()
 			break
 		}
-		err = s.ctl.Remove(int(s.cfg.DevID))
+		if s.u != nil {
+			// ublk deletes a disk under a mounted file system; refuse
+			// that like ABUSE does.
+			if s.ublkBusy() {
+				err = unix.EBUSY
+			} else {
+				s.removed = true // detach stops and deletes it
+			}
+		} else {
+			err = s.ctl.Remove(int(s.cfg.DevID))
+		}
 		if err == nil {
 			s.removed = true
 		}
@@ -281,7 +324,8 @@ func (s *Server) Close(wait time.Duration) error {
 
 // Detach stops serving without removing the device: the kernel fails its
 // I/O, or holds it for a new server if it was created with ReconnectMs.
-// Requests the backend is still working on are finished (their results
+// On ublk a device cannot outlive its server: Detach deletes it even when
+// it is mounted (STOP_DEV then DEL_DEV; the file system sees EIO). Requests the backend is still working on are finished (their results
 // are dropped) before Detach returns.
 func (s *Server) Detach() error {
 	err := s.detach()
@@ -298,8 +342,14 @@ func (s *Server) detach() error {
 	}
 	s.detached = true
 	s.mu.Unlock()
-	st := s.stopQueues()
-	err := s.ctl.Close()
+	var st Stats
+	var err error
+	if s.u != nil {
+		st, err = s.detachUblk()
+	} else {
+		st = s.stopQueues()
+		err = s.ctl.Close()
+	}
 	s.mu.Lock()
 	s.stats = st
 	s.mu.Unlock()

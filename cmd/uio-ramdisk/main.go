@@ -1,8 +1,14 @@
-// Command uio-ramdisk serves a userspace block device /dev/abuseN (kernel
-// module kmod/abuse.ko) from RAM or from a file, on the uio engine:
+// Command uio-ramdisk serves a userspace block device from RAM or from a
+// file, on the uio engine, over ABUSE (/dev/abuseN, kernel module
+// kmod/abuse.ko) or the kernel's ublk (/dev/ublkbN, ublk_drv):
 //
 //	uio-ramdisk -size 1G                       # sparse RAM disk
 //	uio-ramdisk -file /var/tmp/disk.img -size 4G
+//	uio-ramdisk -driver ublk -size 1G          # on a stock kernel: modprobe ublk_drv
+//
+// -driver auto (the default) uses ABUSE when /dev/abctl exists, else ublk.
+// Every other flag means the same on both, except -attach and
+// -reconnect-ms, which only ABUSE has (a ublk device ends with its server).
 //
 // It prints the device path on stdout once the device exists and serves
 // until SIGINT or SIGTERM, then removes the device (waiting up to -remove-wait
@@ -36,10 +42,12 @@ func main() {
 	file := flag.String("file", "", "serve this file (or block device) instead of RAM; created/extended to -size")
 	noDirect := flag.Bool("no-direct", false, "with -file: never use O_DIRECT")
 	chunkStr := flag.String("chunk", "1M", "RAM allocation unit (power of two, 4K..64M)")
-	engine := flag.String("backend", "auto", "engine backend: aio, uring or auto")
-	index := flag.Int("index", -1, "create /dev/abuseN with this N (-1: first free)")
-	attach := flag.Bool("attach", false, "serve the existing device -index (its previous server is gone) instead of creating one")
-	reconnect := flag.Int("reconnect-ms", 0, "hold the device's I/O this long for a new server if this one dies")
+	engine := flag.String("backend", "auto", "engine backend: aio, uring or auto (ublk needs uring)")
+	driver := flag.String("driver", "auto", "kernel interface: abuse (abuse.ko), ublk (ublk_drv) or auto (abuse when /dev/abctl exists, else ublk)")
+	ublkCopy := flag.String("ublk-copy", "auto", "ublk data path: auto (USER_COPY where the kernel has it, 6.5+) or buffers (per-tag buffers the kernel copies through)")
+	index := flag.Int("index", -1, "create /dev/abuseN (/dev/ublkbN) with this N (-1: first free)")
+	attach := flag.Bool("attach", false, "serve the existing device -index (its previous server is gone) instead of creating one (abuse only)")
+	reconnect := flag.Int("reconnect-ms", 0, "hold the device's I/O this long for a new server if this one dies (abuse only)")
 	ready := flag.String("ready", "", "also write the device path to this file once it exists")
 	removeWait := flag.Duration("remove-wait", 5*time.Second, "on SIGINT/SIGTERM, keep retrying removal of a busy device this long")
 	level := flag.String("log", "info", "log level: debug, info, warn, error")
@@ -107,11 +115,11 @@ func main() {
 	srv, err := blockdev.Serve(blockdev.Config{
 		Backend: be, Size: size, BlockSize: *bs, Queues: *queues, Depth: *depth, MaxIO: int(maxIO),
 		ReadOnly: *readOnly, WriteCache: writeCache, Index: *index, Attach: *attach,
-		ReconnectMs: *reconnect, Engine: *engine, Logger: log,
+		ReconnectMs: *reconnect, Engine: *engine, Driver: *driver, UblkCopy: *ublkCopy, Logger: log,
 	})
 	if err != nil {
 		switch {
-		case errors.Is(err, blockdev.ErrNoModule):
+		case errors.Is(err, blockdev.ErrNoModule), errors.Is(err, blockdev.ErrNoUblk):
 			usage("%v", err)
 		case errors.Is(err, unix.EEXIST), errors.Is(err, unix.EBUSY):
 			usage("device busy: %v", err)
@@ -159,7 +167,7 @@ func main() {
 		// Every queue stopped: the device was removed (or taken over)
 		// by someone else, or serving failed.
 		srv.Detach()
-		if _, err := os.Stat(fmt.Sprintf("/sys/block/abuse%d", srv.Index())); err == nil {
+		if _, err := os.Stat("/sys/block/" + srv.Name()); err == nil {
 			log.Error("stopped serving; the device remains", zap.String("path", srv.Path()))
 			os.Exit(1)
 		}
