@@ -72,6 +72,9 @@ const (
 	// io_uring only, Linux 5.19): command CmdOp with payload Cmd, copied
 	// into the SQE when the op is staged. Cmd holds up to 16 bytes, or 80
 	// on a loop with Config.SQE128. On AIO it completes with -EOPNOTSUPP.
+	// The engine keeps Cmd itself alive, but not memory whose address a
+	// payload carries (ublk's buffer addresses): that memory must be on
+	// the heap or mapped, never a goroutine's stack, which moves.
 	OpUringCmd
 	opKindEnd
 )
