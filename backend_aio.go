@@ -189,15 +189,7 @@ func (b *aioBackend) Prepare(id OpID, op *Op) error {
 		cb.PrepFdsync(op.Fd)
 	case OpRecv:
 		if op.Flags&^aioRecvOwnFlags != 0 {
-			s.kind = aioRecvPoll
-			if op.Flags&unix.MSG_DONTWAIT != 0 {
-				// No waiting asked for: the call itself, now.
-				res, _ := b.flaggedIO(s)
-				b.ready.add(id, res)
-				return nil
-			}
-			cb.PrepPoll(op.Fd, unix.POLLIN)
-			break
+			return b.callAfterPoll(id, s, aioRecvPoll, unix.POLLIN)
 		}
 		// RWF_NOWAIT: a blocking socket must not stall the loop inside
 		// io_submit; -EAGAIN sends the engine to wait for POLLIN.
@@ -205,30 +197,15 @@ func (b *aioBackend) Prepare(id OpID, op *Op) error {
 		cb.RWFlags = aio.RWF_NOWAIT
 	case OpSend:
 		if op.Flags&^aioSendOwnFlags != 0 {
-			s.kind = aioSendPoll
-			if op.Flags&unix.MSG_DONTWAIT != 0 {
-				res, _ := b.flaggedIO(s)
-				b.ready.add(id, res)
-				return nil
-			}
-			cb.PrepPoll(op.Fd, unix.POLLOUT)
-			break
+			return b.callAfterPoll(id, s, aioSendPoll, unix.POLLOUT)
 		}
 		cb.PrepPwrite(op.Fd, op.Buf, 0)
 		cb.RWFlags = aio.RWF_NOWAIT | b.nosignal
-	case OpRecvmsg, OpSendmsg:
-		// No iocb carries a msghdr: readiness first, then the call.
-		events := uint32(unix.POLLIN)
-		s.kind = aioRecvPoll
-		if op.Kind == OpSendmsg {
-			s.kind, events = aioSendPoll, unix.POLLOUT
-		}
-		if op.Flags&unix.MSG_DONTWAIT != 0 {
-			res, _ := b.flaggedIO(s)
-			b.ready.add(id, res)
-			return nil
-		}
-		cb.PrepPoll(op.Fd, events)
+	case OpRecvmsg:
+		// No iocb carries a msghdr.
+		return b.callAfterPoll(id, s, aioRecvPoll, unix.POLLIN)
+	case OpSendmsg:
+		return b.callAfterPoll(id, s, aioSendPoll, unix.POLLOUT)
 	case OpPoll:
 		s.kind = aioPoll
 		cb.PrepPoll(op.Fd, op.Events)
@@ -256,6 +233,23 @@ func (b *aioBackend) Prepare(id OpID, op *Op) error {
 		return nil
 	}
 	cb.Data = uint64(id)
+	b.ops++
+	b.stage(s)
+	return nil
+}
+
+// callAfterPoll stages a POLL for events, after which the op's socket call
+// runs inline (flaggedIO); with MSG_DONTWAIT, where no waiting is asked
+// for, the call runs now.
+func (b *aioBackend) callAfterPoll(id OpID, s *aioSlot, kind aioSlotKind, events uint32) error {
+	s.kind = kind
+	if s.op.Flags&unix.MSG_DONTWAIT != 0 {
+		res, _ := b.flaggedIO(s)
+		b.ready.add(id, res)
+		return nil
+	}
+	s.cb.PrepPoll(s.op.Fd, events)
+	s.cb.Data = uint64(id)
 	b.ops++
 	b.stage(s)
 	return nil
