@@ -180,8 +180,10 @@ func TestNBDAgainstNBDKit(t *testing.T) {
 	}
 }
 
-// TestNBDSyncAndMultiConn uses the Backend methods directly (the backend's
-// own loop) and two connections driven by two loops.
+// TestNBDSyncAndMultiConn uses the Backend methods directly (they bind
+// connection 0 to the backend's own loop), dials two connections (nbdkit
+// offers multi-conn), then serves queue 0 from another loop: its requests
+// hop to connection 0's loop and their completions back.
 func TestNBDSyncAndMultiConn(t *testing.T) {
 	addr, _ := startNBDKit(t, "4M")
 	d := dialTest(t, addr, NBDOptions{Conns: 2})
@@ -205,7 +207,7 @@ func TestNBDSyncAndMultiConn(t *testing.T) {
 	if err := d.ReadAt(got[:4096], 4<<20); !errors.Is(err, unix.EINVAL) {
 		t.Fatalf("read past the end: %v, want EINVAL", err)
 	}
-	// Queue 1 on its own connection and loop, concurrently with queue 0.
+	// Queue 0's loop is not connection 0's: the hop there and back.
 	_, k0 := testServer(t, d, "auto", 16, 64<<10, false)
 	w := k0.submit(abuse.OpWrite, 0, 4096, bytes.Repeat([]byte{7}, 4096))
 	if r := wait(t, w); r != 0 {
