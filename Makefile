@@ -27,7 +27,7 @@ vet:
 # module importing uio built with no flags (check-import). The Pebble
 # example is a module of its own, so ./... does not reach it.
 test: deps
-	UIO_REQUIRE_STRACE=1 $(GO) test -count=1 -timeout 20m ./...
+	UIO_REQUIRE_STRACE=1 UIO_REQUIRE_NBDKIT=1 $(GO) test -count=1 -timeout 20m ./...
 	$(GO) test -race -count=1 -timeout 10m . ./aio ./uring
 	$(GO) test $(GIOURING_FLAGS) -count=1 -timeout 10m . ./uring
 	GO=$(GO) ./scripts/check-import.sh

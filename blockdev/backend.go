@@ -41,6 +41,30 @@ type ZeroWriter interface {
 	WriteZeroes(off, n int64) error
 }
 
+// Supporter is a Backend whose optional operations are known only at run
+// time (an NBD export offers TRIM or not): where it implements Discarder
+// or ZeroWriter, the server offers DISCARD or WRITE_ZEROES to the kernel
+// only if Supports says so too.
+type Supporter interface {
+	Supports(op Op) bool
+}
+
+// backendSupports reports whether the server offers op (DISCARD or
+// WRITE_ZEROES) for be.
+func backendSupports(be Backend, op Op) bool {
+	var ok bool
+	switch op {
+	case OpDiscard:
+		_, ok = be.(Discarder)
+	case OpWriteZeroes:
+		_, ok = be.(ZeroWriter)
+	}
+	if s, is := be.(Supporter); ok && is {
+		ok = s.Supports(op)
+	}
+	return ok
+}
+
 // Mapper is a Backend whose data lives in this process's memory. Mapped
 // returns the n bytes at off when they are one contiguous piece of memory
 // that stays valid (is not unmapped or reused) while the server holds the

@@ -62,4 +62,18 @@
 // ReconnectMs and Attach are therefore ABUSE-only. Close refuses (EBUSY)
 // while the disk is mounted or held exclusively, as on ABUSE; Detach
 // deletes it regardless.
+//
+// # NBD
+//
+// NBD (DialNBD) is a backend whose blocks live in a remote NBD export
+// (package blockdev/nbd has the protocol). Each hardware queue has its own
+// TCP connection, bound to that queue's loop on its first request: the
+// loop that fetches the kernel's block requests also sends them to the
+// server (one gathered sendmsg per batch) and receives the replies (one
+// receive always in flight), with no other thread involved. Optional
+// operations follow the server's transmission flags through Supporter:
+// DISCARD only with NBD_FLAG_SEND_TRIM, WRITE_ZEROES only with
+// NBD_FLAG_SEND_WRITE_ZEROES, FLUSH/FUA only with NBD_FLAG_SEND_FLUSH
+// (then serve with Config.WriteCache). A connection that breaks fails its
+// requests with EIO and is not reconnected.
 package blockdev

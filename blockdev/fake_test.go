@@ -133,8 +133,8 @@ func testServer(t *testing.T, be Backend, engine string, depth, maxIO int, readO
 		detachedCh: make(chan struct{}),
 		geo:        geometry{size: be.Size(), blockSize: 512, maxIO: maxIO, readOnly: readOnly, flush: true},
 	}
-	_, s.geo.discard = be.(Discarder)
-	_, s.geo.zeroes = be.(ZeroWriter)
+	s.geo.discard = backendSupports(be, OpDiscard)
+	s.geo.zeroes = backendSupports(be, OpWriteZeroes)
 	s.async, _ = be.(AsyncBackend)
 	s.mapper, _ = be.(Mapper)
 	k := newFakeKQ(t, depth, maxIO)

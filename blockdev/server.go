@@ -148,8 +148,8 @@ func Serve(cfg Config) (*Server, error) {
 			flush:     dc.Flags&abuse.DevWriteCache != 0,
 		},
 	}
-	_, s.geo.discard = cfg.Backend.(Discarder)
-	_, s.geo.zeroes = cfg.Backend.(ZeroWriter)
+	s.geo.discard = backendSupports(cfg.Backend, OpDiscard)
+	s.geo.zeroes = backendSupports(cfg.Backend, OpWriteZeroes)
 	s.async, _ = cfg.Backend.(AsyncBackend)
 	s.mapper, _ = cfg.Backend.(Mapper)
 	if s.engine == "" {
@@ -242,10 +242,10 @@ func deviceConfig(cfg *Config) (abuse.DevConfig, error) {
 		dc.Flags |= abuse.DevWriteCache | abuse.DevFUA
 	}
 	const maxSectors = 1 << 22 // 2 GiB per DISCARD/WRITE_ZEROES
-	if _, ok := cfg.Backend.(Discarder); ok {
+	if backendSupports(cfg.Backend, OpDiscard) {
 		dc.MaxDiscardSectors = maxSectors
 	}
-	if _, ok := cfg.Backend.(ZeroWriter); ok {
+	if backendSupports(cfg.Backend, OpWriteZeroes) {
 		dc.MaxWriteZeroesSectors = maxSectors
 	}
 	return dc, nil

@@ -285,8 +285,8 @@ func serveUblk(cfg Config, dc abuse.DevConfig, log *zap.Logger) (*Server, error)
 	if err != nil {
 		return nil, err
 	}
-	_, discard := cfg.Backend.(Discarder)
-	_, zeroes := cfg.Backend.(ZeroWriter)
+	discard := backendSupports(cfg.Backend, OpDiscard)
+	zeroes := backendSupports(cfg.Backend, OpWriteZeroes)
 	if err := u.add(&dc, discard, zeroes, cfg.UblkCopy != "buffers"); err != nil {
 		u.close()
 		return nil, err

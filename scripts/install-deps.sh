@@ -5,6 +5,7 @@
 #   - Go: the module wants go >= 1.26. Where no go is installed, Debian's
 #     golang-1.23 (bookworm-backports) is installed and fetches the go1.26
 #     toolchain from the module proxy by itself (GOTOOLCHAIN=auto).
+#   - nbdkit: blockdev's NBD client is tested against its memory plugin.
 #   - Go modules: go mod download.
 set -euo pipefail
 
@@ -13,6 +14,7 @@ command -v strace >/dev/null || need_apt+=(strace)
 command -v gcc >/dev/null || need_apt+=(gcc libc6-dev)
 command -v make >/dev/null || need_apt+=(make)
 command -v bc >/dev/null || need_apt+=(bc) # kmod/test.sh times its steps with it
+command -v nbdkit >/dev/null || need_apt+=(nbdkit) # blockdev's NBD tests (memory plugin, delay filter)
 
 GO=$(command -v go || true)
 [ -z "$GO" ] && [ -x /usr/local/go/bin/go ] && GO=/usr/local/go/bin/go

@@ -5,6 +5,12 @@
 //	uio-ramdisk -size 1G                       # sparse RAM disk
 //	uio-ramdisk -file /var/tmp/disk.img -size 4G
 //	uio-ramdisk -driver ublk -size 1G          # on a stock kernel: modprobe ublk_drv
+//	uio-ramdisk -nbd 127.0.0.1:10809/disk      # the blocks of a remote NBD export
+//
+// -nbd host:port[/export] makes the device an NBD client of that export:
+// one TCP connection per queue, driven by the queue's own engine loop. The
+// size (default), read-only, FLUSH/FUA, DISCARD and WRITE_ZEROES come from
+// the server; if the connection breaks, the device's I/O fails with EIO.
 //
 // -driver auto (the default) uses ABUSE when /dev/abctl exists, else ublk.
 // Every other flag means the same on both, except -attach and
@@ -40,6 +46,7 @@ func main() {
 	maxIOStr := flag.String("max-io", "1M", "largest request (4K..8M)")
 	readOnly := flag.Bool("ro", false, "read-only device")
 	file := flag.String("file", "", "serve this file (or block device) instead of RAM; created/extended to -size")
+	nbdTarget := flag.String("nbd", "", "serve a remote NBD export instead of RAM: host:port[/export] (port default 10809); one connection per queue")
 	noDirect := flag.Bool("no-direct", false, "with -file: never use O_DIRECT")
 	chunkStr := flag.String("chunk", "1M", "RAM allocation unit (power of two, 4K..64M)")
 	engine := flag.String("backend", "auto", "engine backend: aio, uring or auto (ublk needs uring)")
@@ -79,7 +86,7 @@ func main() {
 		if size%int64(*bs) != 0 {
 			usage("-size %d is not a multiple of the block size %d", size, *bs)
 		}
-	} else if *file == "" && !*attach {
+	} else if *file == "" && *nbdTarget == "" && !*attach {
 		usage("-size is required (e.g. -size 1G)")
 	}
 	maxIO, err := blockdev.ParseSize(*maxIOStr)
@@ -93,7 +100,41 @@ func main() {
 
 	var be blockdev.Backend
 	writeCache := false
-	if *file != "" {
+	if *file != "" && *nbdTarget != "" {
+		usage("-file and -nbd exclude each other")
+	}
+	if *nbdTarget != "" {
+		addr, export, err := blockdev.ParseNBDTarget(*nbdTarget)
+		if err != nil {
+			usage("-nbd: %v", err)
+		}
+		d, err := blockdev.DialNBD(addr, blockdev.NBDOptions{Export: export, Conns: *queues, Logger: log})
+		if err != nil {
+			usage("-nbd: %v", err)
+		}
+		defer d.Close()
+		if size == 0 {
+			size = d.Size() / int64(*bs) * int64(*bs)
+			if size != d.Size() {
+				log.Warn("NBD export size is not a multiple of the block size; the tail is not used", zap.Int64("export_size", d.Size()), zap.Int64("size", size))
+			}
+		}
+		if size > d.Size() {
+			usage("-size %d exceeds the NBD export's %d bytes", size, d.Size())
+		}
+		if maxIO > int64(d.MaxIO()) {
+			usage("-max-io %d exceeds the NBD server's largest request, %d bytes", maxIO, d.MaxIO())
+		}
+		if *bs%d.MinBlock() != 0 {
+			usage("-bs %d is not a multiple of the NBD server's minimum block size %d", *bs, d.MinBlock())
+		}
+		*readOnly = *readOnly || d.ReadOnly()
+		writeCache = d.Supports(blockdev.OpFlush)
+		log.Info("NBD backend", zap.String("addr", addr), zap.String("export", export), zap.Int64("size", d.Size()),
+			zap.Bool("read_only", d.ReadOnly()), zap.Bool("flush", writeCache), zap.Bool("trim", d.Supports(blockdev.OpDiscard)),
+			zap.Bool("write_zeroes", d.Supports(blockdev.OpWriteZeroes)), zap.Int("connections", *queues))
+		be = d
+	} else if *file != "" {
 		f, err := blockdev.OpenFile(*file, blockdev.FileOptions{Size: size, BlockSize: *bs, ReadOnly: *readOnly, NoDirect: *noDirect})
 		if err != nil {
 			usage("%v", err)
