@@ -14,6 +14,7 @@
 #   LAB=/var/tmp/abuse-vmtest/FLAVOUR   scratch dir (kept; console.log is there)
 #   BOOT_TIMEOUT=900    wall-clock limit for the VM in seconds
 #   FUZZ_N=3000         iterations per fuzz target in the guest
+#   RACE_N=2000         devices created by the ADD/ATTACH/REMOVE race check
 #   KVER=               exact kernel release (default: newest installed of FLAVOUR)
 #   SKIP_INSTALL=1      never call apt-get
 # Knobs for other guest programs (bench/blockdev/run.sh uses them):
@@ -37,6 +38,7 @@ REPO=$(dirname "$KMOD")
 LAB=${LAB:-/var/tmp/abuse-vmtest/$FLAVOUR}
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-900}
 FUZZ_N=${FUZZ_N:-3000}
+RACE_N=${RACE_N:-2000}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
 GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 GUEST_SCRIPT=${GUEST_SCRIPT:-$HERE/guest.sh}
@@ -189,7 +191,7 @@ depmod -b "$R" "$KVER"
 cat >"$R/init" <<EOF
 #!/bin/busybox sh
 GUEST_MODS="$GUEST_MODS"
-export FUZZ_N=$FUZZ_N
+export FUZZ_N=$FUZZ_N RACE_N=$RACE_N
 EOF
 cat >>"$R/init" <<'EOF'
 /bin/busybox --install -s
