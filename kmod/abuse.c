@@ -29,6 +29,7 @@
 #include <linux/poll.h>
 #include <linux/idr.h>
 #include <linux/highmem.h>
+#include <linux/pagemap.h>
 #include <linux/uaccess.h>
 #include <linux/workqueue.h>
 #include <linux/slab.h>
@@ -38,10 +39,18 @@
 #include "include/uapi/linux/abuse.h"
 #include "abuse_compat.h"
 
+/*
+ * A request is only ever held where nothing can make it wait for the
+ * server: BUSY covers a copy with page faults disabled.  Faulting the
+ * server's memory in (which may sleep for as long as the server likes,
+ * e.g. on userfaultfd) happens with the request PENDING-like (FAULTING) or
+ * INFLIGHT, states its I/O timeout and server loss can end.
+ */
 enum abuse_cmd_state {
 	ABUSE_CMD_FREE,		/* not owned by abuse (or finished) */
 	ABUSE_CMD_PENDING,	/* queued, waiting for the server */
-	ABUSE_CMD_BUSY,		/* an ioctl is copying data for it */
+	ABUSE_CMD_FAULTING,	/* fetched, pages untouched, server memory being faulted in */
+	ABUSE_CMD_BUSY,		/* an ioctl is copying its data, faults disabled */
 	ABUSE_CMD_INFLIGHT,	/* handed to the server */
 };
 
@@ -163,6 +172,11 @@ static void abuse_dev_put(struct abuse_dev *dev)
 	kref_put(&dev->kref, abuse_dev_free);
 }
 
+static struct abuse_cmd *abuse_rq_cmd(struct request *rq)
+{
+	return blk_mq_rq_to_pdu(rq);
+}
+
 static void abuse_wake(struct abuse_queue *q)
 {
 	/*
@@ -174,7 +188,15 @@ static void abuse_wake(struct abuse_queue *q)
 
 /* ---------------------------------------------------------------- data */
 
-/* Copy between the bio pages of @rq and user memory at @uaddr. */
+/* Tries of a data copy whose user pages keep going missing. */
+#define ABUSE_COPY_TRIES	8
+
+/*
+ * Copy between the bio pages of @rq and user memory at @uaddr with page
+ * faults disabled.  Returns 0, -EFAULT for an address the server may not
+ * use, or -EAGAIN when a page is not present: fault it in (abuse_fault_in)
+ * with the request released, then try again.
+ */
 static int abuse_copy_rq(struct request *rq, u64 uaddr, bool to_user)
 {
 	struct req_iterator iter;
@@ -187,6 +209,7 @@ static int abuse_copy_rq(struct request *rq, u64 uaddr, bool to_user)
 				u64_to_user_ptr(uaddr), blk_rq_bytes(rq), &ui);
 	if (ret)
 		return ret;
+	pagefault_disable();
 	rq_for_each_segment(bv, rq, iter) {
 		if (to_user) {
 			n = copy_page_to_iter(bv.bv_page, bv.bv_offset,
@@ -196,10 +219,25 @@ static int abuse_copy_rq(struct request *rq, u64 uaddr, bool to_user)
 						bv.bv_len, &ui);
 			flush_dcache_page(bv.bv_page);
 		}
-		if (n != bv.bv_len)
-			return -EFAULT;
+		if (n != bv.bv_len) {
+			ret = -EAGAIN;
+			break;
+		}
 	}
-	return 0;
+	pagefault_enable();
+	return ret;
+}
+
+/* Fault in @len bytes of server memory at @uaddr; this may sleep. */
+static bool abuse_fault_in(u64 uaddr, size_t len, bool write)
+{
+	char __user *p = u64_to_user_ptr(uaddr);
+
+	if (!len)
+		return true;
+	if (write)
+		return !fault_in_writeable(p, len);
+	return !fault_in_readable(p, len);
 }
 
 static u32 abuse_rq_op_flags(struct request *rq)
@@ -299,6 +337,7 @@ static blk_status_t abuse_queue_rq(struct blk_mq_hw_ctx *hctx,
 	blk_mq_start_request(rq);
 	q->tags[rq->tag].rq = rq;
 	cmd->state = ABUSE_CMD_PENDING;
+	cmd->seq = 0;
 	list_add_tail(&cmd->node, &q->pending);
 	spin_unlock_irqrestore(&q->lock, flags);
 	/* One wakeup per batch: .commit_rqs covers a batch cut short. */
@@ -326,9 +365,9 @@ static int abuse_init_hctx(struct blk_mq_hw_ctx *hctx, void *data,
 /*
  * A request has waited cfg.io_timeout_ms for the server.  Fail it with EIO
  * (and, with ABUSE_DEV_F_TIMEOUT_DEAD, end the server generation as if the
- * server had died).  Requests whose data is being copied right now cannot
- * be ended under the copier, and requests held for a reconnect are bounded
- * by the reconnect window: both get a new period.
+ * server had died).  A request whose data is being copied right now (a
+ * copy that cannot sleep) and requests held for a reconnect (bounded by the
+ * reconnect window) get a new period.
  */
 static enum blk_eh_timer_return abuse_timeout(struct request *rq)
 {
@@ -342,8 +381,7 @@ static enum blk_eh_timer_return abuse_timeout(struct request *rq)
 
 	spin_lock_irqsave(&q->lock, flags);
 	if (t->rq != rq || q->state == ABUSE_Q_WAITING ||
-	    (cmd->state != ABUSE_CMD_PENDING &&
-	     cmd->state != ABUSE_CMD_INFLIGHT)) {
+	    cmd->state == ABUSE_CMD_BUSY || cmd->state == ABUSE_CMD_FREE) {
 		spin_unlock_irqrestore(&q->lock, flags);
 		return BLK_EH_RESET_TIMER;
 	}
@@ -351,7 +389,7 @@ static enum blk_eh_timer_return abuse_timeout(struct request *rq)
 	if (inflight) {
 		t->expired_seq = cmd->seq;
 		q->nr_expired++;
-	} else {
+	} else if (cmd->state == ABUSE_CMD_PENDING) {
 		list_del_init(&cmd->node);
 	}
 	cmd->state = ABUSE_CMD_FREE;
@@ -433,6 +471,7 @@ static void abuse_queue_fail_all(struct abuse_queue *q)
 			if (cmd->state == ABUSE_CMD_PENDING)
 				list_del_init(&cmd->node);
 			if (cmd->state == ABUSE_CMD_PENDING ||
+			    cmd->state == ABUSE_CMD_FAULTING ||
 			    cmd->state == ABUSE_CMD_INFLIGHT) {
 				t->rq = NULL;
 				cmd->state = ABUSE_CMD_FREE;
@@ -985,74 +1024,135 @@ static void abuse_flush_done(struct abuse_dev *dev, s64 mark)
 	}
 }
 
+/* End a request the caller holds (BUSY or FAULTING). */
+static void abuse_end_held(struct abuse_queue *q, struct request *rq,
+			   blk_status_t sts)
+{
+	spin_lock_irq(&q->lock);
+	q->tags[rq->tag].rq = NULL;
+	abuse_rq_cmd(rq)->state = ABUSE_CMD_FREE;
+	spin_unlock_irq(&q->lock);
+	blk_mq_end_request(rq, sts);
+}
+
+/*
+ * The in-flight request a completion names, with the queue lock held.
+ * NULL: it timed out, and this late completion is accepted and ignored.
+ */
+static struct request *abuse_find_inflight(struct abuse_queue *q,
+					   struct abuse_qfile *qf,
+					   const struct abuse_completion *c)
+{
+	struct abuse_tag *t = &q->tags[c->tag];
+	struct abuse_cmd *cmd;
+
+	if (q->gen != qf->gen || q->state != ABUSE_Q_LIVE)
+		return ERR_PTR(-ENOTCONN);
+	cmd = t->rq ? blk_mq_rq_to_pdu(t->rq) : NULL;
+	if (cmd && cmd->state == ABUSE_CMD_INFLIGHT && cmd->seq == c->seq)
+		return t->rq;
+	if (t->expired_seq && c->seq == t->expired_seq) {
+		/* the request timed out: the tag is free again */
+		t->expired_seq = 0;
+		q->nr_expired--;
+		return NULL;
+	}
+	return ERR_PTR(-ENOENT);
+}
+
+/*
+ * Give back a BUSY request whose copy found a page missing, so that it can
+ * time out while the page is faulted in: in flight again, or wherever the
+ * end of its server generation meanwhile would have put it (failed, or
+ * pending for the next server, which may be asleep in poll already).
+ */
+static int abuse_unhold_inflight(struct abuse_queue *q, struct abuse_qfile *qf,
+				 struct request *rq)
+{
+	struct abuse_cmd *cmd = blk_mq_rq_to_pdu(rq);
+
+	spin_lock_irq(&q->lock);
+	if (q->state == ABUSE_Q_DEAD) {
+		spin_unlock_irq(&q->lock);
+		abuse_end_held(q, rq, BLK_STS_IOERR);
+		return -ENOTCONN;
+	}
+	if (q->gen != qf->gen) {
+		cmd->state = ABUSE_CMD_PENDING;
+		list_add(&cmd->node, &q->pending);
+		spin_unlock_irq(&q->lock);
+		abuse_wake(q);
+		return -ENOTCONN;
+	}
+	cmd->state = ABUSE_CMD_INFLIGHT;
+	spin_unlock_irq(&q->lock);
+	return 0;
+}
+
 static int abuse_complete_one(struct abuse_qfile *qf,
 			      const struct abuse_completion *c)
 {
 	struct abuse_queue *q = qf->q;
 	struct abuse_dev *dev = q->dev;
-	struct abuse_cmd *cmd;
-	struct abuse_tag *t;
+	bool bad_addr = false;
 	struct request *rq;
 	blk_status_t sts;
-	u64 addr;
-	int ret = 0;
+	u64 addr = 0;
+	int tries, ret;
 
 	if (c->flags || c->result > 0 || c->result < -MAX_ERRNO ||
 	    c->tag >= dev->cfg.queue_depth)
 		return -EINVAL;
-	t = &q->tags[c->tag];
 
-	spin_lock_irq(&q->lock);
-	if (q->gen != qf->gen || q->state != ABUSE_Q_LIVE) {
-		spin_unlock_irq(&q->lock);
-		return -ENOTCONN;
-	}
-	rq = t->rq;
-	cmd = rq ? blk_mq_rq_to_pdu(rq) : NULL;
-	if (!cmd || cmd->state != ABUSE_CMD_INFLIGHT || cmd->seq != c->seq) {
-		ret = -ENOENT;
-		if (t->expired_seq && c->seq == t->expired_seq) {
-			/* the request timed out: the tag is free again */
-			t->expired_seq = 0;
-			q->nr_expired--;
-			ret = 0;
+	for (tries = 0; ; tries++) {
+		spin_lock_irq(&q->lock);
+		rq = abuse_find_inflight(q, qf, c);
+		if (IS_ERR_OR_NULL(rq)) {
+			spin_unlock_irq(&q->lock);
+			return PTR_ERR_OR_ZERO(rq);
+		}
+		if (c->addr && req_op(rq) != REQ_OP_READ) {
+			spin_unlock_irq(&q->lock);
+			return -EINVAL;
+		}
+		abuse_rq_cmd(rq)->state = ABUSE_CMD_BUSY;
+		/*
+		 * Count what the server acknowledged while its generation is
+		 * certainly current: abuse_server_lost() reads these counters
+		 * after ending the generation under this lock.
+		 */
+		if (!c->result && (dev->cfg.flags & ABUSE_DEV_F_WRITE_CACHE)) {
+			if (req_op(rq) == REQ_OP_FLUSH)
+				abuse_flush_done(dev, abuse_rq_cmd(rq)->wr_mark);
+			else if (abuse_is_write(rq) && !(rq->cmd_flags & REQ_FUA))
+				atomic64_inc(&dev->wr_acked);
 		}
 		spin_unlock_irq(&q->lock);
-		return ret;
-	}
-	if (c->addr && req_op(rq) != REQ_OP_READ) {
-		spin_unlock_irq(&q->lock);
-		return -EINVAL;
-	}
-	cmd->state = ABUSE_CMD_BUSY;
-	/*
-	 * Count what the server acknowledged while its generation is
-	 * certainly current: abuse_server_lost() reads these counters after
-	 * ending the generation under this lock.
-	 */
-	if (!c->result && (dev->cfg.flags & ABUSE_DEV_F_WRITE_CACHE)) {
-		if (req_op(rq) == REQ_OP_FLUSH)
-			abuse_flush_done(dev, cmd->wr_mark);
-		else if (abuse_is_write(rq) && !(rq->cmd_flags & REQ_FUA))
-			atomic64_inc(&dev->wr_acked);
-	}
-	spin_unlock_irq(&q->lock);
 
-	sts = errno_to_blk_status(c->result);
-	if (!c->result && req_op(rq) == REQ_OP_READ) {
+		sts = errno_to_blk_status(c->result);
+		ret = 0;
+		if (c->result || req_op(rq) != REQ_OP_READ)
+			break;
+		if (bad_addr) {
+			ret = -EFAULT;
+			break;
+		}
 		addr = c->addr ? c->addr :
 		       qf->buf_addr + (u64)c->tag * dev->cfg.max_io_bytes;
-		if (abuse_copy_rq(rq, addr, false)) {
-			sts = BLK_STS_IOERR;
+		ret = abuse_copy_rq(rq, addr, false);
+		if (ret != -EAGAIN)
+			break;
+		if (tries == ABUSE_COPY_TRIES) {
 			ret = -EFAULT;
+			break;
 		}
+		ret = abuse_unhold_inflight(q, qf, rq);
+		if (ret)
+			return ret;
+		bad_addr = !abuse_fault_in(addr, blk_rq_bytes(rq), false);
 	}
-
-	spin_lock_irq(&q->lock);
-	t->rq = NULL;
-	cmd->state = ABUSE_CMD_FREE;
-	spin_unlock_irq(&q->lock);
-	blk_mq_end_request(rq, sts);
+	/* A bad address ends that request with EIO, as a bad WRITE buffer does. */
+	abuse_end_held(q, rq, ret ? BLK_STS_IOERR : sts);
 	return ret;
 }
 
@@ -1070,82 +1170,130 @@ static struct abuse_cmd *abuse_first_ready(struct abuse_queue *q)
 	return NULL;
 }
 
+static void abuse_fill_request(struct abuse_qfile *qf, struct request *rq,
+			       struct abuse_request *r)
+{
+	struct abuse_queue *q = qf->q;
+
+	memset(r, 0, sizeof(*r));
+	r->seq = abuse_rq_cmd(rq)->seq;
+	if (req_op(rq) != REQ_OP_FLUSH) {
+		r->offset = (u64)blk_rq_pos(rq) << SECTOR_SHIFT;
+		r->len = blk_rq_bytes(rq);
+	}
+	r->op_flags = abuse_rq_op_flags(rq);
+	r->tag = rq->tag;
+	r->queue_id = q->id;
+	if (req_op(rq) == REQ_OP_WRITE)
+		r->addr = qf->buf_addr + (u64)r->tag * q->dev->cfg.max_io_bytes;
+}
+
 /* Hand one pending request to the server; 0 = stored, 1 = none left. */
 static int abuse_fetch_one(struct abuse_qfile *qf, struct abuse_request __user *ureq)
 {
 	struct abuse_queue *q = qf->q;
-	struct abuse_request r = { 0 };
+	struct abuse_request r;
 	struct abuse_cmd *cmd;
 	struct request *rq;
-	int ret = 0;
+	bool bad_buf, bad_ureq;
+	int tries, ret;
+	u64 seq;
 
-	spin_lock_irq(&q->lock);
-	if (q->gen != qf->gen || q->state != ABUSE_Q_LIVE) {
-		spin_unlock_irq(&q->lock);
-		return -ENOTCONN;
-	}
-	cmd = abuse_first_ready(q);
-	if (!cmd) {
-		spin_unlock_irq(&q->lock);
-		return 1;
-	}
-	list_del_init(&cmd->node);
-	cmd->state = ABUSE_CMD_BUSY;
-	cmd->seq = ++q->seq;
-	rq = blk_mq_rq_from_pdu(cmd);
-	spin_unlock_irq(&q->lock);
-
-	r.seq = cmd->seq;
-	if (req_op(rq) != REQ_OP_FLUSH) {
-		r.offset = (u64)blk_rq_pos(rq) << SECTOR_SHIFT;
-		r.len = blk_rq_bytes(rq);
-	}
-	r.op_flags = abuse_rq_op_flags(rq);
-	r.tag = rq->tag;
-	r.queue_id = q->id;
-	if (req_op(rq) == REQ_OP_WRITE) {
-		r.addr = qf->buf_addr + (u64)r.tag * q->dev->cfg.max_io_bytes;
-		if (abuse_copy_rq(rq, r.addr, true)) {
-			/*
-			 * The server's buffer for this tag is bad.  Handing
-			 * the request back would fault on every fetch and
-			 * wedge the queue: fail it, as a bad READ source is.
-			 */
-			spin_lock_irq(&q->lock);
-			q->tags[rq->tag].rq = NULL;
-			cmd->state = ABUSE_CMD_FREE;
+	for (tries = 0; ; tries++) {
+		spin_lock_irq(&q->lock);
+		if (q->gen != qf->gen || q->state != ABUSE_Q_LIVE) {
 			spin_unlock_irq(&q->lock);
-			blk_mq_end_request(rq, BLK_STS_IOERR);
+			return -ENOTCONN;
+		}
+		cmd = abuse_first_ready(q);
+		if (!cmd) {
+			spin_unlock_irq(&q->lock);
+			return 1;
+		}
+		list_del_init(&cmd->node);
+		cmd->state = ABUSE_CMD_BUSY;
+		seq = ++q->seq;
+		cmd->seq = seq;
+		rq = blk_mq_rq_from_pdu(cmd);
+		spin_unlock_irq(&q->lock);
+
+		abuse_fill_request(qf, rq, &r);
+		ret = 0;
+		if (r.addr)
+			ret = abuse_copy_rq(rq, r.addr, true);
+		if (ret == -EFAULT) {
+			/*
+			 * The server's buffer for this tag is unusable.  Handing
+			 * the request back would fail on every fetch and wedge
+			 * the queue: fail it, as a bad READ source is.
+			 */
+			abuse_end_held(q, rq, BLK_STS_IOERR);
 			return -EFAULT;
 		}
-	}
-	if (copy_to_user(ureq, &r, sizeof(r)))
-		ret = -EFAULT;
+		if (!ret) {
+			pagefault_disable();
+			if (copy_to_user(ureq, &r, sizeof(r)))
+				ret = -EAGAIN;
+			pagefault_enable();
+		}
 
-	spin_lock_irq(&q->lock);
-	if (q->state == ABUSE_Q_DEAD) {
-		/* the device died while we copied: fail it ourselves */
-		q->tags[rq->tag].rq = NULL;
-		cmd->state = ABUSE_CMD_FREE;
-		spin_unlock_irq(&q->lock);
-		blk_mq_end_request(rq, BLK_STS_IOERR);
-		return ret ? ret : -ENOTCONN;
-	}
-	if (ret || q->gen != qf->gen) {
+		spin_lock_irq(&q->lock);
+		if (q->state == ABUSE_Q_DEAD) {
+			/* the device died while we copied: fail it ourselves */
+			spin_unlock_irq(&q->lock);
+			abuse_end_held(q, rq, BLK_STS_IOERR);
+			return -ENOTCONN;
+		}
+		if (q->gen != qf->gen) {
+			/*
+			 * For the next server, which may already be asleep in
+			 * poll: wake it.
+			 */
+			cmd->state = ABUSE_CMD_PENDING;
+			list_add(&cmd->node, &q->pending);
+			spin_unlock_irq(&q->lock);
+			abuse_wake(q);
+			return -ENOTCONN;
+		}
+		if (!ret) {
+			cmd->state = ABUSE_CMD_INFLIGHT;
+			spin_unlock_irq(&q->lock);
+			return 0;
+		}
 		/*
-		 * Keep it for the next fetch (a bad request array is the
-		 * caller's, not this request's fault) or the next server,
-		 * which may already be asleep in poll: wake it.
+		 * A page of the tag buffer or of the request array is not
+		 * present.  Fault them in with the request off the list but
+		 * its pages untouched, where its timeout and the end of the
+		 * server generation can still reach it.
 		 */
+		cmd->state = ABUSE_CMD_FAULTING;
+		spin_unlock_irq(&q->lock);
+		bad_ureq = !abuse_fault_in((u64)(uintptr_t)ureq, sizeof(r), true);
+		bad_buf = !abuse_fault_in(r.addr, r.addr ? r.len : 0, true);
+
+		spin_lock_irq(&q->lock);
+		if (q->tags[r.tag].rq != rq || cmd->state != ABUSE_CMD_FAULTING ||
+		    cmd->seq != seq) {
+			/* timed out or failed meanwhile: not ours any more */
+			spin_unlock_irq(&q->lock);
+			if (bad_ureq)
+				return -EFAULT;
+			continue;
+		}
+		if (bad_buf || tries == ABUSE_COPY_TRIES) {
+			spin_unlock_irq(&q->lock);
+			abuse_end_held(q, rq, BLK_STS_IOERR);
+			return -EFAULT;
+		}
 		cmd->state = ABUSE_CMD_PENDING;
 		list_add(&cmd->node, &q->pending);
+		ret = q->gen != qf->gen ? -ENOTCONN : bad_ureq ? -EFAULT : 0;
 		spin_unlock_irq(&q->lock);
-		abuse_wake(q);
-		return ret ? ret : -ENOTCONN;
+		if (ret) {
+			abuse_wake(q);
+			return ret;
+		}
 	}
-	cmd->state = ABUSE_CMD_INFLIGHT;
-	spin_unlock_irq(&q->lock);
-	return 0;
 }
 
 static long abuse_queue_commit_fetch(struct abuse_qfile *qf,

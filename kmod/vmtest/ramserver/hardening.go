@@ -162,8 +162,11 @@ func race(args []string) {
 	if _, err := os.Stat(fmt.Sprintf("/sys/block/abuse%d", *id)); err == nil {
 		fail(name, "abuse%d still present", *id)
 	}
-	pass(name, "%d devices created in %.1fs, removed by their creator during ADD %d times; results:%s",
-		created, time.Since(t0).Seconds(), selfWins.Load(), res.String())
+	res.mu.Lock()
+	selfOK := res.m["self-remove:ok"]
+	res.mu.Unlock()
+	pass(name, "%d devices created in %.1fs; the creating session's concurrent REMOVE won %d times (%d before its ADD had returned, i.e. once live); results:%s",
+		created, time.Since(t0).Seconds(), selfOK, selfWins.Load(), res.String())
 }
 
 // dstate lists the tasks in uninterruptible sleep (state D).
@@ -701,4 +704,102 @@ func faults() {
 	b.die()
 	pass(name, "WRITE with an unwritable tag buffer: EIO in %v; the queue serves on (read ok, write ok once writable)",
 		wlat.Round(time.Millisecond))
+
+	stuckCopy()
+}
+
+// stuckCopy: the server completes a READ from memory whose page fault
+// never resolves (userfaultfd, unanswered). The reader must get EIO after
+// the I/O timeout, no task may stay in D state, and a forced removal must
+// return, all while the server's thread still sits in the fault.
+func stuckCopy() {
+	const name = "stuck-read-copy"
+	cfg := abuse.DevConfig{Size: 8 << 20, LogicalBlockSize: 4096, NrHWQueues: 1, QueueDepth: 4,
+		IOTimeoutMs: 3000, DevID: -1}
+	ctl, err := abuse.Open()
+	if err != nil {
+		fail(name, "%v", err)
+	}
+	if err := ctl.Create(&cfg); err != nil {
+		fail(name, "create: %v", err)
+	}
+	q, err := ctl.OpenQueue(0)
+	if err != nil {
+		fail(name, "queue: %v", err)
+	}
+	src, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		fail(name, "mmap: %v", err)
+	}
+	u, err := newUffd(src)
+	if err != nil {
+		fail(name, "%v", err)
+	}
+	fd, err := unix.Open(devPath(cfg.DevID), unix.O_RDWR|unix.O_DIRECT, 0)
+	if err != nil {
+		fail(name, "open: %v", err)
+	}
+	served := make(chan error, 1)
+	go func() { // the server: complete the READ from the never-resolved page
+		if ok, err := q.Wait(5000); err != nil || !ok {
+			served <- fmt.Errorf("no request (%v)", err)
+			return
+		}
+		reqs, err := q.CommitFetch(nil)
+		if err != nil || len(reqs) != 1 {
+			served <- fmt.Errorf("fetch: %d requests, %v", len(reqs), err)
+			return
+		}
+		_, err = q.CommitFetch([]abuse.Completion{reqs[0].CompleteFrom(uintptr(unsafe.Pointer(&src[0])))})
+		served <- err
+	}()
+	t0 := time.Now()
+	rdone := make(chan error, 1)
+	go func() { _, err := unix.Pread(fd, alignedBuf(4096), 0); rdone <- err }()
+	addr, err := u.wait(5 * time.Second)
+	if err != nil {
+		fail(name, "the READ copy did not fault: %v", err)
+	}
+	var rerr error
+	select {
+	case rerr = <-rdone:
+	case <-time.After(10 * time.Second):
+		fail(name, "read still hanging 10s after the server's copy got stuck (io timeout 3s); D state: %v", dstate())
+	}
+	rlat := time.Since(t0)
+	if !errors.Is(rerr, unix.EIO) || rlat < 1500*time.Millisecond {
+		fail(name, "read: %v after %v, want EIO after the 3s timeout", rerr, rlat)
+	}
+	if d := dstate(); len(d) > 0 {
+		time.Sleep(500 * time.Millisecond)
+		if d = intersect(d, dstate()); len(d) > 0 {
+			fail(name, "tasks in D state: %v", d)
+		}
+	}
+	t1 := time.Now()
+	rmdone := make(chan error, 1)
+	go func() {
+		c, _ := abuse.Open()
+		defer c.Close()
+		rmdone <- c.RemoveToken(int(cfg.DevID), cfg.Token, abuse.RemoveForce)
+	}()
+	select {
+	case err := <-rmdone:
+		if err != nil {
+			fail(name, "forced remove: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		fail(name, "forced remove hangs while the server's copy is stuck")
+	}
+	rmlat := time.Since(t1)
+	if err := u.resolve(addr, alignedBuf(4096)); err != nil {
+		fail(name, "%v", err)
+	}
+	serr := <-served
+	unix.Close(fd)
+	u.close()
+	q.Close()
+	ctl.Close()
+	pass(name, "server stuck in a fault in its READ completion: read EIO after %v (timeout 3s), no task in D, forced remove in %v; the server's call then returned %v",
+		rlat.Round(time.Millisecond), rmlat.Round(time.Millisecond), serr)
 }

@@ -91,13 +91,16 @@ type ramdisk struct {
 func (d *ramdisk) serveQueue(q *abuse.Queue, wg *sync.WaitGroup) {
 	defer wg.Done()
 	var done []abuse.Completion
+	faults := 0
 	for {
 		reqs, err := q.CommitFetch(done)
 		done = done[:0]
 		if errors.Is(err, unix.EFAULT) {
 			// A WRITE could not be copied into its tag buffer: the
 			// kernel failed it; the requests before it are ours.
-			fmt.Fprintf(os.Stderr, "ramserver: queue %d: %v\n", q.ID(), err)
+			if faults++; faults == 1 || faults == 1000 {
+				fmt.Fprintf(os.Stderr, "ramserver: queue %d: %v (%d times)\n", q.ID(), err, faults)
+			}
 		} else if err != nil {
 			fmt.Fprintf(os.Stderr, "ramserver: queue %d: %v\n", q.ID(), err)
 			return
