@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -169,12 +170,13 @@ func race(args []string) {
 		created, time.Since(t0).Seconds(), selfOK, selfWins.Load(), res.String())
 }
 
-// dstate lists the tasks in uninterruptible sleep (state D).
+// dstate lists the tasks (threads of every process, this one included) in
+// uninterruptible sleep (state D).
 func dstate() []string {
 	var out []string
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+	tasks, _ := filepath.Glob("/proc/[0-9]*/task/[0-9]*/stat")
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
 		if err != nil {
 			continue
 		}
@@ -210,39 +212,9 @@ func stoptest(args []string) {
 		fail(name, "open %s: %v", *dev, err)
 	}
 	defer unix.Close(fd)
-	size := devSize(fd)
-	type result struct {
-		ok  int
-		err error
-		at  time.Time
-	}
 	const workers = 4
 	var stopped atomic.Bool
-	res := make(chan result, workers)
-	for w := 0; w < workers; w++ {
-		go func(w int) {
-			buf := alignedBuf(64 << 10)
-			r := result{}
-			for i := 0; ; i++ {
-				n := int64(4096 << (i % 5))
-				off := (int64(i*7919+w*104729) % (size / n)) * n
-				var err error
-				if w%2 == 0 {
-					_, err = unix.Pwrite(fd, buf[:n], off)
-				} else {
-					_, err = unix.Pread(fd, buf[:n], off)
-				}
-				if err != nil {
-					r.err, r.at = err, time.Now()
-					res <- r
-					return
-				}
-				if !stopped.Load() {
-					r.ok++
-				}
-			}
-		}(w)
-	}
+	res := ioWorkers(fd, devSize(fd), workers, 4, func() bool { return !stopped.Load() })
 	time.Sleep(700 * time.Millisecond)
 	t0 := time.Now()
 	if err := unix.Kill(*pid, unix.SIGSTOP); err != nil {

@@ -339,37 +339,8 @@ func killtest(args []string) {
 		fail(name, "open %s: %v", *dev, err)
 	}
 	defer unix.Close(fd)
-	size := devSize(fd)
-	type result struct {
-		ok  int
-		err error
-		at  time.Time
-	}
 	const workers = 6
-	res := make(chan result, workers)
-	for w := 0; w < workers; w++ {
-		go func(w int) {
-			buf := alignedBuf(256 << 10)
-			rng := rand.New(rand.NewSource(int64(w)))
-			r := result{}
-			var err error
-			for {
-				n := int64(4096 << rng.Intn(7))
-				off := rng.Int63n(size/n) * n
-				if w%2 == 0 {
-					_, err = unix.Pwrite(fd, buf[:n], off)
-				} else {
-					_, err = unix.Pread(fd, buf[:n], off)
-				}
-				if err != nil {
-					r.err, r.at = err, time.Now()
-					res <- r
-					return
-				}
-				r.ok++
-			}
-		}(w)
-	}
+	res := ioWorkers(fd, devSize(fd), workers, 6, nil)
 	time.Sleep(700 * time.Millisecond)
 	t0 := time.Now()
 	if err := unix.Kill(*pid, unix.SIGKILL); err != nil {
@@ -404,6 +375,47 @@ func killtest(args []string) {
 	}
 	pass(name, "%d I/Os ok before SIGKILL; all %d workers got EIO within %v; new read EIO in %v",
 		total, workers, worst.Round(time.Millisecond), time.Since(t1).Round(time.Microsecond))
+}
+
+// ioResult is how one I/O worker ended.
+type ioResult struct {
+	ok  int // I/Os that succeeded (while counting)
+	err error
+	at  time.Time
+}
+
+// ioWorkers starts n O_DIRECT workers on fd (even ones write, odd ones
+// read) of random sizes from 4 KiB to 4 KiB << maxShift at random aligned
+// offsets, until an I/O fails; each then sends its ioResult. counting, if
+// not nil, says whether successful I/Os still count.
+func ioWorkers(fd int, size int64, n, maxShift int, counting func() bool) <-chan ioResult {
+	res := make(chan ioResult, n)
+	for w := 0; w < n; w++ {
+		go func(w int) {
+			buf := alignedBuf(4096 << maxShift)
+			rng := rand.New(rand.NewSource(int64(w)))
+			r := ioResult{}
+			var err error
+			for {
+				n := int64(4096 << rng.Intn(maxShift+1))
+				off := rng.Int63n(size/n) * n
+				if w%2 == 0 {
+					_, err = unix.Pwrite(fd, buf[:n], off)
+				} else {
+					_, err = unix.Pread(fd, buf[:n], off)
+				}
+				if err != nil {
+					r.err, r.at = err, time.Now()
+					res <- r
+					return
+				}
+				if counting == nil || counting() {
+					r.ok++
+				}
+			}
+		}(w)
+	}
+	return res
 }
 
 // nonroot drops to uid/gid 65534 and checks /dev/abctl is refused.
