@@ -8,13 +8,15 @@
 # Installs what it needs; caches under /var/cache/abuse-kmod. Exit 0 only
 # if every step passed.
 # Environment: SKIP_VM=1, SKIP_SID=1, SKIP_CHECKPATCH=1, SKIP_DKMS=1, FLAVOURS="6.1 6.12",
-# SID_REFRESH=1 (apt-get upgrade the sid chroot), LOGDIR=/var/tmp/abuse-test
+# SID_REFRESH=1 (apt-get upgrade the sid chroot), LOGDIR=/var/tmp/abuse-test,
+# VMLAB=/var/tmp/abuse-vmtest (the VMs' scratch dirs, one per flavour)
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$HERE")
 CACHE=/var/cache/abuse-kmod
 LOGDIR=${LOGDIR:-/var/tmp/abuse-test}
+VMLAB=${VMLAB:-/var/tmp/abuse-vmtest}
 FLAVOURS=${FLAVOURS:-6.1 6.12}
 export GOFLAGS=-ldflags=-checklinkname=0
 export DEBIAN_FRONTEND=noninteractive
@@ -136,7 +138,7 @@ step go-layout go_layout
 [ "${SKIP_CHECKPATCH:-0}" = 1 ] || step checkpatch checkpatch
 [ "${SKIP_SID:-0}" = 1 ] || step sid-compile sid_build
 if [ "${SKIP_VM:-0}" != 1 ]; then
-	for f in $FLAVOURS; do step "vm-$f" "$HERE/vmtest/run.sh" "$f"; done
+	for f in $FLAVOURS; do LAB=$VMLAB/$f step "vm-$f" "$HERE/vmtest/run.sh" "$f"; done
 fi
 # after the VM steps, which install the 6.1 and 6.12 kernels and headers
 [ "${SKIP_DKMS:-0}" = 1 ] || step dkms-build dkms_build
