@@ -211,7 +211,7 @@ func main() {
 
 // noModuleHelp says how to get abuse.ko loaded.
 const noModuleHelp = `the abuse kernel module is not loaded. Load it with:
-    modprobe abuse                    # installed with DKMS or make -C kmod install
+    sudo modprobe abuse               # if it is installed (DKMS)
 or install it for every kernel with DKMS (see the README, "Block devices"):
     sudo cp -r kmod /usr/src/abuse-1.1 && sudo dkms install abuse/1.1 && sudo modprobe abuse
 or, from a source tree built with make -C kmod:
