@@ -572,6 +572,8 @@ func tagBuffers(q *abuse.Queue, cfg abuse.DevConfig) []byte {
 //   - fetch-write-fault: a WRITE whose tag buffer the server made
 //     unwritable fails with EIO, and the queue goes on serving (the
 //     request is not put back to fault again on every fetch).
+//
+// and then stuckCopy and addReplyFault.
 func faults() {
 	name := "requeue-wakeup"
 	data := alignedBuf(4096)
@@ -678,6 +680,7 @@ func faults() {
 		wlat.Round(time.Millisecond))
 
 	stuckCopy()
+	addReplyFault()
 }
 
 // stuckCopy: the server completes a READ from memory whose page fault
@@ -774,4 +777,42 @@ func stuckCopy() {
 	ctl.Close()
 	pass(name, "server stuck in a fault in its READ completion: read EIO after %v (timeout 3s), no task in D, forced remove in %v; the server's call then returned %v",
 		rlat.Round(time.Millisecond), rmlat.Round(time.Millisecond), serr)
+}
+
+// addReplyFault: an ADD whose config the kernel can read but not write back
+// (a read-only page) must fail with EFAULT and leave no device behind, and
+// the session must be free to create another.
+func addReplyFault() {
+	const name = "add-reply-fault"
+	const id = 41
+	page, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		fail(name, "mmap: %v", err)
+	}
+	cfg := (*abuse.DevConfig)(unsafe.Pointer(&page[0]))
+	*cfg = abuse.DevConfig{Version: abuse.ProtocolVersion, Size: 4 << 20, LogicalBlockSize: 4096,
+		NrHWQueues: 1, QueueDepth: 4, DevID: id}
+	if err := unix.Mprotect(page, unix.PROT_READ); err != nil {
+		fail(name, "mprotect: %v", err)
+	}
+	c, err := abuse.Open()
+	if err != nil {
+		fail(name, "%v", err)
+	}
+	defer c.Close()
+	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(c.Fd()), abuse.IoctlCtlAdd, uintptr(unsafe.Pointer(cfg)))
+	if e != unix.EFAULT {
+		fail(name, "ADD with a read-only reply buffer: %v, want EFAULT", e)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/sys/block/abuse%d", id)); err == nil {
+		fail(name, "abuse%d left behind by the failed ADD", id)
+	}
+	good := abuse.DevConfig{Size: 4 << 20, LogicalBlockSize: 4096, NrHWQueues: 1, QueueDepth: 4, DevID: id}
+	if err := c.Create(&good); err != nil {
+		fail(name, "ADD again on the same session and index: %v", err)
+	}
+	if err := c.Remove(id); err != nil {
+		fail(name, "remove: %v", err)
+	}
+	pass(name, "ADD whose reply cannot be written: EFAULT, no abuse%d left, the session and index are free again", id)
 }
