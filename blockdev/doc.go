@@ -39,8 +39,10 @@
 // Server.Close removes the device (the kernel then fails whatever is still
 // queued) and stops the queues; Server.Detach stops serving without removing
 // it (a device created with ReconnectMs > 0 then holds its I/O for a new
-// server, which takes over with Config.Attach). If the process dies, the
-// kernel ends the server at once and the device's I/O fails with EIO.
+// server, which takes over with Config.Attach and the device's ownership
+// token, Server.Token). If the process dies, the kernel ends the server at
+// once and the device's I/O fails with EIO; if it stops or hangs, each
+// request fails after Config.IOTimeout.
 //
 // # ublk
 //

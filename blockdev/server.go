@@ -43,9 +43,21 @@ type Config struct {
 	// gone, instead of creating one (see ReconnectMs). Its geometry comes
 	// from the kernel; Size, BlockSize, Queues, Depth, MaxIO are ignored.
 	Attach bool
+	// Token is the ownership token of the device to Attach to (what
+	// Server.Token returned to its creator); without it the kernel refuses
+	// with EPERM.
+	Token uint64
 	// ReconnectMs: when the server goes away, the kernel holds the device's
 	// I/O this long for a new server to Attach (0: fail it at once).
 	ReconnectMs int
+	// IOTimeout bounds how long the kernel waits for this server to finish
+	// a request (1 s..1 h, rounded down to milliseconds; 0: the kernel's
+	// default of 30 s). A request past it fails with EIO; with
+	// TimeoutEndsServer the server is treated as dead instead.
+	IOTimeout time.Duration
+	// TimeoutEndsServer: an I/O timeout ends this server's service of the
+	// device, as if it had died (see ReconnectMs).
+	TimeoutEndsServer bool
 	// Engine is the uio backend of the queue loops: "aio", "uring" or
 	// "auto" (default). ublk needs "uring" (or "auto" where io_uring works).
 	Engine string
@@ -62,7 +74,7 @@ type Config struct {
 }
 
 // ErrNoModule means /dev/abctl is missing: the kernel module is not loaded.
-var ErrNoModule = errors.New("blockdev: " + abuse.CtlPath + " missing: load abuse.ko: modprobe abuse / insmod kmod/abuse.ko")
+var ErrNoModule = errors.New("blockdev: " + abuse.CtlPath + " missing: the abuse module is not loaded (modprobe abuse)")
 
 // Server serves one device. Create it with Serve.
 type Server struct {
@@ -117,7 +129,7 @@ func Serve(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	if cfg.Attach {
-		dc, err = ctl.Attach(cfg.Index)
+		dc, err = ctl.Attach(cfg.Index, cfg.Token)
 		if err == nil && int64(dc.Size) > cfg.Backend.Size() {
 			err = fmt.Errorf("blockdev: device %d is %d bytes, the backend only %d", cfg.Index, dc.Size, cfg.Backend.Size())
 		}
@@ -181,6 +193,7 @@ func Serve(cfg Config) (*Server, error) {
 	s.log.Info("blockdev: "+verb, zap.String("path", s.Path()), zap.Uint64("size", dc.Size),
 		zap.Uint32("block_size", dc.LogicalBlockSize), zap.Uint32("queues", dc.NrHWQueues),
 		zap.Uint32("depth", dc.QueueDepth), zap.Uint32("max_io", dc.MaxIOBytes),
+		zap.Uint32("io_timeout_ms", dc.IOTimeoutMs), zap.Bool("timeout_ends_server", dc.Flags&abuse.DevTimeoutDead != 0),
 		zap.Bool("read_only", s.geo.readOnly), zap.String("engine", s.queues[0].l.Backend()),
 		zap.Bool("async_backend", s.async != nil), zap.Bool("mapped_reads", s.mapper != nil))
 	return s, nil
@@ -226,6 +239,10 @@ func deviceConfig(cfg *Config) (abuse.DevConfig, error) {
 	if cfg.ReconnectMs < 0 || cfg.ReconnectMs > abuse.MaxReconnectMs {
 		return abuse.DevConfig{}, fmt.Errorf("blockdev: reconnect window %d ms: want 0..%d", cfg.ReconnectMs, abuse.MaxReconnectMs)
 	}
+	timeoutMs := cfg.IOTimeout.Milliseconds()
+	if cfg.IOTimeout != 0 && (timeoutMs < abuse.MinIOTimeoutMs || timeoutMs > abuse.MaxIOTimeoutMs) {
+		return abuse.DevConfig{}, fmt.Errorf("blockdev: I/O timeout %v: want 1s..1h (0: the kernel's default %ds)", cfg.IOTimeout, abuse.DefIOTimeoutMs/1000)
+	}
 	dc := abuse.DevConfig{
 		Size:             uint64(size),
 		LogicalBlockSize: uint32(bs),
@@ -233,7 +250,11 @@ func deviceConfig(cfg *Config) (abuse.DevConfig, error) {
 		QueueDepth:       uint32(cfg.Depth),
 		MaxIOBytes:       uint32(cfg.MaxIO),
 		ReconnectMs:      uint32(cfg.ReconnectMs),
+		IOTimeoutMs:      uint32(timeoutMs),
 		DevID:            int32(cfg.Index),
+	}
+	if cfg.TimeoutEndsServer {
+		dc.Flags |= abuse.DevTimeoutDead
 	}
 	if cfg.ReadOnly {
 		dc.Flags |= abuse.DevReadOnly
@@ -272,6 +293,10 @@ func (s *Server) Driver() string {
 
 // Index returns N of /dev/abuseN (/dev/ublkbN).
 func (s *Server) Index() int { return int(s.cfg.DevID) }
+
+// Token returns the device's ownership token: a new server needs it to
+// Attach (Config.Token), and another session to remove the device.
+func (s *Server) Token() uint64 { return s.cfg.Token }
 
 // DeviceConfig returns the effective device configuration.
 func (s *Server) DeviceConfig() abuse.DevConfig { return s.cfg }

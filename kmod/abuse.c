@@ -29,6 +29,7 @@
 #include <linux/poll.h>
 #include <linux/idr.h>
 #include <linux/highmem.h>
+#include <linux/pagemap.h>
 #include <linux/uaccess.h>
 #include <linux/workqueue.h>
 #include <linux/slab.h>
@@ -38,10 +39,18 @@
 #include "include/uapi/linux/abuse.h"
 #include "abuse_compat.h"
 
+/*
+ * A request is only ever held where nothing can make it wait for the
+ * server: BUSY covers a copy with page faults disabled.  Faulting the
+ * server's memory in (which may sleep for as long as the server likes,
+ * e.g. on userfaultfd) happens with the request PENDING-like (FAULTING) or
+ * INFLIGHT, states its I/O timeout and server loss can end.
+ */
 enum abuse_cmd_state {
 	ABUSE_CMD_FREE,		/* not owned by abuse (or finished) */
 	ABUSE_CMD_PENDING,	/* queued, waiting for the server */
-	ABUSE_CMD_BUSY,		/* an ioctl is copying data for it */
+	ABUSE_CMD_FAULTING,	/* fetched, pages untouched, server memory being faulted in */
+	ABUSE_CMD_BUSY,		/* an ioctl is copying its data, faults disabled */
 	ABUSE_CMD_INFLIGHT,	/* handed to the server */
 };
 
@@ -51,11 +60,29 @@ enum abuse_q_state {
 	ABUSE_Q_DEAD,		/* no server: fail all I/O */
 };
 
+/* Per-request driver data: the PDU of tag_set.cmd_size. */
 struct abuse_cmd {
-	struct request *rq;
 	struct list_head node;	/* on abuse_queue.pending */
-	u64 seq;
+	u64 seq;		/* of the fetch that handed it to the server */
+	s64 wr_mark;		/* FLUSH: abuse_dev.wr_acked when queued */
 	enum abuse_cmd_state state;
+};
+
+/*
+ * One per tag.  The server names requests by tag, so completions look them
+ * up here rather than through blk_mq_tag_to_rq(): an entry is set when the
+ * request is queued and cleared (under the queue lock) before it is ended,
+ * so a tag from userspace can never reach a request that is not ours.
+ *
+ * A request that times out while the server has it is ended, and blk-mq
+ * may reuse its tag at once.  The server still holds the old request under
+ * that tag (and its buffer), so the tag is quarantined: requests on it are
+ * not handed out until the server's late completion of @expired_seq
+ * arrives (it is accepted and ignored) or the server generation ends.
+ */
+struct abuse_tag {
+	struct request *rq;
+	u64 expired_seq;	/* non-zero: quarantined, see above */
 };
 
 struct abuse_dev;
@@ -65,7 +92,8 @@ struct abuse_queue {
 	spinlock_t lock;		/* protects everything below */
 	wait_queue_head_t wait;		/* the one wait queue of the queue fd */
 	struct list_head pending;
-	struct abuse_cmd *cmds;		/* [queue_depth] */
+	struct abuse_tag *tags;		/* [queue_depth] */
+	unsigned int nr_expired;	/* quarantined tags */
 	enum abuse_q_state state;
 	u64 seq;
 	u32 gen;			/* server generation */
@@ -73,19 +101,31 @@ struct abuse_queue {
 	u16 id;
 };
 
+struct abuse_session;
+
 struct abuse_dev {
 	struct kref kref;
-	struct mutex lock;		/* gen, attached, removing, open_count */
-	struct abuse_dev_config cfg;
+	struct mutex lock;		/* gen, server, removing, open_count */
+	struct abuse_dev_config cfg;	/* effective values */
+	u64 token;			/* ownership token handed out by ADD */
 	int id;
 	u32 gen;			/* bumped on attach and server loss */
-	bool attached;			/* a control fd of @gen owns us */
+	struct abuse_session *server;	/* attached session of @gen, or NULL */
 	bool removing;
+	bool cache_lost;		/* a server died with unflushed writes */
 	unsigned int open_count;
+	/*
+	 * Write-cache bookkeeping: writes the server acknowledged, and how
+	 * many of those a completed FLUSH made durable.
+	 */
+	atomic64_t wr_acked;
+	atomic64_t wr_durable;
 	struct delayed_work reconnect_work;
+	struct work_struct expire_work;	/* ABUSE_DEV_F_TIMEOUT_DEAD */
+	u32 expire_gen;
 	struct blk_mq_tag_set tag_set;
 	struct gendisk *disk;
-	struct abuse_queue *queues;	/* [nr_hw_queues] */
+	struct abuse_queue *queues;	/* [cfg.nr_hw_queues] */
 };
 
 /* private_data of an /dev/abctl file */
@@ -105,6 +145,12 @@ struct abuse_qfile {
 };
 
 static int abuse_major;
+/*
+ * Index -> device.  An index is reserved with a NULL entry while ADD builds
+ * the device and filled with idr_replace() once it is live, so REMOVE and
+ * ATTACH never see a half-built device.  It is freed only after
+ * del_gendisk(), so no second abuseN can appear while the first is in sysfs.
+ */
 static DEFINE_IDR(abuse_idr);
 static DEFINE_MUTEX(abuse_idr_lock);	/* protects abuse_idr */
 
@@ -115,7 +161,7 @@ static void abuse_dev_free(struct kref *kref)
 
 	if (dev->queues) {
 		for (i = 0; i < dev->cfg.nr_hw_queues; i++)
-			kvfree(dev->queues[i].cmds);
+			kvfree(dev->queues[i].tags);
 		kfree(dev->queues);
 	}
 	kfree(dev);
@@ -126,29 +172,72 @@ static void abuse_dev_put(struct abuse_dev *dev)
 	kref_put(&dev->kref, abuse_dev_free);
 }
 
+static struct abuse_cmd *abuse_rq_cmd(struct request *rq)
+{
+	return blk_mq_rq_to_pdu(rq);
+}
+
+static void abuse_wake(struct abuse_queue *q)
+{
+	/*
+	 * Say which event this is: a Linux AIO IOCB_CMD_POLL can then complete
+	 * in this wakeup instead of going through a workqueue to call poll.
+	 */
+	wake_up_poll(&q->wait, EPOLLIN | EPOLLRDNORM);
+}
+
 /* ---------------------------------------------------------------- data */
 
-/* Copy between the bio pages of @rq and user memory at @uaddr. */
+/* Tries of a data copy whose user pages keep going missing. */
+#define ABUSE_COPY_TRIES	8
+
+/*
+ * Copy between the bio pages of @rq and user memory at @uaddr with page
+ * faults disabled.  Returns 0, -EFAULT for an address the server may not
+ * use, or -EAGAIN when a page is not present: fault it in (abuse_fault_in)
+ * with the request released, then try again.
+ */
 static int abuse_copy_rq(struct request *rq, u64 uaddr, bool to_user)
 {
-	void __user *ubuf = u64_to_user_ptr(uaddr);
 	struct req_iterator iter;
+	struct iov_iter ui;
 	struct bio_vec bv;
-	unsigned long left;
-	void *kaddr;
+	size_t n;
+	int ret;
 
+	ret = abuse_import_ubuf(to_user ? ITER_DEST : ITER_SOURCE,
+				u64_to_user_ptr(uaddr), blk_rq_bytes(rq), &ui);
+	if (ret)
+		return ret;
+	pagefault_disable();
 	rq_for_each_segment(bv, rq, iter) {
-		kaddr = kmap_local_page(bv.bv_page);
-		if (to_user)
-			left = copy_to_user(ubuf, kaddr + bv.bv_offset, bv.bv_len);
-		else
-			left = copy_from_user(kaddr + bv.bv_offset, ubuf, bv.bv_len);
-		kunmap_local(kaddr);
-		if (left)
-			return -EFAULT;
-		ubuf += bv.bv_len;
+		if (to_user) {
+			n = copy_page_to_iter(bv.bv_page, bv.bv_offset,
+					      bv.bv_len, &ui);
+		} else {
+			n = copy_page_from_iter(bv.bv_page, bv.bv_offset,
+						bv.bv_len, &ui);
+			flush_dcache_page(bv.bv_page);
+		}
+		if (n != bv.bv_len) {
+			ret = -EAGAIN;
+			break;
+		}
 	}
-	return 0;
+	pagefault_enable();
+	return ret;
+}
+
+/* Fault in @len bytes of server memory at @uaddr; this may sleep. */
+static bool abuse_fault_in(u64 uaddr, size_t len, bool write)
+{
+	char __user *p = u64_to_user_ptr(uaddr);
+
+	if (!len)
+		return true;
+	if (write)
+		return !fault_in_writeable(p, len);
+	return !fault_in_readable(p, len);
 }
 
 static u32 abuse_rq_op_flags(struct request *rq)
@@ -201,12 +290,25 @@ static u32 abuse_rq_op_flags(struct request *rq)
 
 /* ------------------------------------------------------------- blk-mq */
 
+static bool abuse_is_write(struct request *rq)
+{
+	switch (req_op(rq)) {
+	case REQ_OP_WRITE:
+	case REQ_OP_DISCARD:
+	case REQ_OP_WRITE_ZEROES:
+		return true;
+	default:
+		return false;
+	}
+}
+
 static blk_status_t abuse_queue_rq(struct blk_mq_hw_ctx *hctx,
 				   const struct blk_mq_queue_data *bd)
 {
 	struct abuse_queue *q = hctx->driver_data;
+	struct abuse_dev *dev = q->dev;
 	struct request *rq = bd->rq;
-	struct abuse_cmd *cmd;
+	struct abuse_cmd *cmd = blk_mq_rq_to_pdu(rq);
 	unsigned long flags;
 
 	switch (req_op(rq)) {
@@ -216,32 +318,37 @@ static blk_status_t abuse_queue_rq(struct blk_mq_hw_ctx *hctx,
 	case REQ_OP_WRITE:
 	case REQ_OP_DISCARD:
 	case REQ_OP_WRITE_ZEROES:
-		if (q->dev->cfg.flags & ABUSE_DEV_F_READ_ONLY)
+		if (dev->cfg.flags & ABUSE_DEV_F_READ_ONLY)
 			return BLK_STS_IOERR;
 		break;
 	default:
 		return BLK_STS_NOTSUPP;
 	}
-	if (rq->tag < 0 || rq->tag >= q->dev->cfg.queue_depth)
+	if (rq->tag < 0 || rq->tag >= dev->cfg.queue_depth)
 		return BLK_STS_IOERR;
-	cmd = &q->cmds[rq->tag];
 
+	/* The writes this FLUSH makes durable: those acknowledged by now. */
+	cmd->wr_mark = atomic64_read(&dev->wr_acked);
 	spin_lock_irqsave(&q->lock, flags);
 	if (q->state == ABUSE_Q_DEAD) {
 		spin_unlock_irqrestore(&q->lock, flags);
 		return BLK_STS_IOERR;
 	}
 	blk_mq_start_request(rq);
-	cmd->rq = rq;
+	q->tags[rq->tag].rq = rq;
 	cmd->state = ABUSE_CMD_PENDING;
+	cmd->seq = 0;
 	list_add_tail(&cmd->node, &q->pending);
 	spin_unlock_irqrestore(&q->lock, flags);
-	/*
-	 * Say which event this is: a Linux AIO IOCB_CMD_POLL can then complete
-	 * in this wakeup instead of going through a workqueue to call poll.
-	 */
-	wake_up_poll(&q->wait, EPOLLIN | EPOLLRDNORM);
+	/* One wakeup per batch: .commit_rqs covers a batch cut short. */
+	if (bd->last)
+		abuse_wake(q);
 	return BLK_STS_OK;
+}
+
+static void abuse_commit_rqs(struct blk_mq_hw_ctx *hctx)
+{
+	abuse_wake(hctx->driver_data);
 }
 
 static int abuse_init_hctx(struct blk_mq_hw_ctx *hctx, void *data,
@@ -255,51 +362,88 @@ static int abuse_init_hctx(struct blk_mq_hw_ctx *hctx, void *data,
 	return 0;
 }
 
+/*
+ * A request has waited cfg.io_timeout_ms for the server.  Fail it with EIO
+ * (and, with ABUSE_DEV_F_TIMEOUT_DEAD, end the server generation as if the
+ * server had died).  A request whose data is being copied right now (a
+ * copy that cannot sleep) and requests held for a reconnect (bounded by the
+ * reconnect window) get a new period.
+ */
 static enum blk_eh_timer_return abuse_timeout(struct request *rq)
 {
-	/* Server liveness is tracked through its file descriptors. */
-	return BLK_EH_RESET_TIMER;
+	struct abuse_queue *q = rq->mq_hctx->driver_data;
+	struct abuse_cmd *cmd = blk_mq_rq_to_pdu(rq);
+	struct abuse_dev *dev = q->dev;
+	struct abuse_tag *t = &q->tags[rq->tag];
+	unsigned long flags;
+	bool inflight;
+	u32 gen;
+
+	spin_lock_irqsave(&q->lock, flags);
+	if (t->rq != rq || q->state == ABUSE_Q_WAITING ||
+	    cmd->state == ABUSE_CMD_BUSY || cmd->state == ABUSE_CMD_FREE) {
+		spin_unlock_irqrestore(&q->lock, flags);
+		return BLK_EH_RESET_TIMER;
+	}
+	inflight = cmd->state == ABUSE_CMD_INFLIGHT;
+	if (inflight) {
+		t->expired_seq = cmd->seq;
+		q->nr_expired++;
+	} else if (cmd->state == ABUSE_CMD_PENDING) {
+		list_del_init(&cmd->node);
+	}
+	cmd->state = ABUSE_CMD_FREE;
+	t->rq = NULL;
+	gen = q->gen;
+	spin_unlock_irqrestore(&q->lock, flags);
+
+	pr_warn_ratelimited("abuse%d: queue %u tag %d: %s request timed out after %u ms\n",
+			    dev->id, q->id, rq->tag,
+			    inflight ? "in-flight" : "unfetched",
+			    dev->cfg.io_timeout_ms);
+	if (dev->cfg.flags & ABUSE_DEV_F_TIMEOUT_DEAD) {
+		WRITE_ONCE(dev->expire_gen, gen);
+		schedule_work(&dev->expire_work);
+	}
+	blk_mq_end_request(rq, BLK_STS_IOERR);
+	return BLK_EH_DONE;
 }
 
 static const struct blk_mq_ops abuse_mq_ops = {
 	.queue_rq	= abuse_queue_rq,
+	.commit_rqs	= abuse_commit_rqs,
 	.init_hctx	= abuse_init_hctx,
 	.timeout	= abuse_timeout,
 };
 
-#ifdef ABUSE_BDOPS_TAKE_GENDISK
-static int abuse_bdev_open(struct gendisk *disk, blk_mode_t mode)
-#else
-static int abuse_bdev_open(struct block_device *bdev, fmode_t mode)
-#endif
+/*
+ * Each opener holds a reference: a forced REMOVE deletes the disk while it
+ * is open (mounted), and release runs after that.
+ */
+static int abuse_disk_open(struct gendisk *disk)
 {
-#ifdef ABUSE_BDOPS_TAKE_GENDISK
 	struct abuse_dev *dev = disk->private_data;
-#else
-	struct abuse_dev *dev = bdev->bd_disk->private_data;
-#endif
 	int ret = 0;
 
 	mutex_lock(&dev->lock);
-	if (dev->removing)
+	if (dev->removing) {
 		ret = -ENXIO;
-	else
+	} else {
 		dev->open_count++;
+		kref_get(&dev->kref);
+	}
 	mutex_unlock(&dev->lock);
 	return ret;
 }
 
-#ifdef ABUSE_BDOPS_TAKE_GENDISK
-static void abuse_bdev_release(struct gendisk *disk)
-#else
-static void abuse_bdev_release(struct gendisk *disk, fmode_t mode)
-#endif
+static void abuse_disk_release(struct gendisk *disk)
 {
 	struct abuse_dev *dev = disk->private_data;
 
 	mutex_lock(&dev->lock);
 	dev->open_count--;
 	mutex_unlock(&dev->lock);
+	abuse_dev_put(dev);
 }
 
 static const struct block_device_operations abuse_bdev_ops = {
@@ -317,22 +461,41 @@ static void abuse_queue_fail_all(struct abuse_queue *q)
 	struct request *rq;
 
 	for (tag = 0; tag < q->dev->cfg.queue_depth; tag++) {
-		struct abuse_cmd *cmd = &q->cmds[tag];
+		struct abuse_tag *t = &q->tags[tag];
+		struct abuse_cmd *cmd;
 
 		spin_lock_irq(&q->lock);
-		rq = NULL;
-		if (cmd->state == ABUSE_CMD_PENDING)
-			list_del_init(&cmd->node);
-		if (cmd->state == ABUSE_CMD_PENDING ||
-		    cmd->state == ABUSE_CMD_INFLIGHT) {
-			rq = cmd->rq;
-			cmd->rq = NULL;
-			cmd->state = ABUSE_CMD_FREE;
+		rq = t->rq;
+		if (rq) {
+			cmd = blk_mq_rq_to_pdu(rq);
+			if (cmd->state == ABUSE_CMD_PENDING)
+				list_del_init(&cmd->node);
+			if (cmd->state == ABUSE_CMD_PENDING ||
+			    cmd->state == ABUSE_CMD_FAULTING ||
+			    cmd->state == ABUSE_CMD_INFLIGHT) {
+				t->rq = NULL;
+				cmd->state = ABUSE_CMD_FREE;
+			} else {
+				rq = NULL;
+			}
 		}
 		spin_unlock_irq(&q->lock);
 		if (rq)
 			blk_mq_end_request(rq, BLK_STS_IOERR);
+		cond_resched();
 	}
+}
+
+/* A new server generation knows nothing of the old one's requests. */
+static void abuse_queue_clear_expired(struct abuse_queue *q)
+{
+	unsigned int tag;
+
+	if (!q->nr_expired)
+		return;
+	for (tag = 0; tag < q->dev->cfg.queue_depth; tag++)
+		q->tags[tag].expired_seq = 0;
+	q->nr_expired = 0;
 }
 
 /*
@@ -346,7 +509,7 @@ static void abuse_set_disconnected(struct abuse_dev *dev, bool hold)
 	unsigned int i, tag;
 
 	dev->gen++;
-	dev->attached = false;
+	dev->server = NULL;
 	for (i = 0; i < dev->cfg.nr_hw_queues; i++) {
 		struct abuse_queue *q = &dev->queues[i];
 
@@ -354,10 +517,15 @@ static void abuse_set_disconnected(struct abuse_dev *dev, bool hold)
 		q->gen = dev->gen;
 		q->has_file = false;
 		q->state = hold ? ABUSE_Q_WAITING : ABUSE_Q_DEAD;
+		abuse_queue_clear_expired(q);
 		if (hold) {
 			for (tag = 0; tag < dev->cfg.queue_depth; tag++) {
-				struct abuse_cmd *cmd = &q->cmds[tag];
+				struct request *rq = q->tags[tag].rq;
+				struct abuse_cmd *cmd;
 
+				if (!rq)
+					continue;
+				cmd = blk_mq_rq_to_pdu(rq);
 				if (cmd->state != ABUSE_CMD_INFLIGHT)
 					continue;
 				cmd->state = ABUSE_CMD_PENDING;
@@ -371,19 +539,43 @@ static void abuse_set_disconnected(struct abuse_dev *dev, bool hold)
 	}
 }
 
+/*
+ * Did the server acknowledge writes that no completed FLUSH covers?  Only
+ * meaningful once the generation has ended (no completion can start).
+ */
+static bool abuse_cache_dirty(struct abuse_dev *dev)
+{
+	return (dev->cfg.flags & ABUSE_DEV_F_WRITE_CACHE) &&
+	       atomic64_read(&dev->wr_acked) > atomic64_read(&dev->wr_durable);
+}
+
 static void abuse_server_lost(struct abuse_dev *dev, u32 gen)
 {
 	bool hold;
 
 	mutex_lock(&dev->lock);
-	if (dev->gen == gen && dev->attached) {
+	if (dev->gen == gen && dev->server) {
 		hold = dev->cfg.reconnect_ms && !dev->removing;
 		abuse_set_disconnected(dev, hold);
+		if (abuse_cache_dirty(dev) && !dev->removing) {
+			/*
+			 * Writes the lost server acknowledged may be gone with
+			 * its cache.  A FLUSH served by a new server would
+			 * call them durable: no reconnect, fail everything.
+			 */
+			dev->cache_lost = true;
+			if (hold)
+				abuse_set_disconnected(dev, false);
+			hold = false;
+			pr_warn("abuse%d: server lost with %lld unflushed writes; failing I/O, no reconnect\n",
+				dev->id, atomic64_read(&dev->wr_acked) -
+				atomic64_read(&dev->wr_durable));
+		} else if (!hold && !dev->removing) {
+			pr_info("abuse%d: server gone, failing I/O\n", dev->id);
+		}
 		if (hold)
 			schedule_delayed_work(&dev->reconnect_work,
 					      msecs_to_jiffies(dev->cfg.reconnect_ms));
-		else
-			pr_info("abuse%d: server gone, failing I/O\n", dev->id);
 	}
 	mutex_unlock(&dev->lock);
 }
@@ -394,11 +586,20 @@ static void abuse_reconnect_timeout(struct work_struct *work)
 					     struct abuse_dev, reconnect_work);
 
 	mutex_lock(&dev->lock);
-	if (!dev->attached && dev->queues[0].state == ABUSE_Q_WAITING) {
+	if (!dev->server && dev->queues[0].state == ABUSE_Q_WAITING) {
 		pr_info("abuse%d: no server reconnected, failing I/O\n", dev->id);
 		abuse_set_disconnected(dev, false);
 	}
 	mutex_unlock(&dev->lock);
+}
+
+/* ABUSE_DEV_F_TIMEOUT_DEAD: a timed-out request ends its server. */
+static void abuse_expire_server(struct work_struct *work)
+{
+	struct abuse_dev *dev = container_of(work, struct abuse_dev, expire_work);
+
+	pr_warn("abuse%d: I/O timeout, treating the server as dead\n", dev->id);
+	abuse_server_lost(dev, READ_ONCE(dev->expire_gen));
 }
 
 /* Make @s the server of @dev.  Called with dev->lock held. */
@@ -407,7 +608,7 @@ static void abuse_set_attached(struct abuse_dev *dev, struct abuse_session *s)
 	unsigned int i;
 
 	dev->gen++;
-	dev->attached = true;
+	dev->server = s;
 	for (i = 0; i < dev->cfg.nr_hw_queues; i++) {
 		struct abuse_queue *q = &dev->queues[i];
 
@@ -415,12 +616,22 @@ static void abuse_set_attached(struct abuse_dev *dev, struct abuse_session *s)
 		q->gen = dev->gen;
 		q->has_file = false;
 		q->state = ABUSE_Q_LIVE;
+		abuse_queue_clear_expired(q);
 		spin_unlock_irq(&q->lock);
 		wake_up_all(&q->wait);
 	}
 	kref_get(&dev->kref);
 	s->dev = dev;
 	s->gen = dev->gen;
+}
+
+/* Undo abuse_set_attached() for a session whose device is going away. */
+static void abuse_session_drop(struct abuse_session *s)
+{
+	struct abuse_dev *dev = s->dev;
+
+	s->dev = NULL;
+	abuse_dev_put(dev);
 }
 
 /* ------------------------------------------------- device add/remove */
@@ -434,6 +645,8 @@ static int abuse_check_config(struct abuse_dev_config *c)
 	for (i = 0; i < ARRAY_SIZE(c->reserved); i++)
 		if (c->reserved[i])
 			return -EINVAL;
+	if (c->reserved0 || c->token)
+		return -EINVAL;
 	if (c->flags & ~ABUSE_DEV_F_ALL)
 		return -EINVAL;
 	if ((c->flags & ABUSE_DEV_F_FUA) && !(c->flags & ABUSE_DEV_F_WRITE_CACHE))
@@ -464,6 +677,11 @@ static int abuse_check_config(struct abuse_dev_config *c)
 	    (c->flags & ABUSE_DEV_F_READ_ONLY))
 		return -EINVAL;
 	if (c->reconnect_ms > ABUSE_MAX_RECONNECT_MS)
+		return -EINVAL;
+	if (!c->io_timeout_ms)
+		c->io_timeout_ms = ABUSE_DEF_IO_TIMEOUT_MS;
+	if (c->io_timeout_ms < ABUSE_MIN_IO_TIMEOUT_MS ||
+	    c->io_timeout_ms > ABUSE_MAX_IO_TIMEOUT_MS)
 		return -EINVAL;
 	if (c->dev_id < -1 || c->dev_id >= ABUSE_MAX_DEVICES)
 		return -EINVAL;
@@ -524,11 +742,57 @@ static struct gendisk *abuse_alloc_disk(struct abuse_dev *dev)
 	return disk;
 }
 
-static int abuse_add(struct abuse_session *s, struct abuse_dev_config *c)
+/*
+ * Tear down a device marked removing: fail its I/O, delete the disk (which
+ * works while it is open or mounted: its users get errors), then free the
+ * index and drop the reference abuse_idr held.
+ */
+static void abuse_destroy(struct abuse_dev *dev)
+{
+	cancel_delayed_work_sync(&dev->reconnect_work);
+	mutex_lock(&dev->lock);
+	abuse_set_disconnected(dev, false);
+	mutex_unlock(&dev->lock);
+	del_gendisk(dev->disk);
+	cancel_work_sync(&dev->expire_work);
+	mutex_lock(&abuse_idr_lock);
+	idr_remove(&abuse_idr, dev->id);
+	mutex_unlock(&abuse_idr_lock);
+	put_disk(dev->disk);
+	blk_mq_free_tag_set(&dev->tag_set);
+	pr_info("abuse%d: removed\n", dev->id);
+	abuse_dev_put(dev);
+}
+
+static int abuse_alloc_queues(struct abuse_dev *dev)
+{
+	unsigned int i, nr = dev->cfg.nr_hw_queues;
+
+	dev->queues = kcalloc(nr, sizeof(*dev->queues), GFP_KERNEL);
+	if (!dev->queues)
+		return -ENOMEM;
+	for (i = 0; i < nr; i++) {
+		struct abuse_queue *q = &dev->queues[i];
+
+		q->dev = dev;
+		q->id = i;
+		q->state = ABUSE_Q_LIVE;
+		spin_lock_init(&q->lock);
+		init_waitqueue_head(&q->wait);
+		INIT_LIST_HEAD(&q->pending);
+		q->tags = kvcalloc(dev->cfg.queue_depth, sizeof(*q->tags),
+				   GFP_KERNEL);
+		if (!q->tags)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+static int abuse_add(struct abuse_session *s, struct abuse_dev_config *c,
+		     struct abuse_dev_config __user *reply)
 {
 	struct abuse_dev *dev;
 	struct gendisk *disk;
-	unsigned int i;
 	int ret;
 
 	ret = abuse_check_config(c);
@@ -543,39 +807,22 @@ static int abuse_add(struct abuse_session *s, struct abuse_dev_config *c)
 	kref_init(&dev->kref);
 	mutex_init(&dev->lock);
 	INIT_DELAYED_WORK(&dev->reconnect_work, abuse_reconnect_timeout);
+	INIT_WORK(&dev->expire_work, abuse_expire_server);
+	atomic64_set(&dev->wr_acked, 0);
+	atomic64_set(&dev->wr_durable, 0);
 	dev->cfg = *c;
 	dev->id = -1;
+	do {
+		dev->token = get_random_u64();
+	} while (!dev->token);
 
-	dev->queues = kcalloc(c->nr_hw_queues, sizeof(*dev->queues), GFP_KERNEL);
-	if (!dev->queues) {
-		ret = -ENOMEM;
-		goto out_put;
-	}
-	for (i = 0; i < c->nr_hw_queues; i++) {
-		struct abuse_queue *q = &dev->queues[i];
-		unsigned int tag;
-
-		q->dev = dev;
-		q->id = i;
-		q->state = ABUSE_Q_LIVE;
-		spin_lock_init(&q->lock);
-		init_waitqueue_head(&q->wait);
-		INIT_LIST_HEAD(&q->pending);
-		q->cmds = kvcalloc(c->queue_depth, sizeof(*q->cmds), GFP_KERNEL);
-		if (!q->cmds) {
-			ret = -ENOMEM;
-			goto out_put;
-		}
-		for (tag = 0; tag < c->queue_depth; tag++)
-			INIT_LIST_HEAD(&q->cmds[tag].node);
-	}
-
+	/* Reserve the index; the device becomes visible only when live. */
 	mutex_lock(&abuse_idr_lock);
 	if (c->dev_id >= 0)
-		ret = idr_alloc(&abuse_idr, dev, c->dev_id, c->dev_id + 1,
+		ret = idr_alloc(&abuse_idr, NULL, c->dev_id, c->dev_id + 1,
 				GFP_KERNEL);
 	else
-		ret = idr_alloc(&abuse_idr, dev, 0, ABUSE_MAX_DEVICES,
+		ret = idr_alloc(&abuse_idr, NULL, 0, ABUSE_MAX_DEVICES,
 				GFP_KERNEL);
 	mutex_unlock(&abuse_idr_lock);
 	if (ret < 0) {
@@ -590,6 +837,8 @@ static int abuse_add(struct abuse_session *s, struct abuse_dev_config *c)
 	dev->tag_set.nr_hw_queues = c->nr_hw_queues;
 	dev->tag_set.queue_depth = c->queue_depth;
 	dev->tag_set.numa_node = NUMA_NO_NODE;
+	dev->tag_set.cmd_size = sizeof(struct abuse_cmd);
+	dev->tag_set.timeout = msecs_to_jiffies(c->io_timeout_ms);
 	dev->tag_set.driver_data = dev;
 #ifdef BLK_MQ_F_SHOULD_MERGE
 	dev->tag_set.flags = BLK_MQ_F_SHOULD_MERGE;
@@ -597,6 +846,15 @@ static int abuse_add(struct abuse_session *s, struct abuse_dev_config *c)
 	ret = blk_mq_alloc_tag_set(&dev->tag_set);
 	if (ret)
 		goto out_idr;
+	/*
+	 * blk-mq lowers the queue count to the CPU count and the depth under
+	 * memory pressure: the server gets (and serves) what it applied.
+	 */
+	dev->cfg.nr_hw_queues = dev->tag_set.nr_hw_queues;
+	dev->cfg.queue_depth = dev->tag_set.queue_depth;
+	ret = abuse_alloc_queues(dev);
+	if (ret)
+		goto out_tags;
 
 	disk = abuse_alloc_disk(dev);
 	if (IS_ERR(disk)) {
@@ -623,15 +881,29 @@ static int abuse_add(struct abuse_session *s, struct abuse_dev_config *c)
 	ret = add_disk(disk);
 	if (ret)
 		goto out_detach;
+
 	*c = dev->cfg;
-	pr_info("abuse%d: %llu bytes, lbs %u, %u queues x %u, max io %u\n",
+	c->token = dev->token;
+	if (copy_to_user(reply, c, sizeof(*c))) {
+		/* The caller cannot know the device: do not leave it behind. */
+		dev->removing = true;
+		abuse_session_drop(s);
+		abuse_destroy(dev);
+		return -EFAULT;
+	}
+	mutex_lock(&abuse_idr_lock);
+	idr_replace(&abuse_idr, dev, dev->id);
+	mutex_unlock(&abuse_idr_lock);
+	pr_info("abuse%d: %llu bytes, lbs %u, %u queues x %u, max io %u, io timeout %u ms\n",
 		dev->id, c->size, c->logical_block_size, c->nr_hw_queues,
-		c->queue_depth, c->max_io_bytes);
+		c->queue_depth, c->max_io_bytes, c->io_timeout_ms);
 	return 0;
 
 out_detach:
-	s->dev = NULL;
-	abuse_dev_put(dev);
+	mutex_lock(&dev->lock);
+	dev->server = NULL;
+	mutex_unlock(&dev->lock);
+	abuse_session_drop(s);
 	put_disk(disk);
 out_tags:
 	blk_mq_free_tag_set(&dev->tag_set);
@@ -644,48 +916,63 @@ out_put:
 	return ret;
 }
 
-/* Tear down a device already taken out of abuse_idr. */
-static void abuse_destroy(struct abuse_dev *dev)
+/*
+ * May session @s remove @dev?  Its current server may, and whoever holds
+ * the token ADD handed out; a device without a server that holds no I/O
+ * for a reconnect (every request fails) may be removed by anyone.
+ * Called with dev->lock held.
+ */
+static bool abuse_may_remove(struct abuse_dev *dev, struct abuse_session *s,
+			     u64 token)
 {
-	cancel_delayed_work_sync(&dev->reconnect_work);
-	mutex_lock(&dev->lock);
-	abuse_set_disconnected(dev, false);
-	mutex_unlock(&dev->lock);
-	del_gendisk(dev->disk);
-	put_disk(dev->disk);
-	blk_mq_free_tag_set(&dev->tag_set);
-	pr_info("abuse%d: removed\n", dev->id);
-	abuse_dev_put(dev);
+	if (dev->server && dev->server == s)
+		return true;
+	if (token && token == dev->token)
+		return true;
+	return !dev->server && dev->queues[0].state == ABUSE_Q_DEAD;
 }
 
-static int abuse_remove(u32 id)
+static int abuse_remove(struct abuse_session *s, struct abuse_dev_remove *rm)
 {
 	struct abuse_dev *dev;
+	bool forced = false;
+	int ret = 0;
 
 	mutex_lock(&abuse_idr_lock);
-	dev = idr_find(&abuse_idr, id);
+	dev = idr_find(&abuse_idr, rm->dev_id);
 	if (!dev) {
 		mutex_unlock(&abuse_idr_lock);
 		return -ENOENT;
 	}
 	mutex_lock(&dev->lock);
-	if (dev->open_count || dev->removing) {
-		mutex_unlock(&dev->lock);
-		mutex_unlock(&abuse_idr_lock);
-		return -EBUSY;
-	}
-	dev->removing = true;
+	if (!abuse_may_remove(dev, s, rm->token))
+		ret = -EPERM;
+	else if (dev->removing)
+		ret = -EBUSY;
+	else if (dev->open_count && !(rm->flags & ABUSE_REMOVE_F_FORCE))
+		ret = -EBUSY;
+	else
+		dev->removing = true;
+	forced = !ret && dev->open_count;
 	mutex_unlock(&dev->lock);
-	idr_remove(&abuse_idr, id);
 	mutex_unlock(&abuse_idr_lock);
+	if (ret)
+		return ret;
 
+	if (forced)
+		pr_warn("abuse%d: forced removal while open, failing its I/O\n",
+			dev->id);
 	abuse_destroy(dev);
 	return 0;
 }
 
 static int abuse_attach(struct abuse_session *s, struct abuse_dev_config *c)
 {
-	struct abuse_dev_config zero = { .version = c->version, .dev_id = c->dev_id };
+	struct abuse_dev_config zero = {
+		.version = c->version,
+		.dev_id = c->dev_id,
+		.token = c->token,
+	};
 	struct abuse_dev *dev;
 	int ret = 0;
 
@@ -703,12 +990,17 @@ static int abuse_attach(struct abuse_session *s, struct abuse_dev_config *c)
 		return -ENOENT;
 	}
 	mutex_lock(&dev->lock);
-	if (dev->attached || dev->removing) {
+	if (!c->token || c->token != dev->token) {
+		ret = -EPERM;
+	} else if (dev->cache_lost) {
+		ret = -ENOTRECOVERABLE;
+	} else if (dev->server || dev->removing) {
 		ret = -EBUSY;
 	} else {
 		cancel_delayed_work(&dev->reconnect_work);
 		abuse_set_attached(dev, s);
 		*c = dev->cfg;
+		c->token = dev->token;
 		pr_info("abuse%d: server attached\n", dev->id);
 	}
 	mutex_unlock(&dev->lock);
@@ -718,116 +1010,290 @@ static int abuse_attach(struct abuse_session *s, struct abuse_dev_config *c)
 
 /* ---------------------------------------------------------- queue fd */
 
+/* A completed FLUSH made the writes acknowledged before it durable. */
+static void abuse_flush_done(struct abuse_dev *dev, s64 mark)
+{
+	s64 old = atomic64_read(&dev->wr_durable);
+
+	while (old < mark) {
+		s64 prev = atomic64_cmpxchg(&dev->wr_durable, old, mark);
+
+		if (prev == old)
+			break;
+		old = prev;
+	}
+}
+
+/* End a request the caller holds (BUSY or FAULTING). */
+static void abuse_end_held(struct abuse_queue *q, struct request *rq,
+			   blk_status_t sts)
+{
+	spin_lock_irq(&q->lock);
+	q->tags[rq->tag].rq = NULL;
+	abuse_rq_cmd(rq)->state = ABUSE_CMD_FREE;
+	spin_unlock_irq(&q->lock);
+	blk_mq_end_request(rq, sts);
+}
+
+/*
+ * The in-flight request a completion names, with the queue lock held.
+ * NULL: it timed out, and this late completion is accepted and ignored.
+ */
+static struct request *abuse_find_inflight(struct abuse_queue *q,
+					   struct abuse_qfile *qf,
+					   const struct abuse_completion *c)
+{
+	struct abuse_tag *t = &q->tags[c->tag];
+	struct abuse_cmd *cmd;
+
+	if (q->gen != qf->gen || q->state != ABUSE_Q_LIVE)
+		return ERR_PTR(-ENOTCONN);
+	cmd = t->rq ? blk_mq_rq_to_pdu(t->rq) : NULL;
+	if (cmd && cmd->state == ABUSE_CMD_INFLIGHT && cmd->seq == c->seq)
+		return t->rq;
+	if (t->expired_seq && c->seq == t->expired_seq) {
+		/* the request timed out: the tag is free again */
+		t->expired_seq = 0;
+		q->nr_expired--;
+		return NULL;
+	}
+	return ERR_PTR(-ENOENT);
+}
+
+/*
+ * Give back a BUSY request whose copy found a page missing, so that it can
+ * time out while the page is faulted in: in flight again, or wherever the
+ * end of its server generation meanwhile would have put it (failed, or
+ * pending for the next server, which may be asleep in poll already).
+ */
+static int abuse_unhold_inflight(struct abuse_queue *q, struct abuse_qfile *qf,
+				 struct request *rq)
+{
+	struct abuse_cmd *cmd = blk_mq_rq_to_pdu(rq);
+
+	spin_lock_irq(&q->lock);
+	if (q->state == ABUSE_Q_DEAD) {
+		spin_unlock_irq(&q->lock);
+		abuse_end_held(q, rq, BLK_STS_IOERR);
+		return -ENOTCONN;
+	}
+	if (q->gen != qf->gen) {
+		cmd->state = ABUSE_CMD_PENDING;
+		list_add(&cmd->node, &q->pending);
+		spin_unlock_irq(&q->lock);
+		abuse_wake(q);
+		return -ENOTCONN;
+	}
+	cmd->state = ABUSE_CMD_INFLIGHT;
+	spin_unlock_irq(&q->lock);
+	return 0;
+}
+
 static int abuse_complete_one(struct abuse_qfile *qf,
 			      const struct abuse_completion *c)
 {
 	struct abuse_queue *q = qf->q;
-	struct abuse_cmd *cmd;
+	struct abuse_dev *dev = q->dev;
+	bool bad_addr = false;
 	struct request *rq;
 	blk_status_t sts;
-	u64 addr;
-	int ret = 0;
+	u64 addr = 0;
+	int tries, ret;
 
 	if (c->flags || c->result > 0 || c->result < -MAX_ERRNO ||
-	    c->tag >= q->dev->cfg.queue_depth)
+	    c->tag >= dev->cfg.queue_depth)
 		return -EINVAL;
-	cmd = &q->cmds[c->tag];
 
-	spin_lock_irq(&q->lock);
-	if (q->gen != qf->gen || q->state != ABUSE_Q_LIVE) {
-		spin_unlock_irq(&q->lock);
-		return -ENOTCONN;
-	}
-	if (cmd->state != ABUSE_CMD_INFLIGHT || cmd->seq != c->seq) {
-		spin_unlock_irq(&q->lock);
-		return -ENOENT;
-	}
-	rq = cmd->rq;
-	if (c->addr && req_op(rq) != REQ_OP_READ) {
-		spin_unlock_irq(&q->lock);
-		return -EINVAL;
-	}
-	cmd->state = ABUSE_CMD_BUSY;
-	spin_unlock_irq(&q->lock);
-
-	sts = errno_to_blk_status(c->result);
-	if (!c->result && req_op(rq) == REQ_OP_READ) {
-		addr = c->addr ? c->addr :
-		       qf->buf_addr + (u64)c->tag * q->dev->cfg.max_io_bytes;
-		if (!access_ok(u64_to_user_ptr(addr), blk_rq_bytes(rq)) ||
-		    abuse_copy_rq(rq, addr, false)) {
-			sts = BLK_STS_IOERR;
-			ret = -EFAULT;
+	for (tries = 0; ; tries++) {
+		spin_lock_irq(&q->lock);
+		rq = abuse_find_inflight(q, qf, c);
+		if (IS_ERR_OR_NULL(rq)) {
+			spin_unlock_irq(&q->lock);
+			return PTR_ERR_OR_ZERO(rq);
 		}
-	}
+		if (c->addr && req_op(rq) != REQ_OP_READ) {
+			spin_unlock_irq(&q->lock);
+			return -EINVAL;
+		}
+		abuse_rq_cmd(rq)->state = ABUSE_CMD_BUSY;
+		/*
+		 * Count what the server acknowledged while its generation is
+		 * certainly current: abuse_server_lost() reads these counters
+		 * after ending the generation under this lock.
+		 */
+		if (!c->result && (dev->cfg.flags & ABUSE_DEV_F_WRITE_CACHE)) {
+			if (req_op(rq) == REQ_OP_FLUSH)
+				abuse_flush_done(dev, abuse_rq_cmd(rq)->wr_mark);
+			else if (abuse_is_write(rq) && !(rq->cmd_flags & REQ_FUA))
+				atomic64_inc(&dev->wr_acked);
+		}
+		spin_unlock_irq(&q->lock);
 
-	spin_lock_irq(&q->lock);
-	cmd->rq = NULL;
-	cmd->state = ABUSE_CMD_FREE;
-	spin_unlock_irq(&q->lock);
-	blk_mq_end_request(rq, sts);
+		sts = errno_to_blk_status(c->result);
+		ret = 0;
+		if (c->result || req_op(rq) != REQ_OP_READ)
+			break;
+		if (bad_addr) {
+			ret = -EFAULT;
+			break;
+		}
+		addr = c->addr ? c->addr :
+		       qf->buf_addr + (u64)c->tag * dev->cfg.max_io_bytes;
+		ret = abuse_copy_rq(rq, addr, false);
+		if (ret != -EAGAIN)
+			break;
+		if (tries == ABUSE_COPY_TRIES) {
+			ret = -EFAULT;
+			break;
+		}
+		ret = abuse_unhold_inflight(q, qf, rq);
+		if (ret)
+			return ret;
+		bad_addr = !abuse_fault_in(addr, blk_rq_bytes(rq), false);
+	}
+	/* A bad address ends that request with EIO, as a bad WRITE buffer does. */
+	abuse_end_held(q, rq, ret ? BLK_STS_IOERR : sts);
 	return ret;
+}
+
+/* The first pending request that may be handed out (queue lock held). */
+static struct abuse_cmd *abuse_first_ready(struct abuse_queue *q)
+{
+	struct abuse_cmd *cmd;
+
+	if (!q->nr_expired)
+		return list_first_entry_or_null(&q->pending, struct abuse_cmd,
+						node);
+	list_for_each_entry(cmd, &q->pending, node)
+		if (!q->tags[blk_mq_rq_from_pdu(cmd)->tag].expired_seq)
+			return cmd;
+	return NULL;
+}
+
+static void abuse_fill_request(struct abuse_qfile *qf, struct request *rq,
+			       struct abuse_request *r)
+{
+	struct abuse_queue *q = qf->q;
+
+	memset(r, 0, sizeof(*r));
+	r->seq = abuse_rq_cmd(rq)->seq;
+	if (req_op(rq) != REQ_OP_FLUSH) {
+		r->offset = (u64)blk_rq_pos(rq) << SECTOR_SHIFT;
+		r->len = blk_rq_bytes(rq);
+	}
+	r->op_flags = abuse_rq_op_flags(rq);
+	r->tag = rq->tag;
+	r->queue_id = q->id;
+	if (req_op(rq) == REQ_OP_WRITE)
+		r->addr = qf->buf_addr + (u64)r->tag * q->dev->cfg.max_io_bytes;
 }
 
 /* Hand one pending request to the server; 0 = stored, 1 = none left. */
 static int abuse_fetch_one(struct abuse_qfile *qf, struct abuse_request __user *ureq)
 {
 	struct abuse_queue *q = qf->q;
-	struct abuse_request r = { 0 };
+	struct abuse_request r;
 	struct abuse_cmd *cmd;
 	struct request *rq;
-	int ret = 0;
+	bool bad_buf, bad_ureq;
+	int tries, ret;
+	u64 seq;
 
-	spin_lock_irq(&q->lock);
-	if (q->gen != qf->gen || q->state != ABUSE_Q_LIVE) {
+	for (tries = 0; ; tries++) {
+		spin_lock_irq(&q->lock);
+		if (q->gen != qf->gen || q->state != ABUSE_Q_LIVE) {
+			spin_unlock_irq(&q->lock);
+			return -ENOTCONN;
+		}
+		cmd = abuse_first_ready(q);
+		if (!cmd) {
+			spin_unlock_irq(&q->lock);
+			return 1;
+		}
+		list_del_init(&cmd->node);
+		cmd->state = ABUSE_CMD_BUSY;
+		seq = ++q->seq;
+		cmd->seq = seq;
+		rq = blk_mq_rq_from_pdu(cmd);
 		spin_unlock_irq(&q->lock);
-		return -ENOTCONN;
-	}
-	cmd = list_first_entry_or_null(&q->pending, struct abuse_cmd, node);
-	if (!cmd) {
-		spin_unlock_irq(&q->lock);
-		return 1;
-	}
-	list_del_init(&cmd->node);
-	cmd->state = ABUSE_CMD_BUSY;
-	cmd->seq = ++q->seq;
-	rq = cmd->rq;
-	spin_unlock_irq(&q->lock);
 
-	r.seq = cmd->seq;
-	if (req_op(rq) != REQ_OP_FLUSH) {
-		r.offset = (u64)blk_rq_pos(rq) << SECTOR_SHIFT;
-		r.len = blk_rq_bytes(rq);
-	}
-	r.op_flags = abuse_rq_op_flags(rq);
-	r.tag = rq->tag;
-	r.queue_id = q->id;
-	if (req_op(rq) == REQ_OP_WRITE) {
-		r.addr = qf->buf_addr + (u64)r.tag * q->dev->cfg.max_io_bytes;
-		ret = abuse_copy_rq(rq, r.addr, true);
-	}
-	if (!ret && copy_to_user(ureq, &r, sizeof(r)))
-		ret = -EFAULT;
+		abuse_fill_request(qf, rq, &r);
+		ret = 0;
+		if (r.addr)
+			ret = abuse_copy_rq(rq, r.addr, true);
+		if (ret == -EFAULT) {
+			/*
+			 * The server's buffer for this tag is unusable.  Handing
+			 * the request back would fail on every fetch and wedge
+			 * the queue: fail it, as a bad READ source is.
+			 */
+			abuse_end_held(q, rq, BLK_STS_IOERR);
+			return -EFAULT;
+		}
+		if (!ret) {
+			pagefault_disable();
+			if (copy_to_user(ureq, &r, sizeof(r)))
+				ret = -EAGAIN;
+			pagefault_enable();
+		}
 
-	spin_lock_irq(&q->lock);
-	if (q->state == ABUSE_Q_DEAD) {
-		/* the device died while we copied: fail it ourselves */
-		cmd->state = ABUSE_CMD_FREE;
-		cmd->rq = NULL;
+		spin_lock_irq(&q->lock);
+		if (q->state == ABUSE_Q_DEAD) {
+			/* the device died while we copied: fail it ourselves */
+			spin_unlock_irq(&q->lock);
+			abuse_end_held(q, rq, BLK_STS_IOERR);
+			return -ENOTCONN;
+		}
+		if (q->gen != qf->gen) {
+			/*
+			 * For the next server, which may already be asleep in
+			 * poll: wake it.
+			 */
+			cmd->state = ABUSE_CMD_PENDING;
+			list_add(&cmd->node, &q->pending);
+			spin_unlock_irq(&q->lock);
+			abuse_wake(q);
+			return -ENOTCONN;
+		}
+		if (!ret) {
+			cmd->state = ABUSE_CMD_INFLIGHT;
+			spin_unlock_irq(&q->lock);
+			return 0;
+		}
+		/*
+		 * A page of the tag buffer or of the request array is not
+		 * present.  Fault them in with the request off the list but
+		 * its pages untouched, where its timeout and the end of the
+		 * server generation can still reach it.
+		 */
+		cmd->state = ABUSE_CMD_FAULTING;
 		spin_unlock_irq(&q->lock);
-		blk_mq_end_request(rq, BLK_STS_IOERR);
-		return ret ? ret : -ENOTCONN;
-	}
-	if (ret || q->gen != qf->gen) {
-		/* keep it for the next fetch (or the next server) */
+		bad_ureq = !abuse_fault_in((u64)(uintptr_t)ureq, sizeof(r), true);
+		bad_buf = !abuse_fault_in(r.addr, r.addr ? r.len : 0, true);
+
+		spin_lock_irq(&q->lock);
+		if (q->tags[r.tag].rq != rq || cmd->state != ABUSE_CMD_FAULTING ||
+		    cmd->seq != seq) {
+			/* timed out or failed meanwhile: not ours any more */
+			spin_unlock_irq(&q->lock);
+			if (bad_ureq)
+				return -EFAULT;
+			continue;
+		}
+		if (bad_buf || tries == ABUSE_COPY_TRIES) {
+			spin_unlock_irq(&q->lock);
+			abuse_end_held(q, rq, BLK_STS_IOERR);
+			return -EFAULT;
+		}
 		cmd->state = ABUSE_CMD_PENDING;
 		list_add(&cmd->node, &q->pending);
-		ret = ret ? ret : -ENOTCONN;
-	} else {
-		cmd->state = ABUSE_CMD_INFLIGHT;
+		ret = q->gen != qf->gen ? -ENOTCONN : bad_ureq ? -EFAULT : 0;
+		spin_unlock_irq(&q->lock);
+		if (ret) {
+			abuse_wake(q);
+			return ret;
+		}
 	}
-	spin_unlock_irq(&q->lock);
-	return ret;
 }
 
 static long abuse_queue_commit_fetch(struct abuse_qfile *qf,
@@ -862,6 +1328,7 @@ static long abuse_queue_commit_fetch(struct abuse_qfile *qf,
 		b.nr_completed++;	/* -EFAULT: consumed, ended with EIO */
 		if (ret)
 			break;
+		cond_resched();
 	}
 
 	while (!ret && b.nr_requests < b.max_requests) {
@@ -872,6 +1339,7 @@ static long abuse_queue_commit_fetch(struct abuse_qfile *qf,
 		}
 		if (!ret)
 			b.nr_requests++;
+		cond_resched();
 	}
 
 	if (copy_to_user(ub, &b, sizeof(b)))
@@ -902,7 +1370,7 @@ static __poll_t abuse_queue_poll(struct file *file, poll_table *wait)
 	spin_lock_irq(&q->lock);
 	if (q->gen != qf->gen || q->state != ABUSE_Q_LIVE)
 		mask = EPOLLERR | EPOLLHUP;
-	else if (!list_empty(&q->pending))
+	else if (abuse_first_ready(q))
 		mask = EPOLLIN | EPOLLRDNORM;
 	spin_unlock_irq(&q->lock);
 	return mask;
@@ -959,7 +1427,7 @@ static int abuse_queue_fd(struct abuse_session *s, struct abuse_queue_setup *qs)
 	qf->buf_len = qs->buf_len;
 
 	mutex_lock(&dev->lock);
-	if (dev->gen != s->gen || !dev->attached) {
+	if (dev->gen != s->gen || dev->server != s) {
 		fd = -ENOTCONN;
 		goto out_unlock;
 	}
@@ -1009,7 +1477,7 @@ static int abctl_release(struct inode *inode, struct file *file)
 
 	if (s->dev) {
 		abuse_server_lost(s->dev, s->gen);
-		abuse_dev_put(s->dev);
+		abuse_session_drop(s);
 	}
 	kfree(s);
 	return 0;
@@ -1029,24 +1497,32 @@ static long abctl_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 
 	switch (cmd) {
 	case ABUSE_CTL_ADD:
+		if (copy_from_user(&cfg, argp, sizeof(cfg)))
+			return -EFAULT;
+		mutex_lock(&s->lock);
+		ret = abuse_add(s, &cfg, argp);
+		mutex_unlock(&s->lock);
+		return ret ? ret : cfg.dev_id;
 	case ABUSE_CTL_ATTACH:
 		if (copy_from_user(&cfg, argp, sizeof(cfg)))
 			return -EFAULT;
 		mutex_lock(&s->lock);
-		if (cmd == ABUSE_CTL_ADD)
-			ret = abuse_add(s, &cfg);
-		else
-			ret = abuse_attach(s, &cfg);
-		mutex_unlock(&s->lock);
-		if (!ret && copy_to_user(argp, &cfg, sizeof(cfg)))
+		ret = abuse_attach(s, &cfg);
+		if (!ret && copy_to_user(argp, &cfg, sizeof(cfg))) {
+			/* The caller cannot serve what it cannot see: undo. */
+			abuse_server_lost(s->dev, s->gen);
+			abuse_session_drop(s);
 			ret = -EFAULT;
+		}
+		mutex_unlock(&s->lock);
 		return ret ? ret : cfg.dev_id;
 	case ABUSE_CTL_REMOVE:
 		if (copy_from_user(&rm, argp, sizeof(rm)))
 			return -EFAULT;
-		if (rm.flags || rm.reserved || rm.dev_id >= ABUSE_MAX_DEVICES)
+		if (rm.flags & ~ABUSE_REMOVE_F_FORCE ||
+		    rm.dev_id >= ABUSE_MAX_DEVICES)
 			return -EINVAL;
-		return abuse_remove(rm.dev_id);
+		return abuse_remove(s, &rm);
 	case ABUSE_CTL_QUEUE_FD:
 		if (copy_from_user(&qs, argp, sizeof(qs)))
 			return -EFAULT;
@@ -1071,6 +1547,11 @@ static const struct file_operations abctl_fops = {
 	.llseek		= noop_llseek,
 };
 
+/*
+ * A dynamic minor: there is no reserved one to claim for /dev/abctl, so no
+ * "devname:" alias either (depmod ignores it without a fixed minor).  Load
+ * the module with modprobe (see the README's DKMS section).
+ */
 static struct miscdevice abctl_misc = {
 	.minor		= MISC_DYNAMIC_MINOR,
 	.name		= ABUSE_CTL_NAME,
@@ -1102,15 +1583,18 @@ static void __exit abuse_exit(void)
 
 	misc_deregister(&abctl_misc);
 	/* No file can be open here (each holds a module reference). */
-	mutex_lock(&abuse_idr_lock);
-	idr_for_each_entry(&abuse_idr, dev, id) {
-		idr_remove(&abuse_idr, id);
+	for (;;) {
+		id = 0;
+		mutex_lock(&abuse_idr_lock);
+		dev = idr_get_next(&abuse_idr, &id);
+		mutex_unlock(&abuse_idr_lock);
+		if (!dev)
+			break;
 		mutex_lock(&dev->lock);
 		dev->removing = true;
 		mutex_unlock(&dev->lock);
 		abuse_destroy(dev);
 	}
-	mutex_unlock(&abuse_idr_lock);
 	idr_destroy(&abuse_idr);
 	unregister_blkdev(abuse_major, "abuse");
 }
@@ -1119,5 +1603,6 @@ module_init(abuse_init);
 module_exit(abuse_exit);
 
 MODULE_LICENSE("GPL");
+MODULE_AUTHOR("The uio authors");
 MODULE_DESCRIPTION("ABUSE: block devices served from userspace");
-MODULE_ALIAS("devname:" ABUSE_CTL_NAME);
+MODULE_VERSION("1.1");

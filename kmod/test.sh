@@ -3,19 +3,23 @@
 #   1. Go binding layout test against the uapi header (cgo)
 #   2. checkpatch.pl --strict (from Debian's linux-source package)
 #   3. compile check against the newest Debian kernel (sid, in a debootstrap chroot)
-#   4. qemu VM tests on Debian 6.1 and 6.12 (vmtest/run.sh)
+#   4. qemu VM tests on Debian 6.1 and 6.12 (vmtest/run.sh), and the blockdev
+#      server over ublk on the same kernels (vmtest/ublk-test.sh)
+#   5. dkms build of kmod/dkms.conf against the Debian 6.1 and 6.12 headers
 # Installs what it needs; caches under /var/cache/abuse-kmod. Exit 0 only
 # if every step passed.
-# Environment: SKIP_VM=1, SKIP_SID=1, SKIP_CHECKPATCH=1, FLAVOURS="6.1 6.12",
-# SID_REFRESH=1 (apt-get upgrade the sid chroot), LOGDIR=/var/tmp/abuse-test
+# Environment: SKIP_VM=1 (the ublk checks too), SKIP_SID=1, SKIP_CHECKPATCH=1,
+# SKIP_DKMS=1, FLAVOURS="6.1 6.12",
+# SID_REFRESH=1 (apt-get upgrade the sid chroot), LOGDIR=/var/tmp/abuse-test,
+# VMLAB=/var/tmp/abuse-vmtest (the VMs' scratch dirs, one per flavour)
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$HERE")
 CACHE=/var/cache/abuse-kmod
 LOGDIR=${LOGDIR:-/var/tmp/abuse-test}
+VMLAB=${VMLAB:-/var/tmp/abuse-vmtest}
 FLAVOURS=${FLAVOURS:-6.1 6.12}
-export GOFLAGS=-ldflags=-checklinkname=0
 export DEBIAN_FRONTEND=noninteractive
 GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 mkdir -p "$LOGDIR" "$CACHE"
@@ -99,12 +103,49 @@ sid_build() {
 	echo "RESULT: PASS abuse.ko compiles against $k with W=1, no warnings"
 }
 
+# dkms add + build, as the README tells users, but in a private DKMS tree
+# (nothing is installed), for every Debian 6.1 / 6.12 kernel with headers.
+dkms_build() {
+	local t k v n=0 rc=0 mod
+	command -v dkms >/dev/null ||
+		timeout 900 apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends dkms || return 1
+	v=$(sed -n 's/^PACKAGE_VERSION="\(.*\)"/\1/p' "$HERE/dkms.conf")
+	grep -q "MODULE_VERSION(\"$v\")" "$HERE/abuse.c" || { echo "dkms.conf version $v is not abuse.c's MODULE_VERSION"; return 1; }
+	t=$(mktemp -d /var/tmp/abuse-dkms.XXXXXX)
+	mkdir -p "$t/src/abuse-$v" "$t/tree" "$t/inst"
+	cp -a "$HERE"/abuse.c "$HERE"/abuse_compat.h "$HERE"/Kbuild "$HERE"/Makefile "$HERE"/dkms.conf "$HERE"/include "$t/src/abuse-$v/"
+	local D="--dkmstree $t/tree --sourcetree $t/src --installtree $t/inst"
+	(cd "$t" && dkms add -m abuse -v "$v" $D) || rc=1
+	for k in $(ls /lib/modules); do
+		case "$k" in 6.1.* | 6.12.*) ;; *) continue ;; esac
+		[ -e "/lib/modules/$k/build/Makefile" ] || continue
+		n=$((n + 1))
+		if ! (cd "$t" && timeout 600 dkms build -m abuse -v "$v" -k "$k" $D); then
+			echo "dkms build for $k failed:"; cat "$t/tree/abuse/$v/build/make.log" 2>/dev/null; rc=1; continue
+		fi
+		mod=$(ls "$t/tree/abuse/$v/$k"/*/module/abuse.ko* 2>/dev/null | head -1)
+		if [ -z "$mod" ] || [ "$(modinfo -F vermagic "$mod" | cut -d' ' -f1)" != "$k" ]; then
+			echo "dkms build for $k: no abuse.ko for $k ($mod)"; rc=1; continue
+		fi
+		echo "dkms build abuse/$v for $k: $(basename "$mod"), vermagic $(modinfo -F vermagic "$mod")"
+	done
+	rm -rf "$t"
+	[ $n -ge 2 ] || { echo "only $n Debian 6.1/6.12 kernels with headers"; rc=1; }
+	[ $rc = 0 ] && echo "RESULT: PASS dkms build abuse/$v for $n kernels"
+	return $rc
+}
+
 step go-layout go_layout
 [ "${SKIP_CHECKPATCH:-0}" = 1 ] || step checkpatch checkpatch
 [ "${SKIP_SID:-0}" = 1 ] || step sid-compile sid_build
 if [ "${SKIP_VM:-0}" != 1 ]; then
-	for f in $FLAVOURS; do step "vm-$f" "$HERE/vmtest/run.sh" "$f"; done
+	for f in $FLAVOURS; do LAB=$VMLAB/$f step "vm-$f" "$HERE/vmtest/run.sh" "$f"; done
+	# the same daemon over the kernel's own ublk (Debian's 6.1 lacks
+	# ublk_drv: its guest reports SKIP and passes)
+	for f in $FLAVOURS; do LAB=$VMLAB/ublk-$f step "vm-ublk-$f" "$HERE/vmtest/ublk-test.sh" "$f"; done
 fi
+# after the VM steps, which install the 6.1 and 6.12 kernels and headers
+[ "${SKIP_DKMS:-0}" = 1 ] || step dkms-build dkms_build
 
 echo "=== summary ($(echo "$EPOCHREALTIME - $T0" | bc | cut -c1-6)s, logs in $LOGDIR)"
 printf '%s\n' "${SUMMARY[@]}"

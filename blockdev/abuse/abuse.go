@@ -55,15 +55,23 @@ const (
 	DefDepth       = 128
 	MaxBatch       = 1024
 	MaxReconnectMs = 3600000
+	DefIOTimeoutMs = 30000
+	MinIOTimeoutMs = 1000
+	MaxIOTimeoutMs = 3600000
 	MaxSize        = 1 << 60
 )
 
 // Device flags (ABUSE_DEV_F_*).
 const (
-	DevReadOnly   = 1 << 0
-	DevWriteCache = 1 << 1
-	DevFUA        = 1 << 2
+	DevReadOnly    = 1 << 0
+	DevWriteCache  = 1 << 1
+	DevFUA         = 1 << 2
+	DevTimeoutDead = 1 << 3 // an I/O timeout ends the server, as if it had died
 )
+
+// RemoveForce (ABUSE_REMOVE_F_FORCE) removes a device even while it is open
+// or mounted: its I/O fails from then on.
+const RemoveForce = 1 << 0
 
 // Operations (ABUSE_OP_*), bits 0..7 of Request.OpFlags.
 const (
@@ -105,14 +113,17 @@ type DevConfig struct {
 	MaxWriteZeroesSectors uint32
 	ReconnectMs           uint32
 	DevID                 int32
-	Reserved              [4]uint64
+	IOTimeoutMs           uint32 // 0: DefIOTimeoutMs
+	Reserved0             uint32
+	Token                 uint64 // out of Create, into Attach and Remove
+	Reserved              [2]uint64
 }
 
 // DevRemove mirrors struct abuse_dev_remove (16 bytes).
 type DevRemove struct {
-	DevID    uint32
-	Flags    uint32
-	Reserved uint64
+	DevID uint32
+	Flags uint32
+	Token uint64
 }
 
 // QueueSetup mirrors struct abuse_queue_setup (40 bytes).
@@ -228,8 +239,10 @@ func (c *Ctl) Close() error { return unix.Close(c.fd) }
 func (c *Ctl) Config() DevConfig { return c.cfg }
 
 // Create creates a device and makes this session its server. Zero fields
-// take the kernel defaults; on success cfg holds the effective values and
-// cfg.DevID the index N of /dev/abuseN. Set cfg.DevID = -1 for "any".
+// take the kernel defaults; on success cfg holds the effective values (the
+// queue count and depth as blk-mq applied them), cfg.DevID the index N of
+// /dev/abuseN and cfg.Token the device's ownership token. Set cfg.DevID =
+// -1 for "any".
 func (c *Ctl) Create(cfg *DevConfig) error {
 	cfg.Version = ProtocolVersion
 	if _, err := ioctl(c.fd, IoctlCtlAdd, unsafe.Pointer(cfg)); err != nil {
@@ -240,9 +253,12 @@ func (c *Ctl) Create(cfg *DevConfig) error {
 }
 
 // Attach makes this session the server of existing device id whose
-// previous server is gone (see DevConfig.ReconnectMs).
-func (c *Ctl) Attach(id int) (DevConfig, error) {
-	cfg := DevConfig{Version: ProtocolVersion, DevID: int32(id)}
+// previous server is gone (see DevConfig.ReconnectMs). token is the one
+// Create returned (EPERM otherwise); ENOTRECOVERABLE means a server with a
+// write cache died holding unflushed writes, so the device cannot be
+// served again.
+func (c *Ctl) Attach(id int, token uint64) (DevConfig, error) {
+	cfg := DevConfig{Version: ProtocolVersion, DevID: int32(id), Token: token}
 	if _, err := ioctl(c.fd, IoctlCtlAttach, unsafe.Pointer(&cfg)); err != nil {
 		return cfg, fmt.Errorf("abuse: attach %d: %w", id, err)
 	}
@@ -250,10 +266,22 @@ func (c *Ctl) Attach(id int) (DevConfig, error) {
 	return cfg, nil
 }
 
-// Remove removes device id (any session may). It fails with EBUSY while
-// the block device is open or mounted.
+// Remove removes device id. The session serving it may, and so may anyone
+// for a device whose server is gone and that holds no I/O for a reconnect;
+// others need the token (RemoveToken), else EPERM. It fails with EBUSY
+// while the block device is open or mounted.
 func (c *Ctl) Remove(id int) error {
-	rm := DevRemove{DevID: uint32(id)}
+	var token uint64
+	if c.att && int(c.cfg.DevID) == id {
+		token = c.cfg.Token
+	}
+	return c.RemoveToken(id, token, 0)
+}
+
+// RemoveToken removes device id with its ownership token (0: none) and
+// flags (RemoveForce: even while open or mounted, failing its I/O).
+func (c *Ctl) RemoveToken(id int, token uint64, flags uint32) error {
+	rm := DevRemove{DevID: uint32(id), Flags: flags, Token: token}
 	if _, err := ioctl(c.fd, IoctlCtlRemove, unsafe.Pointer(&rm)); err != nil {
 		return fmt.Errorf("abuse: remove %d: %w", id, err)
 	}

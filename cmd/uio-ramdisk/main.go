@@ -19,6 +19,14 @@
 // It prints the device path on stdout once the device exists and serves
 // until SIGINT or SIGTERM, then removes the device (waiting up to -remove-wait
 // while it is mounted or open; a second signal detaches without removing).
+// A request the daemon has not finished after -io-timeout fails with EIO
+// (with -io-timeout-fatal the kernel treats the daemon as dead instead), so
+// a stopped or stuck daemon never leaves the device's users hanging.
+//
+// -token-file keeps the device's ownership token: a daemon restarted with
+// -attach and the same file takes over the device (within -reconnect-ms);
+// without the token the kernel refuses other sessions with EPERM.
+//
 // Exit status: 0 after a clean removal, 1 on a failure while serving, 2 for
 // a usage or setup error (bad flag, module not loaded, device busy).
 package main
@@ -29,6 +37,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -55,6 +65,9 @@ func main() {
 	index := flag.Int("index", -1, "create /dev/abuseN (/dev/ublkbN) with this N (-1: first free)")
 	attach := flag.Bool("attach", false, "serve the existing device -index (its previous server is gone) instead of creating one (abuse only)")
 	reconnect := flag.Int("reconnect-ms", 0, "hold the device's I/O this long for a new server if this one dies (abuse only)")
+	ioTimeout := flag.Duration("io-timeout", 30*time.Second, "fail a request with EIO when this daemon has not finished it in this time (1s..1h; abuse only)")
+	timeoutFatal := flag.Bool("io-timeout-fatal", false, "an I/O timeout ends this daemon's service of the device (as if it had died) instead of failing only that request (abuse only)")
+	tokenFile := flag.String("token-file", "", "write the device's ownership token here (mode 0600); with -attach, read it from here (abuse only)")
 	ready := flag.String("ready", "", "also write the device path to this file once it exists")
 	removeWait := flag.Duration("remove-wait", 5*time.Second, "on SIGINT/SIGTERM, keep retrying removal of a busy device this long")
 	level := flag.String("log", "info", "log level: debug, info, warn, error")
@@ -96,6 +109,23 @@ func main() {
 	chunk, err := blockdev.ParseSize(*chunkStr)
 	if err != nil {
 		usage("-chunk: %v", err)
+	}
+
+	if *ioTimeout < time.Second || *ioTimeout > time.Hour {
+		usage("-io-timeout %v: want 1s..1h", *ioTimeout)
+	}
+	var token uint64
+	if *attach {
+		if *tokenFile == "" {
+			usage("-attach needs -token-file (the file the creating daemon wrote)")
+		}
+		b, err := os.ReadFile(*tokenFile)
+		if err != nil {
+			usage("-token-file: %v", err)
+		}
+		if token, err = strconv.ParseUint(strings.TrimSpace(string(b)), 16, 64); err != nil {
+			usage("-token-file %s: not a token: %v", *tokenFile, err)
+		}
 	}
 
 	var be blockdev.Backend
@@ -156,18 +186,33 @@ func main() {
 	srv, err := blockdev.Serve(blockdev.Config{
 		Backend: be, Size: size, BlockSize: *bs, Queues: *queues, Depth: *depth, MaxIO: int(maxIO),
 		ReadOnly: *readOnly, WriteCache: writeCache, Index: *index, Attach: *attach,
-		ReconnectMs: *reconnect, Engine: *engine, Driver: *driver, UblkCopy: *ublkCopy, Logger: log,
+		ReconnectMs: *reconnect, IOTimeout: *ioTimeout, TimeoutEndsServer: *timeoutFatal,
+		Token: token, Engine: *engine, Driver: *driver, UblkCopy: *ublkCopy, Logger: log,
 	})
 	if err != nil {
 		switch {
-		case errors.Is(err, blockdev.ErrNoModule), errors.Is(err, blockdev.ErrNoUblk):
+		case errors.Is(err, blockdev.ErrNoModule):
+			usage("%v\n%s", err, noModuleHelp)
+		case errors.Is(err, blockdev.ErrNoUblk) && *driver == "auto":
+			usage("%v\nor serve over ABUSE instead: %s", err, noModuleHelp)
+		case errors.Is(err, blockdev.ErrNoUblk):
 			usage("%v", err)
+		case *attach && errors.Is(err, unix.EPERM):
+			usage("%v (the token in %s is not this device's)", err, *tokenFile)
+		case errors.Is(err, unix.ENOTRECOVERABLE):
+			usage("%v: its previous server died holding unflushed writes; the data is lost, remove the device", err)
 		case errors.Is(err, unix.EEXIST), errors.Is(err, unix.EBUSY):
 			usage("device busy: %v", err)
 		case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
 			usage("%v (needs root: CAP_SYS_ADMIN)", err)
 		default:
 			usage("%v", err)
+		}
+	}
+	if *tokenFile != "" && !*attach {
+		if err := writeToken(*tokenFile, srv.Token()); err != nil {
+			srv.Close(0)
+			usage("-token-file: %v", err)
 		}
 	}
 	fmt.Println(srv.Path())
@@ -215,6 +260,22 @@ func main() {
 		log.Info("device removed by someone else", zap.String("path", srv.Path()))
 		return
 	}
+}
+
+// noModuleHelp says how to get abuse.ko loaded.
+const noModuleHelp = `the abuse kernel module is not loaded. Load it with:
+    sudo modprobe abuse               # if it is installed (DKMS)
+or install it for every kernel with DKMS (see the README, "Block devices"):
+    sudo cp -r kmod /usr/src/abuse-1.1 && sudo dkms install abuse/1.1 && sudo modprobe abuse
+or, from a source tree built with make -C kmod:
+    sudo insmod kmod/abuse.ko`
+
+func writeToken(path string, token uint64) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(token, 16)+"\n"), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 func usage(f string, a ...any) {

@@ -70,6 +70,9 @@ ext4check() {
 		if [ "$2" = aio ]; then
 			out=$(timeout 10 ramserver remove -id 0 2>&1)
 			rc=$?
+			if [ $rc = 1 ]; then pass "remove-foreign-refused EPERM ($out)"; else fail "remove-foreign-refused rc=$rc $out"; fi
+			out=$(timeout 10 ramserver remove -id 0 -token-file /tmp/tok0 2>&1)
+			rc=$?
 			if [ $rc = 16 ]; then pass "remove-mounted-refused ($out)"; else fail "remove-mounted-refused rc=$rc $out"; fi
 		fi
 		echo 3 >/proc/sys/vm/drop_caches
@@ -88,7 +91,7 @@ ext4check() {
 
 # ------------------------- device 0: the uio-ramdisk daemon on the AIO engine
 rm -f /tmp/ready0
-uio-ramdisk -size 64M -bs 4096 -queues 2 -depth 32 -backend aio -index 0 -ready /tmp/ready0 &
+uio-ramdisk -size 64M -bs 4096 -queues 2 -depth 32 -backend aio -index 0 -token-file /tmp/tok0 -ready /tmp/ready0 &
 SPID=$!
 if wait_ready /tmp/ready0; then pass "uio-ramdisk-aio created $(cat /tmp/ready0) (pid $SPID)"; else fail "uio-ramdisk-aio create /dev/abuse0"; fi
 DEV=/dev/abuse0
@@ -219,7 +222,7 @@ wait_gone $SPID || fail "daemon 2 shutdown"
 
 # --------------- device 3: reconnect window (I/O held, then served by a new daemon)
 rm -f /tmp/ready3 /tmp/ready3b
-uio-ramdisk -index 3 -size 16M -queues 2 -depth 8 -reconnect-ms 4000 -ready /tmp/ready3 &
+uio-ramdisk -index 3 -size 16M -queues 2 -depth 8 -reconnect-ms 4000 -token-file /tmp/tok3 -ready /tmp/ready3 &
 SPID=$!
 wait_ready /tmp/ready3 || fail "create /dev/abuse3"
 kill -KILL $SPID
@@ -229,7 +232,10 @@ RWPID=$!
 sleep 1
 if kill -0 $RWPID 2>/dev/null; then pass "reconnect-io-held (I/O waits for a new server)"; else
 	fail "reconnect-io-held: I/O ended without a server"; cat /tmp/rw3.out; fi
-uio-ramdisk -attach -index 3 -size 16M -ready /tmp/ready3b &
+out=$(uio-ramdisk -attach -index 3 -size 16M -token-file /tmp/tok0 2>&1); rc=$?
+if [ $rc = 2 ] && echo "$out" | grep -q 'operation not permitted'; then pass "reconnect-wrong-token-refused ($out)"; else
+	fail "reconnect-wrong-token-refused rc=$rc $out"; fi
+uio-ramdisk -attach -index 3 -size 16M -token-file /tmp/tok3 -ready /tmp/ready3b &
 SPID=$!
 if wait_ready /tmp/ready3b && timeout 60 sh -c "while kill -0 $RWPID 2>/dev/null; do sleep 0.1; done" &&
 	wait $RWPID; then
@@ -262,6 +268,86 @@ else
 fi
 kill -TERM $SPID
 wait_gone $SPID || fail "example-xorramdisk shutdown"
+
+# ------------------------------------------ hardening: races, stuck servers
+# ADD, ATTACH and REMOVE racing on one index (thousands of devices)
+run add-attach-remove-race 600 ramserver race -n "${RACE_N:-2000}" -id 40
+
+# the queue count and depth as blk-mq applied them (2 vCPUs: 8 queues -> 2)
+rm -f /tmp/ready7
+ramserver serve -queues 8 -depth 256 -id 7 -ready /tmp/ready7 >/tmp/s7.out 2>&1 &
+SPID=$!
+if wait_ready /tmp/ready7; then
+	got=$(sed -n 's/.* \([0-9]*\) queues x \([0-9]*\),.*/\1 \2/p' /tmp/s7.out)
+	sys="$(ls /sys/block/abuse7/mq | wc -l) $(cat /sys/block/abuse7/mq/0/nr_tags)"
+	if [ "$got" = "$sys" ] && [ "${got%% *}" = "$(nproc)" ]; then
+		pass "queue-clamp requested 8x256, kernel applied and reported '$got' (sysfs mq dirs, nr_tags: '$sys'; $(nproc) CPUs)"
+	else
+		fail "queue-clamp reported '$got' sysfs '$sys' cpus $(nproc)"; cat /tmp/s7.out
+	fi
+else
+	fail "queue-clamp: create"; cat /tmp/s7.out
+fi
+kill -TERM $SPID
+wait_gone $SPID || fail "queue-clamp server shutdown"
+
+run write-cache-reconnect-rule 120 ramserver wcrule
+run fetch-copy-faults 60 ramserver faults
+run device-ownership 60 ramserver owner
+
+# SIGSTOP of the daemon during I/O: EIO after -io-timeout, no task left in D
+for mode in fail fatal; do
+	rm -f /tmp/ready8
+	flags=""
+	[ $mode = fatal ] && flags="-io-timeout-fatal"
+	uio-ramdisk -size 32M -queues 2 -depth 16 -backend aio -index 8 -io-timeout 3s $flags -ready /tmp/ready8 >/tmp/d8.out 2>&1 &
+	SPID=$!
+	if wait_ready /tmp/ready8; then
+		sflags=""
+		[ $mode = fatal ] && sflags="-fatal"
+		run "sigstop-io-timeout-$mode" 60 ramserver stoptest -pid $SPID -dev /dev/abuse8 -timeout 3s -margin 3s $sflags
+	else
+		fail "sigstop-io-timeout-$mode: create"; cat /tmp/d8.out
+	fi
+	kill -CONT $SPID 2>/dev/null
+	kill -TERM $SPID 2>/dev/null
+	wait_gone $SPID
+	[ -e /sys/block/abuse8 ] && ramserver remove -id 8
+	[ -e /sys/block/abuse8 ] && fail "abuse8 left after sigstop-io-timeout-$mode"
+done
+
+# forced removal of a mounted device whose daemon is stopped: returns, and
+# the mount gets errors instead of hanging (the I/O timeout is far away)
+rm -f /tmp/ready6
+uio-ramdisk -size 64M -index 6 -io-timeout 60s -token-file /tmp/tok6 -ready /tmp/ready6 >/tmp/d6.out 2>&1 &
+SPID=$!
+if wait_ready /tmp/ready6 && mkfs.ext4 -F -q /dev/abuse6 && mkdir -p /mnt6 && timeout 60 mount -t ext4 /dev/abuse6 /mnt6; then
+	dd if=/dev/urandom of=/mnt6/before bs=1k count=512 2>/dev/null && sync
+	dd if=/dev/urandom of=/mnt6/dirty bs=1M count=4 2>/dev/null
+	kill -STOP $SPID
+	t0=$(up)
+	out=$(timeout 30 ramserver remove -id 6 -token-file /tmp/tok6 -force 2>&1); rc=$?
+	dt=$(awk -v a="$t0" -v b="$(up)" 'BEGIN{printf "%.1f", b-a}')
+	if [ $rc = 0 ] && [ ! -e /sys/block/abuse6 ]; then
+		pass "forced-remove-mounted returned in ${dt}s with the daemon stopped"
+	else
+		fail "forced-remove-mounted rc=$rc after ${dt}s: $out"
+	fi
+	if timeout 30 dd if=/dev/zero of=/mnt6/after bs=4k count=16 conv=fsync >/tmp/dd6.out 2>&1; then
+		fail "forced-remove-mount-errors: a synced write to the mount succeeded"
+	else
+		rc=$?
+		if [ $rc = 124 ] || [ $rc = 143 ]; then fail "forced-remove-mount-errors: write hung"; else
+			pass "forced-remove-mount-errors synced write fails: $(tail -1 /tmp/dd6.out)"; fi
+	fi
+	t0=$(up)
+	if timeout 60 umount /mnt6; then pass "forced-remove-umount in $(awk -v a="$t0" -v b="$(up)" 'BEGIN{printf "%.1fs", b-a}')"; else
+		fail "forced-remove-umount"; fi
+else
+	fail "forced-remove: device 6 with ext4"; cat /tmp/d6.out
+fi
+kill -CONT $SPID 2>/dev/null
+if wait_gone $SPID; then pass "forced-remove-daemon-exits"; else fail "forced-remove-daemon-exits"; cat /tmp/d6.out; fi
 
 # ------------------------------------------------------------- fuzzing
 run ioctl-fuzz 300 ramserver fuzz -n "${FUZZ_N:-3000}"

@@ -14,6 +14,7 @@
 #   LAB=/var/tmp/abuse-vmtest/FLAVOUR   scratch dir (kept; console.log is there)
 #   BOOT_TIMEOUT=900    wall-clock limit for the VM in seconds
 #   FUZZ_N=3000         iterations per fuzz target in the guest
+#   RACE_N=2000         devices created by the ADD/ATTACH/REMOVE race check
 #   KVER=               exact kernel release (default: newest installed of FLAVOUR)
 #   SKIP_INSTALL=1      never call apt-get
 # Knobs for other guest programs (bench/blockdev/run.sh uses them):
@@ -37,6 +38,7 @@ REPO=$(dirname "$KMOD")
 LAB=${LAB:-/var/tmp/abuse-vmtest/$FLAVOUR}
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-900}
 FUZZ_N=${FUZZ_N:-3000}
+RACE_N=${RACE_N:-2000}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
 GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 GUEST_SCRIPT=${GUEST_SCRIPT:-$HERE/guest.sh}
@@ -44,7 +46,6 @@ VM_MEM=${VM_MEM:-1G}
 EXTRA_BINS=${EXTRA_BINS:-}
 EXTRA_GO=${EXTRA_GO:-}
 EXTRA_MODS=${EXTRA_MODS:-}
-export GOFLAGS=-ldflags=-checklinkname=0
 
 T_START=$EPOCHREALTIME
 el() { echo "$EPOCHREALTIME - $1" | bc | cut -c1-6; }
@@ -130,13 +131,13 @@ log "abuse.ko built against $KVER with W=1, no warnings ($(el "$t0")s)"
 
 # ------------------------------------------------------------ Go fixture
 t0=$EPOCHREALTIME
-(cd "$REPO" && CGO_ENABLED=0 timeout 600 "$GO" build -trimpath -ldflags='-s -w -checklinkname=0' \
+(cd "$REPO" && CGO_ENABLED=0 timeout 600 "$GO" build -trimpath -ldflags='-s -w' \
 	-o "$LAB/ramserver" ./kmod/vmtest/ramserver) || die "go build ramserver failed"
 GOBINS="ramserver"
 for p in ./cmd/uio-ramdisk ./examples/ramdisk:xorramdisk $EXTRA_GO; do
 	pkg=${p%%:*} name=${p##*/}
 	case "$p" in *:*) name=${p#*:} ;; esac
-	(cd "$REPO" && CGO_ENABLED=0 timeout 600 "$GO" build -trimpath -ldflags='-s -w -checklinkname=0' \
+	(cd "$REPO" && CGO_ENABLED=0 timeout 600 "$GO" build -trimpath -ldflags='-s -w' \
 		-o "$LAB/$name" "$pkg") || die "go build $pkg failed"
 	GOBINS="$GOBINS $name"
 done
@@ -189,7 +190,7 @@ depmod -b "$R" "$KVER"
 cat >"$R/init" <<EOF
 #!/bin/busybox sh
 GUEST_MODS="$GUEST_MODS"
-export FUZZ_N=$FUZZ_N
+export FUZZ_N=$FUZZ_N RACE_N=$RACE_N
 EOF
 cat >>"$R/init" <<'EOF'
 /bin/busybox --install -s

@@ -79,7 +79,7 @@ func fuzz(args []string) {
 		if err != nil {
 			fail(name, "reopen: %v", err)
 		}
-		if err := c2.Remove(int(cfg.DevID)); err != nil {
+		if err := c2.RemoveToken(int(cfg.DevID), cfg.Token, 0); err != nil {
 			fail(name, "remove fuzz-created abuse%d: %v", cfg.DevID, err)
 		}
 		ctl = c2

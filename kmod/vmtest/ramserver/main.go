@@ -3,8 +3,13 @@
 // poll(2) on its queue fd), plus the small helpers the guest test script
 // needs. It is not the real daemon.
 //
-//	ramserver serve [-size N] [-lbs 512|4096] [-queues N] [-depth N] [-id N] [-reconnect-ms MS] [-attach N] [-ready FILE]
-//	ramserver remove -id N
+//	ramserver serve [-size N] [-lbs 512|4096] [-queues N] [-depth N] [-id N] [-reconnect-ms MS] [-attach N] [-token-file F] [-ready FILE]
+//	ramserver remove -id N [-token-file F] [-force]
+//	ramserver race [-n N] [-id N]
+//	ramserver stoptest -pid PID -dev /dev/abuseN -timeout D [-fatal]
+//	ramserver wcrule
+//	ramserver owner
+//	ramserver faults
 //	ramserver rwcheck -dev /dev/abuseN
 //	ramserver killtest -pid PID -dev /dev/abuseN
 //	ramserver nonroot
@@ -23,6 +28,8 @@ import (
 	"math/rand"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -59,6 +66,16 @@ func main() {
 		fuzz(args)
 	case "verify":
 		verify(args)
+	case "race":
+		race(args)
+	case "stoptest":
+		stoptest(args)
+	case "wcrule":
+		wcrule()
+	case "owner":
+		owner()
+	case "faults":
+		faults()
 	default:
 		fmt.Fprintln(os.Stderr, "unknown command", cmd)
 		os.Exit(2)
@@ -74,10 +91,17 @@ type ramdisk struct {
 func (d *ramdisk) serveQueue(q *abuse.Queue, wg *sync.WaitGroup) {
 	defer wg.Done()
 	var done []abuse.Completion
+	faults := 0
 	for {
 		reqs, err := q.CommitFetch(done)
 		done = done[:0]
-		if err != nil {
+		if errors.Is(err, unix.EFAULT) {
+			// A WRITE could not be copied into its tag buffer: the
+			// kernel failed it; the requests before it are ours.
+			if faults++; faults == 1 || faults == 1000 {
+				fmt.Fprintf(os.Stderr, "ramserver: queue %d: %v (%d times)\n", q.ID(), err, faults)
+			}
+		} else if err != nil {
 			fmt.Fprintf(os.Stderr, "ramserver: queue %d: %v\n", q.ID(), err)
 			return
 		}
@@ -129,6 +153,7 @@ func serve(args []string) {
 	reconnect := fs.Uint("reconnect-ms", 0, "hold I/O this long after server loss")
 	ready := fs.String("ready", "", "write the device path here when serving")
 	attach := fs.Int("attach", -1, "serve existing device N (after its server died) instead of creating one")
+	tokenFile := fs.String("token-file", "", "write the device's token here (with -attach: read it)")
 	fs.Parse(args)
 
 	ctl, err := abuse.Open()
@@ -147,11 +172,13 @@ func serve(args []string) {
 		DevID:                 int32(*id),
 	}
 	if *attach >= 0 {
-		if cfg, err = ctl.Attach(*attach); err != nil {
+		if cfg, err = ctl.Attach(*attach, readToken(*tokenFile)); err != nil {
 			fail("serve", "%v", err)
 		}
 	} else if err := ctl.Create(&cfg); err != nil {
 		fail("serve", "%v", err)
+	} else if *tokenFile != "" {
+		os.WriteFile(*tokenFile, []byte(strconv.FormatUint(cfg.Token, 16)+"\n"), 0o600)
 	}
 	d := &ramdisk{data: make([]byte, cfg.Size)}
 	var wg sync.WaitGroup
@@ -197,6 +224,8 @@ func serve(args []string) {
 func remove(args []string) {
 	fs := flag.NewFlagSet("remove", flag.ExitOnError)
 	id := fs.Int("id", 0, "device index")
+	tokenFile := fs.String("token-file", "", "the device's token (written by its creator)")
+	force := fs.Bool("force", false, "remove even while open or mounted")
 	fs.Parse(args)
 	ctl, err := abuse.Open()
 	if err != nil {
@@ -204,13 +233,34 @@ func remove(args []string) {
 		os.Exit(1)
 	}
 	defer ctl.Close()
-	if err := ctl.Remove(*id); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		if errors.Is(err, unix.EBUSY) {
-			os.Exit(16)
-		}
-		os.Exit(1)
+	var flags uint32
+	if *force {
+		flags = abuse.RemoveForce
 	}
+	if err := ctl.RemoveToken(*id, readToken(*tokenFile), flags); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		var errno unix.Errno
+		if errors.As(err, &errno) {
+			os.Exit(int(errno)) // EPERM 1, EBUSY 16
+		}
+		os.Exit(100)
+	}
+}
+
+// readToken reads a token file (hex); "" is no token.
+func readToken(path string) uint64 {
+	if path == "" {
+		return 0
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		fail("token", "%v", err)
+	}
+	t, err := strconv.ParseUint(strings.TrimSpace(string(b)), 16, 64)
+	if err != nil {
+		fail("token", "%s: %v", path, err)
+	}
+	return t
 }
 
 // ---------------------------------------------------------------- checks
@@ -289,37 +339,8 @@ func killtest(args []string) {
 		fail(name, "open %s: %v", *dev, err)
 	}
 	defer unix.Close(fd)
-	size := devSize(fd)
-	type result struct {
-		ok  int
-		err error
-		at  time.Time
-	}
 	const workers = 6
-	res := make(chan result, workers)
-	for w := 0; w < workers; w++ {
-		go func(w int) {
-			buf := alignedBuf(256 << 10)
-			rng := rand.New(rand.NewSource(int64(w)))
-			r := result{}
-			var err error
-			for {
-				n := int64(4096 << rng.Intn(7))
-				off := rng.Int63n(size/n) * n
-				if w%2 == 0 {
-					_, err = unix.Pwrite(fd, buf[:n], off)
-				} else {
-					_, err = unix.Pread(fd, buf[:n], off)
-				}
-				if err != nil {
-					r.err, r.at = err, time.Now()
-					res <- r
-					return
-				}
-				r.ok++
-			}
-		}(w)
-	}
+	res := ioWorkers(fd, devSize(fd), workers, 6, nil)
 	time.Sleep(700 * time.Millisecond)
 	t0 := time.Now()
 	if err := unix.Kill(*pid, unix.SIGKILL); err != nil {
@@ -354,6 +375,47 @@ func killtest(args []string) {
 	}
 	pass(name, "%d I/Os ok before SIGKILL; all %d workers got EIO within %v; new read EIO in %v",
 		total, workers, worst.Round(time.Millisecond), time.Since(t1).Round(time.Microsecond))
+}
+
+// ioResult is how one I/O worker ended.
+type ioResult struct {
+	ok  int // I/Os that succeeded (while counting)
+	err error
+	at  time.Time
+}
+
+// ioWorkers starts n O_DIRECT workers on fd (even ones write, odd ones
+// read) of random sizes from 4 KiB to 4 KiB << maxShift at random aligned
+// offsets, until an I/O fails; each then sends its ioResult. counting, if
+// not nil, says whether successful I/Os still count.
+func ioWorkers(fd int, size int64, n, maxShift int, counting func() bool) <-chan ioResult {
+	res := make(chan ioResult, n)
+	for w := 0; w < n; w++ {
+		go func(w int) {
+			buf := alignedBuf(4096 << maxShift)
+			rng := rand.New(rand.NewSource(int64(w)))
+			r := ioResult{}
+			var err error
+			for {
+				n := int64(4096 << rng.Intn(maxShift+1))
+				off := rng.Int63n(size/n) * n
+				if w%2 == 0 {
+					_, err = unix.Pwrite(fd, buf[:n], off)
+				} else {
+					_, err = unix.Pread(fd, buf[:n], off)
+				}
+				if err != nil {
+					r.err, r.at = err, time.Now()
+					res <- r
+					return
+				}
+				if counting == nil || counting() {
+					r.ok++
+				}
+			}
+		}(w)
+	}
+	return res
 }
 
 // nonroot drops to uid/gid 65534 and checks /dev/abctl is refused.

@@ -28,14 +28,18 @@
 #define ABUSE_DEF_DEPTH		128
 #define ABUSE_MAX_BATCH		1024
 #define ABUSE_MAX_RECONNECT_MS	3600000
+#define ABUSE_DEF_IO_TIMEOUT_MS	30000
+#define ABUSE_MIN_IO_TIMEOUT_MS	1000
+#define ABUSE_MAX_IO_TIMEOUT_MS	3600000
 #define ABUSE_MAX_SIZE		(1ULL << 60)
 
 /* struct abuse_dev_config.flags */
 #define ABUSE_DEV_F_READ_ONLY	(1U << 0)
 #define ABUSE_DEV_F_WRITE_CACHE	(1U << 1)	/* server has a volatile cache: FLUSH requests */
 #define ABUSE_DEV_F_FUA		(1U << 2)	/* server honours FUA (needs WRITE_CACHE) */
+#define ABUSE_DEV_F_TIMEOUT_DEAD (1U << 3)	/* an I/O timeout ends the server */
 #define ABUSE_DEV_F_ALL		(ABUSE_DEV_F_READ_ONLY | ABUSE_DEV_F_WRITE_CACHE | \
-				 ABUSE_DEV_F_FUA)
+				 ABUSE_DEV_F_FUA | ABUSE_DEV_F_TIMEOUT_DEAD)
 
 /* Device parameters: ABUSE_CTL_ADD (in/out) and ABUSE_CTL_ATTACH (out). 80 bytes. */
 struct abuse_dev_config {
@@ -50,14 +54,20 @@ struct abuse_dev_config {
 	__u32 max_write_zeroes_sectors;	/* 0 = no WRITE_ZEROES */
 	__u32 reconnect_ms;		/* hold I/O this long after server loss */
 	__s32 dev_id;			/* in: wanted index or -1; out: index */
-	__u64 reserved[4];		/* must be zero */
+	__u32 io_timeout_ms;		/* 0 = ABUSE_DEF_IO_TIMEOUT_MS */
+	__u32 reserved0;		/* must be zero */
+	__u64 token;			/* ADD out / ATTACH in: ownership token */
+	__u64 reserved[2];		/* must be zero */
 };
+
+/* struct abuse_dev_remove.flags */
+#define ABUSE_REMOVE_F_FORCE	(1U << 0)	/* even if open: fail its I/O */
 
 /* ABUSE_CTL_REMOVE argument. 16 bytes. */
 struct abuse_dev_remove {
 	__u32 dev_id;
-	__u32 flags;			/* must be zero */
-	__u64 reserved;			/* must be zero */
+	__u32 flags;			/* ABUSE_REMOVE_F_* */
+	__u64 token;			/* from ADD; 0 = none */
 };
 
 /* ABUSE_CTL_QUEUE_FD argument. 40 bytes. */
