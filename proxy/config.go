@@ -26,8 +26,16 @@ type Config struct {
 	LogLevel       string        // "debug", "info", "warn" or "error"
 	LogFormat      string        // "console" or "json"
 	LogFile        string        // append logs here instead of stderr; SIGHUP reopens it
+	AccessLog      bool          // one info line per connection when it ends
 	StatsInterval  time.Duration // 0: no periodic stats line
 	MetricsAddr    string        // "": no metrics listener
+	Keepalive      time.Duration // TCP keepalive idle time on both sockets; 0: off
+	DNSTTL         time.Duration // how long a lookup of an upstream's name is used; 0: every connection
+	// ProxyHeaderTimeout bounds the wait for the PROXY header of mappings
+	// that accept one.
+	ProxyHeaderTimeout time.Duration
+
+	lookup lookupFunc // tests: a fake resolver
 }
 
 // Buffer size bounds: below 4 KiB every message costs several submissions;
@@ -154,6 +162,9 @@ func (c *Config) validate(requireMappings bool) error {
 		{"-idle-timeout", c.IdleTimeout},
 		{"-drain-timeout", c.DrainTimeout},
 		{"-stats", c.StatsInterval},
+		{"-keepalive", c.Keepalive},
+		{"-dns-ttl", c.DNSTTL},
+		{"-proxy-header-timeout", c.ProxyHeaderTimeout},
 	} {
 		if d.value < 0 {
 			bad("%s %v: must not be negative", d.flag, d.value)
@@ -203,16 +214,20 @@ func newFlagSet() (*Config, *flag.FlagSet) {
 	fs.StringVar(&cfg.Backend, "backend", "auto", "I/O engine: auto (io_uring if the kernel allows it, else aio), aio or uring")
 	fs.IntVar(&cfg.Loops, "loops", runtime.NumCPU(), "number of event loops (each with its own submission/completion engine)")
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 10*time.Second, "give up connecting to the target after this long (all addresses together)")
-	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "close a connection with no traffic in either direction for this long (0 = never)")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "reset a connection that moved no byte in either direction for this long (0 = never)")
 	fs.IntVar(&cfg.MaxConns, "max-conns", 0, "stop accepting while this many connections are open (0 = no limit)")
 	fs.Var((*byteSizeFlag)(&cfg.BufferSize), "buffer", fmt.Sprintf("buffer `SIZE` per direction per connection, %s..%s", byteSize(MinBufferSize), byteSize(MaxBufferSize)))
 	fs.BoolVar(&cfg.Splice, "splice", false, "move data with splice(2) through a pipe instead of user-space buffers")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "least severe level logged: debug, info, warn or error")
 	fs.StringVar(&cfg.LogFormat, "log-format", "console", "log format: console or json")
+	fs.BoolVar(&cfg.AccessLog, "access-log", true, "log one line per connection when it ends (info level): client, upstream, bytes each way, duration, how it ended")
 	fs.StringVar(&cfg.LogFile, "log-file", "", "append logs to `PATH` instead of stderr; SIGHUP reopens it (for logrotate)")
 	fs.DurationVar(&cfg.StatsInterval, "stats", 0, "log connection and byte counters every `INTERVAL` (0 = never)")
 	fs.StringVar(&cfg.MetricsAddr, "metrics", "", "serve Prometheus metrics on `ADDR` (host:port; empty = off)")
-	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGINT/SIGTERM stop accepting and let open connections finish for this long")
+	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGINT/SIGTERM stop accepting and let open connections finish for this long; then reset them (a second signal: at once)")
+	fs.DurationVar(&cfg.Keepalive, "keepalive", 60*time.Second, "TCP keepalive on client and upstream sockets: first probe after this much silence, a dead peer found within about twice it (0 = off)")
+	fs.DurationVar(&cfg.DNSTTL, "dns-ttl", 10*time.Second, "reuse a lookup of an upstream host name for this long (0 = look up for every connection)")
+	fs.DurationVar(&cfg.ProxyHeaderTimeout, "proxy-header-timeout", 5*time.Second, "mappings accepting the PROXY protocol reset a client whose header has not arrived by then")
 	return cfg, fs
 }
 

@@ -96,10 +96,10 @@ func (w *worker) stopAccepting() {
 func (w *worker) closeAll() int {
 	n := 0
 	for c := range w.conns {
-		if c.state < stClosing {
+		if c.state < stClosing || c.flushFd >= 0 {
 			n++
 		}
-		c.abort(-1)
+		c.abort(endDrain, rstBoth)
 	}
 	return n
 }
@@ -115,7 +115,7 @@ func (w *worker) getBuf() []byte {
 }
 
 func (w *worker) putBuf(b []byte) {
-	if b != nil && len(w.freeBufs) < 64 {
+	if len(b) == w.s.cfg.BufferSize && len(w.freeBufs) < 64 {
 		w.freeBufs = append(w.freeBufs, b)
 	}
 }
@@ -250,7 +250,10 @@ func (s *Server) listen(ms *mapState) (err error) {
 	port := m.BindPort
 	var skipped []string
 	for _, ip := range ips {
-		fds, p, err := listenGroup(ip, port, len(s.group.Loops()))
+		if other := s.boundBy(ip, port); other != nil {
+			return fmt.Errorf("mappings %q and %q both listen on %s", other.label, ms.label, net.JoinHostPort(ip.String(), fmt.Sprint(port)))
+		}
+		fds, p, err := listenGroup(ip, port, len(s.group.Loops()), s.cfg.Keepalive)
 		if err != nil {
 			// "localhost" on a machine without IPv6 still has a usable ::1
 			// entry in /etc/hosts: skip what cannot be bound if something can.
@@ -269,6 +272,34 @@ func (s *Server) listen(ms *mapState) (err error) {
 	}
 	if len(skipped) > 0 {
 		s.log.Debug("skipped listen addresses", zap.String("mapping", ms.label), zap.Strings("skipped", skipped))
+	}
+	return nil
+}
+
+// boundBy returns the mapping already listening where ip:port would: the
+// same address, or a wildcard of the same family (the IPv6 wildcard is
+// dual stack and takes IPv4 too). SO_REUSEPORT would let the second bind
+// succeed and silently split the connections between the two.
+func (s *Server) boundBy(ip netip.Addr, port int) *mapState {
+	if port == 0 {
+		return nil
+	}
+	for _, ms := range s.maps {
+		for _, a := range ms.addrs {
+			ta, ok := a.(*net.TCPAddr)
+			if !ok || ta.Port != port {
+				continue
+			}
+			other, _ := netip.AddrFromSlice(ta.IP)
+			other = other.Unmap()
+			switch {
+			case other == ip,
+				other == netip.IPv6Unspecified() || ip == netip.IPv6Unspecified(),
+				other == netip.IPv4Unspecified() && ip.Is4(),
+				ip == netip.IPv4Unspecified() && other.Is4():
+				return ms
+			}
+		}
 	}
 	return nil
 }
@@ -301,7 +332,7 @@ func bindAddrs(host string) ([]netip.Addr, error) {
 
 // listenGroup opens n listening sockets on ip:port sharing the port with
 // SO_REUSEPORT, and returns them and the port.
-func listenGroup(ip netip.Addr, port, n int) (fds []int, boundPort int, err error) {
+func listenGroup(ip netip.Addr, port, n int, keepalive time.Duration) (fds []int, boundPort int, err error) {
 	defer func() {
 		if err != nil {
 			for _, fd := range fds {
@@ -314,14 +345,14 @@ func listenGroup(ip netip.Addr, port, n int) (fds []int, boundPort int, err erro
 		// SO_REUSEPORT would let us join another process's group on this
 		// port and silently split its traffic; a plain bind first makes a
 		// port in use fail as it should.
-		fd, err := listenSocket(ip, port, false)
+		fd, err := listenSocket(ip, port, false, keepalive)
 		if err != nil {
 			return nil, 0, err
 		}
 		unix.Close(fd)
 	}
 	for i := 0; i < n; i++ {
-		fd, err := listenSocket(ip, port, n > 1)
+		fd, err := listenSocket(ip, port, n > 1, keepalive)
 		if err != nil {
 			return fds, 0, err
 		}
@@ -342,7 +373,9 @@ func listenGroup(ip netip.Addr, port, n int) (fds []int, boundPort int, err erro
 	return fds, port, nil
 }
 
-func listenSocket(ip netip.Addr, port int, reusePort bool) (int, error) {
+// listenSocket opens one listening socket. TCP_NODELAY is per connection,
+// but keepalive set here is inherited by every accepted socket.
+func listenSocket(ip netip.Addr, port int, reusePort bool, keepalive time.Duration) (int, error) {
 	family := unix.AF_INET
 	if ip.Is6() {
 		family = unix.AF_INET6
@@ -374,6 +407,7 @@ func listenSocket(ip netip.Addr, port int, reusePort bool) (int, error) {
 			return fail(err)
 		}
 	}
+	setKeepalive(fd, keepalive)
 	if err := unix.Bind(fd, sockaddr(ip, port)); err != nil {
 		return fail(err)
 	}

@@ -115,3 +115,27 @@ func watchHUP(log *zap.Logger, file *LogFile) (stop func()) {
 	}()
 	return func() { signal.Stop(ch); close(done) }
 }
+
+// logAccess writes the access log line of a connection that just ended
+// (-access-log): who, through which mapping to which upstream, the bytes
+// each way, how long, and how it ended.
+func (s *Server) logAccess(c *conn) {
+	if s.access == nil {
+		return
+	}
+	upstream := ""
+	if len(c.tried) > 0 {
+		upstream = c.tried[len(c.tried)-1].label
+	}
+	s.access.Info("connection",
+		zap.String("mapping", c.ms.label),
+		zap.String("client", c.clientString()),
+		zap.String("upstream", upstream),
+		zap.String("upstream_addr", c.upAddr),
+		zap.Uint64("bytes_up", c.bytes[dirUp]),
+		zap.Uint64("bytes_down", c.bytes[dirDown]),
+		zap.Duration("duration", monotime()-c.started),
+		zap.String("end", c.end.String()),
+		zap.Int("tries", len(c.tried)),
+	)
+}

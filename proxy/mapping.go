@@ -30,6 +30,45 @@ type Mapping struct {
 	BindPort int
 	Host     string
 	HostPort int
+
+	// The rest comes from a config file (or code); the ssh -L form sets
+	// none of it.
+	Name        string      // the label in logs and metrics; default String()
+	Upstreams   []Target    // when set, the targets instead of Host:HostPort
+	Balance     string      // one of Balances; "" = round-robin
+	Health      HealthCheck // active checks; zero = none
+	SendProxy   string      // "", "v1" or "v2": PROXY header sent to the upstream
+	AcceptProxy bool        // read a PROXY header (v1 or v2) from each client first
+}
+
+// Target is one upstream: Host:Port over TCP, or the Unix socket Unix.
+type Target struct {
+	Host string
+	Port int
+	Unix string
+}
+
+func (t Target) String() string {
+	if t.Unix != "" {
+		return "unix:" + t.Unix
+	}
+	return net.JoinHostPort(t.Host, strconv.Itoa(t.Port))
+}
+
+// Targets are the upstreams of m: Upstreams, or the one Host:HostPort.
+func (m Mapping) Targets() []Target {
+	if len(m.Upstreams) > 0 {
+		return m.Upstreams
+	}
+	return []Target{{Host: m.Host, Port: m.HostPort}}
+}
+
+// Label is m's name in logs and metrics.
+func (m Mapping) Label() string {
+	if m.Name != "" {
+		return m.Name
+	}
+	return m.String()
 }
 
 // MappingError says which mapping was rejected and why.
@@ -109,9 +148,15 @@ func (m Mapping) BindAddr() string {
 	return net.JoinHostPort(m.BindHost, strconv.Itoa(m.BindPort))
 }
 
-// Target is the upstream address as "host:port", still unresolved.
+// Target is the upstream address as "host:port", still unresolved; with
+// several upstreams, their names joined by commas.
 func (m Mapping) Target() string {
-	return net.JoinHostPort(m.Host, strconv.Itoa(m.HostPort))
+	ts := m.Targets()
+	s := make([]string, len(ts))
+	for i, t := range ts {
+		s[i] = t.String()
+	}
+	return strings.Join(s, ",")
 }
 
 func bracketIfIPv6(host string) string {

@@ -32,6 +32,7 @@ type mapCounters struct {
 	resets         counter
 	acceptErrors   counter
 	idleClosed     counter
+	badHeaders     counter
 }
 
 // MappingStats are the counters of one mapping, summed over the loops.

@@ -4,10 +4,11 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
+	"os/signal"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -28,10 +29,16 @@ const engineDepth = 4096
 type Server struct {
 	cfg    Config
 	log    *zap.Logger
+	access *zap.Logger // nil: no access log
 	group  *uio.Group
 	ws     []*worker
 	maps   []*mapState
 	splice bool // -splice and a backend that can do it
+	dns    *dnsCache
+
+	// Active health checks: one goroutine per upstream that has them.
+	checkStop chan struct{}
+	checkWG   sync.WaitGroup
 
 	stopping atomic.Bool
 	ctx      context.Context // cancelled by Shutdown: ends pending lookups
@@ -53,11 +60,12 @@ type Server struct {
 type mapState struct {
 	idx   int
 	m     Mapping
-	label string     // m.String(), the metrics label
+	label string     // m.Label(), the metrics label
 	addrs []net.Addr // one per bound address (port resolved)
 	fds   [][]int    // fds[addr][loop]
-	// upAddrs is the target when Host is an IP literal: no lookup needed.
-	upAddrs []netip.Addr
+	pool  *pool      // chooses the upstream of each connection
+
+	unixListen bool // listening on a Unix socket
 }
 
 // New validates cfg, starts the loops and binds every mapping's listening
@@ -73,7 +81,11 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("-backend %s: %w", cfg.Backend, err)
 	}
-	s := &Server{cfg: cfg, log: log, group: g}
+	s := &Server{cfg: cfg, log: log, group: g, checkStop: make(chan struct{})}
+	s.dns = newDNSCache(cfg.DNSTTL, cfg.lookup)
+	if cfg.AccessLog {
+		s.access = log.Named("access")
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	backend := g.Loops()[0].Backend()
 	if cfg.Splice {
@@ -84,10 +96,8 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 		}
 	}
 	for i, m := range cfg.Mappings {
-		ms := &mapState{idx: i, m: m, label: m.String()}
-		if ip, err := netip.ParseAddr(m.Host); err == nil {
-			ms.upAddrs = []netip.Addr{ip.Unmap()}
-		}
+		ms := &mapState{idx: i, m: m, label: m.Label()}
+		ms.pool = newPool(ms.label, m.Targets(), m.Balance, s.dns, log)
 		if err := s.listen(ms); err != nil { // closes its own partial fds
 			s.closeListeners()
 			g.Close()
@@ -124,6 +134,14 @@ func (s *Server) Start() {
 		return
 	}
 	s.started = true
+	for _, ms := range s.maps {
+		if hc := ms.m.Health; hc.Interval > 0 {
+			for _, u := range ms.pool.ups {
+				s.checkWG.Add(1)
+				go ms.pool.checkHealth(u, hc, s.checkStop, &s.checkWG)
+			}
+		}
+	}
 	for _, w := range s.ws {
 		w.loop.Post(w.start)
 	}
@@ -141,7 +159,10 @@ func (s *Server) ActiveConns() int {
 // Shutdown stops accepting and closes the listeners, waits up to drain for
 // the open connections to finish by themselves, closes those left, and then
 // stops the loops. It returns how many connections it had to close.
-func (s *Server) Shutdown(drain time.Duration) int {
+func (s *Server) Shutdown(drain time.Duration) int { return s.shutdown(drain, nil) }
+
+// shutdown is Shutdown whose drain also ends when abort is closed.
+func (s *Server) shutdown(drain time.Duration, abort <-chan struct{}) int {
 	if s.closed {
 		return 0
 	}
@@ -155,9 +176,19 @@ func (s *Server) Shutdown(drain time.Duration) int {
 	} else {
 		s.onLoops(func(w *worker) { w.stopAccepting() })
 	}
-	deadline := time.Now().Add(drain)
-	for s.ActiveConns() > 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
+	deadline := time.NewTimer(drain)
+	defer deadline.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+drain:
+	for s.ActiveConns() > 0 {
+		select {
+		case <-deadline.C:
+			break drain
+		case <-abort:
+			break drain
+		case <-tick.C:
+		}
 	}
 	forced := 0
 	if s.ActiveConns() > 0 {
@@ -181,6 +212,8 @@ func (s *Server) Shutdown(drain time.Duration) int {
 		time.Sleep(time.Millisecond)
 	}
 	s.cancel()
+	close(s.checkStop)
+	s.checkWG.Wait()
 	s.group.Close()
 	// Whatever is still open (a loop that was wedged) goes now.
 	s.closeListeners()
@@ -349,9 +382,23 @@ func runWith(ctx context.Context, cfg Config, log *zap.Logger, logFile *LogFile)
 	if stopStats != nil {
 		stopStats()
 	}
-	forced := s.Shutdown(cfg.DrainTimeout)
+	// A second SIGINT/SIGTERM during the drain means now.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	abort, drained := make(chan struct{}), make(chan struct{})
+	go func() {
+		select {
+		case sig := <-sigs:
+			log.Warn("second stop signal: resetting open connections now", zap.String("signal", sig.String()))
+			close(abort)
+		case <-drained:
+		}
+	}()
+	forced := s.shutdown(cfg.DrainTimeout, abort)
+	close(drained)
+	signal.Stop(sigs)
 	if forced > 0 {
-		log.Warn("drain timeout: closed open connections", zap.Int("closed", forced))
+		log.Warn("drain over: reset open connections", zap.Int("reset", forced))
 	}
 	if metricsSrv != nil {
 		metricsSrv.close()
