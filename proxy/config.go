@@ -35,6 +35,10 @@ type Config struct {
 	// that accept one.
 	ProxyHeaderTimeout time.Duration
 
+	ConfigFile string // -config: mappings and options from this YAML file; SIGHUP reloads it
+	Check      bool   // -check: validate the configuration and exit
+
+	args   []string   // the command line, read again on reload
 	lookup lookupFunc // tests: a fake resolver
 }
 
@@ -135,9 +139,22 @@ func ParseArgs(args []string, stderr io.Writer) (Config, error) {
 	// Report bad mappings and bad flags together, so one run shows every
 	// mistake; "no mappings given" would only confuse after a bad mapping.
 	mappingErr := cfg.parseMappings(mappingArgs)
-	if err := errors.Join(mappingErr, cfg.validate(len(mappingArgs) == 0)); err != nil {
+	if cfg.ConfigFile != "" {
+		inCLI := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { inCLI[f.Name] = true })
+		if err := loadConfigFile(cfg.ConfigFile, cfg, fs, inCLI); err != nil {
+			// A file's mistakes carry file:line; the usage line would only
+			// distract from them.
+			fmt.Fprintf(stderr, "uioproxy: %v\n", strings.ReplaceAll(err.Error(), "\n", "\nuioproxy: "))
+			return Config{}, err
+		}
+	} else if cfg.Check {
+		return Config{}, usageError(stderr, errors.New("-check needs -config FILE"))
+	}
+	if err := errors.Join(mappingErr, cfg.validate(mappingErr == nil)); err != nil {
 		return Config{}, usageError(stderr, err)
 	}
+	cfg.args = append([]string(nil), args...)
 	return *cfg, nil
 }
 
@@ -188,7 +205,18 @@ func (c *Config) validate(requireMappings bool) error {
 		}
 	}
 	if requireMappings && len(c.Mappings) == 0 {
-		bad("no mappings given: want at least one %s", mappingSyntax)
+		bad("no mappings given: want at least one %s (or -config FILE)", mappingSyntax)
+	}
+	for _, m := range c.Mappings {
+		if m.Balance != "" && !oneOf(m.Balance, Balances) {
+			bad("mapping %s: balance %q: want one of %s", m.Label(), m.Balance, strings.Join(Balances, ", "))
+		}
+		if m.SendProxy != "" && m.SendProxy != "v1" && m.SendProxy != "v2" {
+			bad("mapping %s: send-proxy %q: want v1 or v2", m.Label(), m.SendProxy)
+		}
+		if h := m.Health; h.Interval < 0 || (h.Interval > 0 && (h.Timeout <= 0 || h.Rise < 1 || h.Fall < 1)) {
+			bad("mapping %s: health check %+v: want interval > 0 with timeout > 0, rise and fall >= 1", m.Label(), h)
+		}
 	}
 	// Two mappings on one listen address would fail at bind time with a
 	// less helpful "address already in use"; port 0 never collides.
@@ -224,6 +252,8 @@ func newFlagSet() (*Config, *flag.FlagSet) {
 	fs.StringVar(&cfg.LogFile, "log-file", "", "append logs to `PATH` instead of stderr; SIGHUP reopens it (for logrotate)")
 	fs.DurationVar(&cfg.StatsInterval, "stats", 0, "log connection and byte counters every `INTERVAL` (0 = never)")
 	fs.StringVar(&cfg.MetricsAddr, "metrics", "", "serve Prometheus metrics on `ADDR` (host:port; empty = off)")
+	fs.StringVar(&cfg.ConfigFile, "config", "", "read options and mappings from this YAML `FILE` (flags given here win); SIGHUP reloads it")
+	fs.BoolVar(&cfg.Check, "check", false, "with -config: check the configuration, print what is wrong (file:line) and exit 0 if valid, 2 if not")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGINT/SIGTERM stop accepting and let open connections finish for this long; then reset them (a second signal: at once)")
 	fs.DurationVar(&cfg.Keepalive, "keepalive", 60*time.Second, "TCP keepalive on client and upstream sockets: first probe after this much silence, a dead peer found within about twice it (0 = off)")
 	fs.DurationVar(&cfg.DNSTTL, "dns-ttl", 10*time.Second, "reuse a lookup of an upstream host name for this long (0 = look up for every connection)")

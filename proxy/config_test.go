@@ -32,6 +32,7 @@ func TestParseArgsDefaults(t *testing.T) {
 
 		ProxyHeaderTimeout: 5 * time.Second,
 	}
+	cfg.args = nil
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("ParseArgs defaults = %+v\nwant %+v", cfg, want)
 	}
@@ -73,6 +74,7 @@ func TestParseArgsAllFlags(t *testing.T) {
 
 		ProxyHeaderTimeout: 5 * time.Second,
 	}
+	cfg.args = nil
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("ParseArgs = %+v\nwant %+v", cfg, want)
 	}

@@ -70,7 +70,8 @@ const (
 // is only touched there.
 type conn struct {
 	w   *worker
-	ms  *mapState
+	ms  *mapState // the listener that accepted it
+	rt  *route    // the mapping and router as they were at accept (reload swaps ms.cur)
 	ctr *mapCounters
 
 	cfd, ufd int // client and upstream sockets; -1 once closed
@@ -167,7 +168,7 @@ func monotime() time.Duration { return time.Since(epoch) }
 // reserved for it), reads the PROXY header if the mapping wants one, and
 // starts connecting to an upstream.
 func (w *worker) newConn(ms *mapState, fd int) {
-	c := &conn{w: w, ms: ms, ctr: &w.ctr[ms.idx], cfd: fd, ufd: -1, flushFd: -1, started: monotime()}
+	c := &conn{w: w, ms: ms, rt: ms.cur.Load(), ctr: &ms.ctr[w.idx], cfd: fd, ufd: -1, flushFd: -1, started: monotime()}
 	c.d[dirUp].pipe, c.d[dirDown].pipe = [2]int{-1, -1}, [2]int{-1, -1}
 	c.closeDone = c.onClose
 	c.raceFn, c.connectTOFn = c.onRaceTimer, c.onConnectTimeout
@@ -181,7 +182,7 @@ func (w *worker) newConn(ms *mapState, fd int) {
 		setNoDelay(fd) // keepalive comes from the listening socket
 		w.syscalls.add(1)
 	}
-	if ms.m.AcceptProxy {
+	if c.rt.m.AcceptProxy {
 		c.state = stHeader
 		c.readHeader()
 		return
@@ -192,8 +193,7 @@ func (w *worker) newConn(ms *mapState, fd int) {
 
 // route picks the next upstream and starts connecting to it.
 func (c *conn) route() {
-	pool := c.ms.pool
-	u := pool.pick(c.client.Addr(), c.tried)
+	u := c.rt.r.pick(c.client.Addr(), c.tried)
 	if u == nil {
 		if len(c.tried) == 0 {
 			c.lastErr = errors.New("no upstream available (all marked down)")
@@ -214,7 +214,7 @@ func (c *conn) route() {
 		c.addrs = u.ips
 		c.launch()
 	default:
-		if ips, ok := pool.dns.cached(u.host); ok {
+		if ips, ok := u.cached(); ok {
 			c.addrs = happyEyeballsOrder(ips)
 			c.launch()
 			return
@@ -232,7 +232,7 @@ func (c *conn) resolve(u *upstream) {
 		ctx, cancel = context.WithTimeout(ctx, t)
 		defer cancel()
 	}
-	ips, err := c.ms.pool.dns.resolve(ctx, u.host)
+	ips, err := u.resolve(ctx)
 	c.w.loop.Post(func() { c.resolved(u, ips, err) })
 }
 
@@ -435,9 +435,9 @@ func (c *conn) upstreamFailed(err error) {
 		err = errors.New("no address to connect to")
 	}
 	c.lastErr = err
-	c.ms.pool.failed(c.up, err)
+	c.rt.r.failed(c.up, err)
 	c.up = nil
-	if len(c.tried) < c.ms.pool.maxTries() && !c.w.s.stopping.Load() {
+	if len(c.tried) < c.rt.r.maxTries() && !c.w.s.stopping.Load() {
 		c.route()
 		return
 	}
@@ -449,7 +449,7 @@ func (c *conn) upstreamFailed(err error) {
 func (c *conn) failConnect() {
 	c.ctr.connectErrors.add(1)
 	c.w.s.log.Warn("upstream unavailable, closing client",
-		zap.String("mapping", c.ms.label), zap.String("target", c.ms.m.Target()),
+		zap.String("mapping", c.ms.label), zap.String("target", c.rt.m.Target()),
 		zap.String("client", c.clientString()), zap.Error(c.lastErr))
 	c.abort(endConnectFailed, rstClient)
 }
@@ -459,7 +459,7 @@ func (c *conn) clientString() string {
 		return c.client.String()
 	}
 	if c.ms.unixListen {
-		return "unix:" + c.ms.m.BindHost
+		return "unix:" + c.ms.m.BindUnix
 	}
 	return "?"
 }
@@ -468,7 +468,7 @@ func (c *conn) clientString() string {
 func (c *conn) established() {
 	c.stopTimers()
 	c.state = stOpen
-	c.ms.pool.connected(c.up)
+	c.rt.r.connected(c.up)
 	c.upConnected = true
 	s := c.w.s
 	c.d[dirUp] = direction{c: c, idx: dirUp, src: c.cfd, dst: c.ufd, pipe: [2]int{-1, -1}, buf: c.d[dirUp].buf, n: c.d[dirUp].n}
@@ -499,7 +499,7 @@ func (c *conn) established() {
 	// The PROXY header for the upstream, and whatever the client sent
 	// after its own header, go out before anything else.
 	up := &c.d[dirUp]
-	if v := c.ms.m.SendProxy; v != "" {
+	if v := c.rt.m.SendProxy; v != "" {
 		h := proxyHeader(v, c.client, c.localAddr())
 		if up.n > 0 {
 			h = append(h, up.buf[:up.n]...)
@@ -723,7 +723,7 @@ func (c *conn) finish() {
 	delete(c.w.conns, c)
 	c.ctr.closed.add(1)
 	if c.upConnected {
-		c.ms.pool.released(c.up)
+		c.rt.r.released(c.up)
 	}
 	for i := range c.d {
 		c.w.putBuf(c.d[i].buf)

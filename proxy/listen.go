@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -38,8 +39,22 @@ type worker struct {
 	resumeFn  func()
 
 	openListeners atomic.Int32
-	ctr           []mapCounters // per mapping; written only by this loop
-	syscalls      counter       // syscalls the proxy makes itself (socket, setsockopt, shutdown, ...)
+	syscalls      counter // syscalls the proxy makes itself (socket, setsockopt, shutdown, ...)
+}
+
+// addAcceptors makes this loop's acceptors for ms's sockets; they are
+// armed by start, or at once once the loop runs (a reload).
+func (w *worker) addAcceptors(ms *mapState) []*acceptor {
+	var added []*acceptor
+	for a := range ms.addrs {
+		if fd := ms.fds[a][w.idx]; fd >= 0 {
+			ac := &acceptor{w: w, ms: ms, fd: fd}
+			ac.done = ac.onAccept
+			added = append(added, ac)
+		}
+	}
+	w.acceptors = append(w.acceptors, added...)
+	return added
 }
 
 func (w *worker) start() {
@@ -140,7 +155,7 @@ func (a *acceptor) arm() {
 		return
 	}
 	s := a.w.s
-	if s.stopping.Load() {
+	if s.stopping.Load() || a.ms.removed.Load() {
 		a.close()
 		return
 	}
@@ -183,6 +198,10 @@ func (a *acceptor) onAccept(r uio.Result) {
 			return
 		}
 		a.w.newConn(a.ms, fd)
+		if a.ms.removed.Load() {
+			a.close() // a reload dropped the listener while this accept was in flight
+			return
+		}
 		a.arm()
 		return
 	}
@@ -192,16 +211,16 @@ func (a *acceptor) onAccept(r uio.Result) {
 		a.close()
 	case errors.Is(err, unix.EMFILE), errors.Is(err, unix.ENFILE), errors.Is(err, unix.ENOBUFS), errors.Is(err, unix.ENOMEM):
 		a.backoff = min(max(a.backoff*2, minAcceptBackoff), maxAcceptBackoff)
-		a.w.ctr[a.ms.idx].acceptErrors.add(1)
+		a.ms.ctr[a.w.idx].acceptErrors.add(1)
 		s.warnFds(a.ms, err, a.backoff)
 		a.timer = a.w.loop.AfterFunc(a.backoff, a.retry)
 	case errors.Is(err, unix.ECONNABORTED), errors.Is(err, unix.EPERM), errors.Is(err, unix.EPROTO), errors.Is(err, unix.EINTR):
 		// The connection died in the queue, or a firewall said no: next.
-		a.w.ctr[a.ms.idx].acceptErrors.add(1)
+		a.ms.ctr[a.w.idx].acceptErrors.add(1)
 		a.arm()
 	default:
 		a.backoff = min(max(a.backoff*2, minAcceptBackoff), maxAcceptBackoff)
-		a.w.ctr[a.ms.idx].acceptErrors.add(1)
+		a.ms.ctr[a.w.idx].acceptErrors.add(1)
 		s.log.Error("accept failed", zap.String("mapping", a.ms.label), zap.Error(err), zap.Duration("retry_in", a.backoff))
 		a.timer = a.w.loop.AfterFunc(a.backoff, a.retry)
 	}
@@ -243,6 +262,25 @@ func (s *Server) listen(ms *mapState) (err error) {
 			err = fmt.Errorf("mapping %s: %w", m, err)
 		}
 	}()
+	if m.BindUnix != "" {
+		for _, other := range s.maps {
+			if other.m.BindUnix == m.BindUnix && !other.removed.Load() {
+				return fmt.Errorf("mappings %q and %q both listen on %s", other.label, ms.label, m.BindUnix)
+			}
+		}
+		fd, err := listenUnix(m.BindUnix)
+		if err != nil {
+			return err
+		}
+		fds := make([]int, len(s.group.Loops()))
+		for i := range fds {
+			fds[i] = -1
+		}
+		fds[0] = fd // one socket, accepted on by loop 0 (no SO_REUSEPORT for Unix sockets)
+		ms.fds = [][]int{fds}
+		ms.addrs = []net.Addr{&net.UnixAddr{Name: m.BindUnix, Net: "unix"}}
+		return nil
+	}
 	ips, err := bindAddrs(m.BindHost)
 	if err != nil {
 		return err
@@ -276,6 +314,36 @@ func (s *Server) listen(ms *mapState) (err error) {
 	return nil
 }
 
+// listenUnix listens on the Unix socket path. A socket file nobody
+// listens on any more (a crashed run) is replaced; one in use is an error.
+func listenUnix(path string) (int, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("socket for %s: %w", path, err)
+	}
+	sa := &unix.SockaddrUnix{Name: path}
+	err = unix.Bind(fd, sa)
+	if errors.Is(err, unix.EADDRINUSE) {
+		if c, derr := net.DialTimeout("unix", path, time.Second); derr == nil {
+			c.Close()
+		} else if errors.Is(derr, unix.ECONNREFUSED) {
+			if st, serr := os.Lstat(path); serr == nil && st.Mode()&os.ModeSocket != 0 {
+				os.Remove(path)
+				err = unix.Bind(fd, sa)
+			}
+		}
+	}
+	if err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := unix.Listen(fd, listenBacklog); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	return fd, nil
+}
+
 // boundBy returns the mapping already listening where ip:port would: the
 // same address, or a wildcard of the same family (the IPv6 wildcard is
 // dual stack and takes IPv4 too). SO_REUSEPORT would let the second bind
@@ -285,6 +353,9 @@ func (s *Server) boundBy(ip netip.Addr, port int) *mapState {
 		return nil
 	}
 	for _, ms := range s.maps {
+		if ms.removed.Load() {
+			continue
+		}
 		for _, a := range ms.addrs {
 			ta, ok := a.(*net.TCPAddr)
 			if !ok || ta.Port != port {

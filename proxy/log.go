@@ -89,11 +89,11 @@ func (l *LogFile) Close() error {
 	return l.f.Close()
 }
 
-// watchHUP handles SIGHUP, the usual "reopen your log files" signal: it
-// reopens file, or, when the logs go to stderr (file nil), which whoever
-// started us owns and rotates, only acknowledges it (rather than dying,
-// SIGHUP's default).
-func watchHUP(log *zap.Logger, file *LogFile) (stop func()) {
+// watchHUP handles SIGHUP, the usual "reload and reopen your log files"
+// signal: it reopens file (when the logs go to stderr, which whoever
+// started us owns and rotates, there is nothing to reopen) and calls
+// reload, which rereads -config. SIGHUP never kills the proxy.
+func watchHUP(log *zap.Logger, file *LogFile, reload func()) (stop func()) {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, syscall.SIGHUP)
 	done := make(chan struct{})
@@ -108,6 +108,7 @@ func watchHUP(log *zap.Logger, file *LogFile) (stop func()) {
 				} else {
 					log.Info("SIGHUP: log file reopened", zap.String("path", file.path))
 				}
+				reload()
 			case <-done:
 				return
 			}

@@ -30,6 +30,8 @@ type Mapping struct {
 	BindPort int
 	Host     string
 	HostPort int
+	BindUnix string // listen on this Unix socket instead of BindHost:BindPort
+	HostUnix string // forward to this Unix socket instead of Host:HostPort
 
 	// The rest comes from a config file (or code); the ssh -L form sets
 	// none of it.
@@ -59,6 +61,9 @@ func (t Target) String() string {
 func (m Mapping) Targets() []Target {
 	if len(m.Upstreams) > 0 {
 		return m.Upstreams
+	}
+	if m.HostUnix != "" {
+		return []Target{{Unix: m.HostUnix}}
 	}
 	return []Target{{Host: m.Host, Port: m.HostPort}}
 }
@@ -93,11 +98,46 @@ func ParseMapping(s string) (Mapping, error) {
 	if s == "" {
 		return fail("empty, want %s", mappingSyntax)
 	}
+	// ssh -L's Unix socket forms: local_socket:host:hostport,
+	// [bind:]port:remote_socket and local_socket:remote_socket. A socket
+	// is a path starting with '/'; it ends at the next ':'.
+	var m Mapping
+	rest := s
+	if isUnixPath(rest) {
+		path, after, ok := strings.Cut(rest, ":")
+		if !ok || after == "" {
+			return fail("local socket %q without a target, want %s:host:hostport or %s:/remote.sock", path, path, path)
+		}
+		m.BindUnix, rest = path, after
+	}
+	unixTarget := func(p string) (Mapping, error) {
+		if strings.Contains(p, ":") {
+			return fail("remote socket %q: a ':' in a socket path is not supported", p)
+		}
+		m.HostUnix = p
+		return m, nil
+	}
+	if m.BindUnix != "" {
+		if isUnixPath(rest) {
+			return unixTarget(rest)
+		}
+		t, err := ParseTarget(rest)
+		if err != nil {
+			return fail("target %q after the local socket: %v", rest, err)
+		}
+		m.Host, m.HostPort = t.Host, t.Port
+		return m, nil
+	}
+	if i := strings.Index(rest, ":/"); i >= 0 {
+		if err := parseListen(rest[:i], &m); err != nil {
+			return fail("listen part %q: %v", rest[:i], err)
+		}
+		return unixTarget(rest[i+1:])
+	}
 	parts, err := splitMapping(s)
 	if err != nil {
 		return fail("%v", err)
 	}
-	var m Mapping
 	var bind, bindPort, host, hostPort mappingPart
 	switch len(parts) {
 	case 3:
@@ -135,16 +175,37 @@ func ParseMapping(s string) (Mapping, error) {
 // always written (so DefaultBindHost survives), all interfaces as "*", and
 // IPv6 literals in brackets.
 func (m Mapping) String() string {
+	if m.BindUnix != "" || m.HostUnix != "" {
+		l := m.BindUnix
+		if l == "" {
+			l = m.bindPart() + ":" + strconv.Itoa(m.BindPort)
+		}
+		t := m.HostUnix
+		if t == "" {
+			t = bracketIfIPv6(m.Host) + ":" + strconv.Itoa(m.HostPort)
+		}
+		return l + ":" + t
+	}
+	return m.bindPart() + ":" + strconv.Itoa(m.BindPort) + ":" + bracketIfIPv6(m.Host) + ":" + strconv.Itoa(m.HostPort)
+}
+
+func (m Mapping) bindPart() string {
 	bind := "*"
 	if m.BindHost != "" {
 		bind = bracketIfIPv6(m.BindHost)
 	}
-	return bind + ":" + strconv.Itoa(m.BindPort) + ":" + bracketIfIPv6(m.Host) + ":" + strconv.Itoa(m.HostPort)
+	return bind
 }
+
+// isUnixPath says whether s names a Unix socket: an absolute path.
+func isUnixPath(s string) bool { return strings.HasPrefix(s, "/") }
 
 // BindAddr is the listen address as "host:port"; all interfaces come out as
 // ":port", which net.Listen takes for the unspecified address.
 func (m Mapping) BindAddr() string {
+	if m.BindUnix != "" {
+		return m.BindUnix
+	}
 	return net.JoinHostPort(m.BindHost, strconv.Itoa(m.BindPort))
 }
 

@@ -48,6 +48,7 @@ type MappingStats struct {
 	Resets        uint64 // connections ended by an error (reset) on either side
 	AcceptErrors  uint64
 	IdleClosed    uint64
+	BadHeaders    uint64 // PROXY protocol headers rejected or not sent in time
 }
 
 // Snapshot is a consistent-enough view of every counter.
@@ -86,13 +87,16 @@ func (s Snapshot) TotalSyscalls() uint64 { return s.Engine.Syscalls() + s.Syscal
 
 // Snapshot reads every counter. Safe from any goroutine.
 func (s *Server) Snapshot() Snapshot {
-	snap := Snapshot{Mappings: make([]MappingStats, len(s.maps)), Engine: s.group.Stats()}
-	for i, ms := range s.maps {
+	s.mapsMu.Lock()
+	maps := s.maps
+	s.mapsMu.Unlock()
+	snap := Snapshot{Mappings: make([]MappingStats, len(maps)), Engine: s.group.Stats()}
+	for i, ms := range maps {
 		m := &snap.Mappings[i]
 		m.Mapping = ms.label
 		var opened, closed uint64
-		for _, w := range s.ws {
-			c := &w.ctr[i]
+		for w := range ms.ctr {
+			c := &ms.ctr[w]
 			closed += c.closed.load() // before opened: Active never wraps
 			opened += c.opened.load()
 			m.BytesUp += c.bytes[dirUp].load()
@@ -103,6 +107,7 @@ func (s *Server) Snapshot() Snapshot {
 			m.Resets += c.resets.load()
 			m.AcceptErrors += c.acceptErrors.load()
 			m.IdleClosed += c.idleClosed.load()
+			m.BadHeaders += c.badHeaders.load()
 		}
 		m.Total = opened
 		if opened > closed {

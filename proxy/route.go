@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"hash/fnv"
 	"net"
 	"net/netip"
@@ -76,6 +77,13 @@ type upstream struct {
 }
 
 func (u *upstream) isUnix() bool { return u.path != "" }
+
+// cached and resolve look u's host name up through its pool's cache.
+func (u *upstream) cached() ([]netip.Addr, bool) { return u.pool.dns.cached(u.host) }
+
+func (u *upstream) resolve(ctx context.Context) ([]netip.Addr, error) {
+	return u.pool.dns.resolve(ctx, u.host)
+}
 
 // available says whether new connections may go to u now.
 func (u *upstream) available(now int64) bool {
@@ -228,6 +236,18 @@ type HealthCheck struct {
 	Timeout  time.Duration
 	Rise     int
 	Fall     int
+}
+
+// startChecks starts the active health checks of every upstream of p, to
+// run until stop is closed.
+func (p *pool) startChecks(hc HealthCheck, stop <-chan struct{}, wg *sync.WaitGroup) {
+	if hc.Interval <= 0 {
+		return
+	}
+	for _, u := range p.ups {
+		wg.Add(1)
+		go p.checkHealth(u, hc, stop, wg)
+	}
 }
 
 // checkHealth runs u's active checks until stop is closed.

@@ -37,8 +37,10 @@ type Server struct {
 	dns    *dnsCache
 
 	// Active health checks: one goroutine per upstream that has them.
-	checkStop chan struct{}
-	checkWG   sync.WaitGroup
+	checkWG sync.WaitGroup
+
+	mapsMu   sync.Mutex // guards maps against Reload (the loops never read it)
+	reloadMu sync.Mutex
 
 	stopping atomic.Bool
 	ctx      context.Context // cancelled by Shutdown: ends pending lookups
@@ -56,16 +58,29 @@ type Server struct {
 	started, closed bool
 }
 
-// mapState is one mapping and the listening addresses it got.
+// mapState is one listener (a mapping's listen address) and the route its
+// connections take. A reload that keeps the listen address keeps the
+// mapState and its sockets and swaps the route.
 type mapState struct {
-	idx   int
-	m     Mapping
+	m     Mapping    // as first configured: the listen side
 	label string     // m.Label(), the metrics label
 	addrs []net.Addr // one per bound address (port resolved)
-	fds   [][]int    // fds[addr][loop]
-	pool  *pool      // chooses the upstream of each connection
+	fds   [][]int    // fds[addr][loop]; -1 where a loop has none
 
-	unixListen bool // listening on a Unix socket
+	cur     atomic.Pointer[route]
+	ctr     []mapCounters // per loop; written only by that loop
+	removed atomic.Bool   // a reload dropped it: no more accepts, connections drain
+
+	unixListen bool // listening on a Unix socket (accepted on loop 0 only)
+}
+
+// route is what a connection follows: the mapping's upstream-side options
+// and the router choosing among its upstreams.
+type route struct {
+	m    Mapping
+	r    router
+	pool *pool         // r, for the metrics and health checks
+	stop chan struct{} // ends its active health checks
 }
 
 // New validates cfg, starts the loops and binds every mapping's listening
@@ -81,7 +96,7 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("-backend %s: %w", cfg.Backend, err)
 	}
-	s := &Server{cfg: cfg, log: log, group: g, checkStop: make(chan struct{})}
+	s := &Server{cfg: cfg, log: log, group: g}
 	s.dns = newDNSCache(cfg.DNSTTL, cfg.lookup)
 	if cfg.AccessLog {
 		s.access = log.Named("access")
@@ -95,9 +110,8 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 			log.Warn("-splice needs the io_uring backend; the aio backend forwards through buffers", zap.String("backend", backend))
 		}
 	}
-	for i, m := range cfg.Mappings {
-		ms := &mapState{idx: i, m: m, label: m.Label()}
-		ms.pool = newPool(ms.label, m.Targets(), m.Balance, s.dns, log)
+	for _, m := range cfg.Mappings {
+		ms := s.newMapState(m)
 		if err := s.listen(ms); err != nil { // closes its own partial fds
 			s.closeListeners()
 			g.Close()
@@ -106,14 +120,9 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 		s.maps = append(s.maps, ms)
 	}
 	for i, l := range g.Loops() {
-		w := &worker{s: s, idx: i, loop: l, conns: map[*conn]struct{}{}, ctr: make([]mapCounters, len(s.maps))}
+		w := &worker{s: s, idx: i, loop: l, conns: map[*conn]struct{}{}}
 		for _, ms := range s.maps {
-			for a := range ms.addrs {
-				w.acceptors = append(w.acceptors, &acceptor{w: w, ms: ms, fd: ms.fds[a][i]})
-			}
-		}
-		for _, a := range w.acceptors {
-			a.done = a.onAccept
+			w.addAcceptors(ms)
 		}
 		w.resumeFn = w.resume
 		s.ws = append(s.ws, w)
@@ -121,12 +130,27 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 	return s, nil
 }
 
+func (s *Server) newMapState(m Mapping) *mapState {
+	ms := &mapState{m: m, label: m.Label(), ctr: make([]mapCounters, s.cfg.Loops), unixListen: m.BindUnix != ""}
+	ms.cur.Store(s.newRoute(ms.label, m))
+	return ms
+}
+
+func (s *Server) newRoute(label string, m Mapping) *route {
+	p := newPool(label, m.Targets(), m.Balance, s.dns, s.log)
+	return &route{m: m, r: p, pool: p, stop: make(chan struct{})}
+}
+
 // Backend names the engine backend the loops run on.
 func (s *Server) Backend() string { return s.group.Loops()[0].Backend() }
 
 // Addrs returns the addresses mapping i listens on (with the port the
 // kernel chose for port 0).
-func (s *Server) Addrs(i int) []net.Addr { return s.maps[i].addrs }
+func (s *Server) Addrs(i int) []net.Addr {
+	s.mapsMu.Lock()
+	defer s.mapsMu.Unlock()
+	return s.maps[i].addrs
+}
 
 // Start begins accepting on every listener.
 func (s *Server) Start() {
@@ -135,12 +159,8 @@ func (s *Server) Start() {
 	}
 	s.started = true
 	for _, ms := range s.maps {
-		if hc := ms.m.Health; hc.Interval > 0 {
-			for _, u := range ms.pool.ups {
-				s.checkWG.Add(1)
-				go ms.pool.checkHealth(u, hc, s.checkStop, &s.checkWG)
-			}
-		}
+		rt := ms.cur.Load()
+		rt.pool.startChecks(rt.m.Health, rt.stop, &s.checkWG)
 	}
 	for _, w := range s.ws {
 		w.loop.Post(w.start)
@@ -212,7 +232,13 @@ drain:
 		time.Sleep(time.Millisecond)
 	}
 	s.cancel()
-	close(s.checkStop)
+	s.mapsMu.Lock()
+	for _, ms := range s.maps {
+		if !ms.removed.Load() {
+			close(ms.cur.Load().stop)
+		}
+	}
+	s.mapsMu.Unlock()
 	s.checkWG.Wait()
 	s.group.Close()
 	// Whatever is still open (a loop that was wedged) goes now.
@@ -342,8 +368,24 @@ func Run(ctx context.Context, cfg Config) error {
 	return runWith(ctx, cfg, log, file)
 }
 
-// RunWithLogger is Run with the caller's logger; SIGHUP is acknowledged
-// only, since the caller owns the logger's output.
+// reloadFile is SIGHUP's reload: the command line and config file read
+// again, and Reload; a config with mistakes is refused and logged, and the
+// running one stays.
+func (s *Server) reloadFile(cfg Config) {
+	if cfg.ConfigFile == "" {
+		return
+	}
+	next, err := cfg.Reread()
+	if err == nil {
+		err = s.Reload(next)
+	}
+	if err != nil {
+		s.log.Error("reload refused; the running configuration stays", zap.String("config", cfg.ConfigFile), zap.Error(err))
+	}
+}
+
+// RunWithLogger is Run with the caller's logger; SIGHUP reloads -config
+// but reopens nothing, since the caller owns the logger's output.
 func RunWithLogger(ctx context.Context, cfg Config, log *zap.Logger) error {
 	return runWith(ctx, cfg, log, nil)
 }
@@ -360,18 +402,16 @@ func runWith(ctx context.Context, cfg Config, log *zap.Logger, logFile *LogFile)
 			return err
 		}
 	}
+	// SIGHUP is handled before anyone can know we listen: its default
+	// action would kill the process.
+	stopHup := watchHUP(log, logFile, func() { s.reloadFile(cfg) })
+	defer stopHup()
 	s.Start()
 	for _, ms := range s.maps {
-		addrs := make([]string, len(ms.addrs))
-		for i, a := range ms.addrs {
-			addrs[i] = a.String()
-		}
-		log.Info("forwarding", zap.Strings("listen", addrs), zap.String("target", ms.m.Target()))
+		log.Info("forwarding", zap.Strings("listen", addrStrings(ms.addrs)), zap.String("target", ms.m.Target()))
 	}
 	log.Info("uioproxy started", zap.String("backend", s.Backend()), zap.Int("loops", cfg.Loops),
 		zap.Bool("splice", s.splice), zap.Int("buffer", cfg.BufferSize))
-	stopHup := watchHUP(log, logFile)
-	defer stopHup()
 	var stopStats func()
 	if cfg.StatsInterval > 0 {
 		stopStats = s.logStatsEvery(cfg.StatsInterval)
