@@ -79,6 +79,7 @@ type conn struct {
 	ops      int // ops in flight on the sockets (connect, recv, send, poll, splice)
 	d        [2]direction
 	client   netip.AddrPort // the client (from the PROXY header if accepted)
+	local    netip.AddrPort // what the client connected to, if a PROXY header said
 	started  time.Duration  // monotime at accept
 	end      endReason
 	rst      uint8     // rstClient, rstUpstream
@@ -522,6 +523,9 @@ func (c *conn) established() {
 
 // localAddr is the address the client connected to, for the PROXY header.
 func (c *conn) localAddr() netip.AddrPort {
+	if c.local.IsValid() {
+		return c.local
+	}
 	if sa, err := unix.Getsockname(c.cfd); err == nil {
 		return sockaddrAddrPort(sa)
 	}

@@ -23,6 +23,17 @@
 // down for a back-off (1 s doubling to 30 s) and the next one is tried, up
 // to three; then the client is reset and one warning is logged.
 //
+// A mapping from a config file may have several upstreams (TCP or Unix
+// sockets), chosen round-robin, by least connections, or by a consistent
+// hash of the client address (a ring of 160 points per upstream, so
+// losing one moves only its clients). Active health checks connect to
+// each upstream every interval; rise successes in a row bring one up,
+// fall failures take it down; changes are logged and counted. With
+// send-proxy the upstream first gets a PROXY protocol header (v1 or v2)
+// with the client's address; with accept-proxy each client must start
+// with one (from a front balancer, within -proxy-header-timeout) or be
+// reset. The bytes after the header are the first ones sent upstream.
+//
 // Once connected, the two directions (client to upstream, upstream to
 // client) each own one buffer of -buffer bytes and alternate between two
 // ops: a recv into the buffer and, once it returns n bytes, a send of those

@@ -63,7 +63,7 @@ func (h *headerReader) onRecv(r uio.Result) {
 	}
 	h.n += int(r.Res)
 	buf := c.d[dirUp].buf
-	n, src, _, err := parseProxyHeader(buf[:h.n])
+	n, src, dst, err := parseProxyHeader(buf[:h.n])
 	switch {
 	case errors.Is(err, errHeaderIncomplete):
 		if h.n == len(buf) {
@@ -81,7 +81,7 @@ func (h *headerReader) onRecv(r uio.Result) {
 		h.timer = nil
 	}
 	if src.IsValid() {
-		c.client = src
+		c.client, c.local = src, dst
 	}
 	c.d[dirUp].n = copy(buf, buf[n:h.n])
 	c.hdr = nil

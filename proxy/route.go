@@ -126,7 +126,7 @@ func newPool(mapping string, targets []Target, policy string, dns *dnsCache, log
 				h := fnv.New64a()
 				h.Write([]byte(u.label))
 				h.Write([]byte{'#', byte(k), byte(k >> 8)})
-				p.ring = append(p.ring, ringPoint{h.Sum64(), u})
+				p.ring = append(p.ring, ringPoint{mix64(h.Sum64()), u})
 			}
 		}
 		slices.SortFunc(p.ring, func(a, b ringPoint) int {
@@ -142,6 +142,17 @@ func newPool(mapping string, targets []Target, policy string, dns *dnsCache, log
 	return p
 }
 
+// mix64 is splitmix64's finalizer: FNV-1a alone leaves the high bits,
+// which decide the place on the ring, nearly equal for addresses that
+// differ only in their last bytes.
+func mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	return x ^ x>>31
+}
+
 func (p *pool) maxTries() int { return min(len(p.ups), maxConnTries) }
 
 func (p *pool) pick(client netip.Addr, tried []*upstream) *upstream {
@@ -155,7 +166,7 @@ func (p *pool) pick(client netip.Addr, tried []*upstream) *upstream {
 		b := client.Unmap().As16()
 		h := fnv.New64a()
 		h.Write(b[:])
-		x := h.Sum64()
+		x := mix64(h.Sum64())
 		i, _ := slices.BinarySearchFunc(p.ring, x, func(r ringPoint, x uint64) int {
 			switch {
 			case r.hash < x:
