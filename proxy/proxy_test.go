@@ -481,12 +481,20 @@ func TestMetrics(t *testing.T) {
 	resp.Body.Close()
 	http.DefaultClient.CloseIdleConnections()
 	label := fmt.Sprintf("mapping=%q", p.maps[0].label)
+	upLabel := label + fmt.Sprintf(",upstream=%q", up.addr())
 	for _, want := range []string{
 		"uioproxy_connections_total{" + label + "} 1",
 		"uioproxy_connections_active{" + label + "} 1",
-		"uioproxy_bytes_total{" + label + `,direction="upstream"} 5`,
-		"uioproxy_bytes_total{" + label + `,direction="downstream"} 5`,
+		`uioproxy_bytes_total{direction="upstream",` + label + `} 5`,
+		`uioproxy_bytes_total{direction="downstream",` + label + `} 5`,
+		`uioproxy_errors_total{kind="connect",` + label + `} 0`,
+		"uioproxy_upstream_up{" + upLabel + "} 1",
+		"uioproxy_upstream_connections_active{" + upLabel + "} 1",
+		"uioproxy_upstream_connects_total{" + upLabel + "} 1",
+		`uioproxy_upstream_health_checks_total{` + label + `,result="ok",upstream=` + fmt.Sprintf("%q", up.addr()) + `} 0`,
 		`uioproxy_syscalls_total{backend="aio",kind="io_submit"}`,
+		"process_open_fds ",
+		"go_goroutines ",
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %q:\n%s", want, body)

@@ -276,7 +276,7 @@ func TestAcceptProxy(t *testing.T) {
 		p := startProxyMapping(t, b, Mapping{Upstreams: targets(t, up), SendProxy: "v1", AcceptProxy: true}, "-proxy-header-timeout", "300ms")
 		v2 := proxyHeader("v2", netip.MustParseAddrPort("[2001:db8::7]:4242"), netip.MustParseAddrPort("[2001:db8::1]:443"))
 		for _, tt := range []struct {
-			name string
+			name      string
 			hdr       []byte
 			want, dst string
 		}{
@@ -460,4 +460,3 @@ func TestUnixSockets(t *testing.T) {
 		}
 	})
 }
-

@@ -452,3 +452,45 @@ func TestSecondSignal(t *testing.T) {
 		}
 	})
 }
+
+// TestAccessLog: one line per connection with both ends, the bytes each
+// way, the duration and how it ended, in the console and JSON formats.
+func TestAccessLog(t *testing.T) {
+	checkLeaks(t)
+	up := startUpstream(t, func(c *net.TCPConn) {
+		buf := make([]byte, 5)
+		io.ReadFull(c, buf)
+		c.Write([]byte("0123456789"))
+	})
+	p := startProxy(t, "aio", up.addr())
+	c := dial(t, p.addr)
+	c.Write([]byte("hello"))
+	c.CloseWrite()
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	io.ReadAll(c)
+	waitFor(t, 2*time.Second, "access log", func() bool { return p.logs.FilterMessage("connection").Len() == 1 })
+	e := p.logs.FilterMessage("connection").All()[0]
+	f := e.ContextMap()
+	if e.LoggerName != "access" || f["client"] != c.LocalAddr().String() || f["upstream"] != up.addr() || f["upstream_addr"] != up.addr() ||
+		f["bytes_up"] != uint64(5) || f["bytes_down"] != uint64(10) || f["end"] != "fin" || f["mapping"] != p.maps[0].label {
+		t.Errorf("access log line: logger %q %v", e.LoggerName, f)
+	}
+	if d, ok := f["duration"].(time.Duration); !ok || d <= 0 || d > 2*time.Second {
+		t.Errorf("duration %v", f["duration"])
+	}
+
+	// The same line from the JSON encoder, as operators parse it.
+	var out bytes.Buffer
+	log, err := NewLogger("info", "json", zapcore.AddSync(&out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{access: log.Named("access")}
+	ms := &mapState{label: "m", m: Mapping{BindHost: "h"}}
+	s.logAccess(&conn{ms: ms, client: netip.MustParseAddrPort("192.0.2.1:5"), end: endUpstreamReset, bytes: [2]uint64{1, 2}})
+	for _, w := range []string{`"logger":"uioproxy.access"`, `"msg":"connection"`, `"client":"192.0.2.1:5"`, `"bytes_up":1`, `"bytes_down":2`, `"end":"upstream_reset"`} {
+		if !strings.Contains(out.String(), w) {
+			t.Errorf("JSON access log lacks %s: %s", w, out.String())
+		}
+	}
+}
