@@ -38,8 +38,11 @@ type Config struct {
 	ConfigFile string // -config: mappings and options from this YAML file; SIGHUP reloads it
 	Check      bool   // -check: validate the configuration and exit
 
-	args   []string   // the command line, read again on reload
-	lookup lookupFunc // tests: a fake resolver
+	User string // -user: switch to this user after binding
+
+	args      []string         // the command line, read again on reload
+	inherited map[string][]int // listening sockets passed in (systemd, hand-over)
+	lookup    lookupFunc       // tests: a fake resolver
 }
 
 // Buffer size bounds: below 4 KiB every message costs several submissions;
@@ -59,7 +62,7 @@ var (
 )
 
 // UsageLine is printed after every command-line mistake.
-const UsageLine = "usage: uioproxy [flags] [bind:]port:host:hostport ..."
+const UsageLine = "usage: uioproxy [flags] [bind:]port:host:hostport ... | uioproxy -config FILE [-check]"
 
 // UsageHead and UsageExamples frame the flag list that -help prints.
 const UsageHead = UsageLine + `
@@ -72,8 +75,16 @@ Mappings:
   port:host:hostport         listen on localhost:port (the default bind, as ssh -L)
   bind:port:host:hostport    listen on bind:port; bind "*" or "" = all interfaces
   [::1]:8080:[2001:db8::1]:80  IPv6 literals go in brackets
-  Listen port 0 picks a free port. Host names are resolved at connect time and
-  every address the name has is tried in turn.
+  /path/in.sock:host:hostport  listen on a Unix socket
+  [bind:]port:/path/up.sock    forward to a Unix socket
+  Listen port 0 picks a free port. Host names are resolved at connect time
+  (cached for -dns-ttl) and their addresses raced as RFC 8305 says.
+  -config FILE (YAML) holds mappings with several upstreams, balancing,
+  health checks and the PROXY protocol; see the README.
+
+Signals: SIGINT/SIGTERM drain and stop (twice: at once); SIGHUP reloads
+-config and reopens -log-file; SIGUSR2 hands the listening sockets to a
+new uioproxy process and drains this one.
 
 Flags (may come before, between or after mappings; "--" ends them):
 `
@@ -90,6 +101,8 @@ Examples:
   uioproxy -buffer 256k -splice 5432:db1:5432 6379:cache:6379
       two forwards in one process, 256 KiB buffers, splice(2) for the bodies
   uioproxy -log-format json -metrics 127.0.0.1:9100 -stats 10s [::1]:8080:[2001:db8::1]:80
+  uioproxy -check -config /etc/uioproxy/uioproxy.yaml
+      check a config file: exit 0, or 2 with file:line: what is wrong
 `
 
 // ExitCode is the process exit status for an error from ParseArgs: 0 for a
@@ -252,6 +265,7 @@ func newFlagSet() (*Config, *flag.FlagSet) {
 	fs.StringVar(&cfg.LogFile, "log-file", "", "append logs to `PATH` instead of stderr; SIGHUP reopens it (for logrotate)")
 	fs.DurationVar(&cfg.StatsInterval, "stats", 0, "log connection and byte counters every `INTERVAL` (0 = never)")
 	fs.StringVar(&cfg.MetricsAddr, "metrics", "", "serve Prometheus metrics on `ADDR` (host:port; empty = off)")
+	fs.StringVar(&cfg.User, "user", "", "after binding the listeners, switch to this `USER` (its uid, gid and groups); reloads then cannot bind privileged ports")
 	fs.StringVar(&cfg.ConfigFile, "config", "", "read options and mappings from this YAML `FILE` (flags given here win); SIGHUP reloads it")
 	fs.BoolVar(&cfg.Check, "check", false, "with -config: check the configuration, print what is wrong (file:line) and exit 0 if valid, 2 if not")
 	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGINT/SIGTERM stop accepting and let open connections finish for this long; then reset them (a second signal: at once)")

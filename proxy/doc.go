@@ -70,6 +70,13 @@
 // (EMFILE/ENFILE) pauses accepting with a growing back-off (100 ms to 1 s)
 // instead of spinning.
 //
+// Listening sockets may come from outside (systemd.go): systemd socket
+// activation (LISTEN_FDS) or the uioproxy this one replaces (SIGUSR2 in
+// Run execs the binary with every listening socket, waits for it to say
+// it accepts, then drains). They are matched to mappings by the address
+// they are bound to; Run tells systemd READY, RELOADING and STOPPING
+// through $NOTIFY_SOCKET, and -user drops privileges after binding.
+//
 // Shutdown (SIGINT/SIGTERM in Run) stops accepting, lets open connections
 // finish for up to -drain-timeout, then resets the rest; a second signal
 // during the drain resets them at once. Logs go to stderr

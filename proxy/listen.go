@@ -47,10 +47,12 @@ type worker struct {
 func (w *worker) addAcceptors(ms *mapState) []*acceptor {
 	var added []*acceptor
 	for a := range ms.addrs {
-		if fd := ms.fds[a][w.idx]; fd >= 0 {
-			ac := &acceptor{w: w, ms: ms, fd: fd}
-			ac.done = ac.onAccept
-			added = append(added, ac)
+		for j, fd := range ms.fds[a] {
+			if fd >= 0 && j%w.s.cfg.Loops == w.idx {
+				ac := &acceptor{w: w, ms: ms, fd: fd}
+				ac.done = ac.onAccept
+				added = append(added, ac)
+			}
 		}
 	}
 	w.acceptors = append(w.acceptors, added...)
@@ -181,9 +183,17 @@ func (a *acceptor) onAccept(r uio.Result) {
 	if r.Res >= 0 {
 		fd := int(r.Res)
 		a.backoff = 0
-		if s.stopping.Load() || a.closed {
+		if a.closed {
 			unix.Close(fd)
 			a.w.syscalls.add(1)
+			return
+		}
+		if s.stopping.Load() {
+			// Accepted just as the stop came: the kernel already told the
+			// client it is connected, so serve it and let the drain end it
+			// rather than drop it (a hand-over would lose it otherwise).
+			s.slots.Add(1)
+			a.w.newConn(a.ms, fd)
 			a.close()
 			return
 		}
@@ -239,8 +249,10 @@ func (a *acceptor) close() {
 	unix.Close(a.fd)
 	a.w.syscalls.add(1)
 	for _, fds := range a.ms.fds {
-		if fds[a.w.idx] == a.fd {
-			fds[a.w.idx] = -1
+		for j, fd := range fds {
+			if fd == a.fd {
+				fds[j] = -1
+			}
 		}
 	}
 	a.w.openListeners.Add(-1)
@@ -268,15 +280,19 @@ func (s *Server) listen(ms *mapState) (err error) {
 				return fmt.Errorf("mappings %q and %q both listen on %s", other.label, ms.label, m.BindUnix)
 			}
 		}
-		fd, err := listenUnix(m.BindUnix)
+		fds, err := s.takeInherited(m.BindUnix)
 		if err != nil {
 			return err
 		}
-		fds := make([]int, len(s.group.Loops()))
-		for i := range fds {
-			fds[i] = -1
+		if fds != nil {
+			ms.inherited = true
+		} else {
+			fd, err := listenUnix(m.BindUnix)
+			if err != nil {
+				return err
+			}
+			fds = []int{fd} // one socket, accepted on by loop 0 (no SO_REUSEPORT for Unix sockets)
 		}
-		fds[0] = fd // one socket, accepted on by loop 0 (no SO_REUSEPORT for Unix sockets)
 		ms.fds = [][]int{fds}
 		ms.addrs = []net.Addr{&net.UnixAddr{Name: m.BindUnix, Net: "unix"}}
 		return nil
@@ -290,6 +306,14 @@ func (s *Server) listen(ms *mapState) (err error) {
 	for _, ip := range ips {
 		if other := s.boundBy(ip, port); other != nil {
 			return fmt.Errorf("mappings %q and %q both listen on %s", other.label, ms.label, net.JoinHostPort(ip.String(), fmt.Sprint(port)))
+		}
+		if fds, err := s.takeInherited(bindKey(ip, port)); err != nil {
+			return err
+		} else if fds != nil {
+			ms.inherited = true
+			ms.fds = append(ms.fds, fds)
+			ms.addrs = append(ms.addrs, &net.TCPAddr{IP: ip.AsSlice(), Port: port, Zone: ip.Zone()})
+			continue
 		}
 		fds, p, err := listenGroup(ip, port, len(s.group.Loops()), s.cfg.Keepalive)
 		if err != nil {

@@ -39,6 +39,9 @@ type Server struct {
 	// Active health checks: one goroutine per upstream that has them.
 	checkWG sync.WaitGroup
 
+	inherited  map[string][]int // listening sockets passed in, by listenKey, not yet matched
+	handedOver atomic.Bool      // SIGUSR2 passed the listeners on: do not unlink Unix sockets
+
 	mapsMu   sync.Mutex // guards maps against Reload (the loops never read it)
 	reloadMu sync.Mutex
 
@@ -72,6 +75,7 @@ type mapState struct {
 	removed atomic.Bool   // a reload dropped it: no more accepts, connections drain
 
 	unixListen bool // listening on a Unix socket (accepted on loop 0 only)
+	inherited  bool // its sockets came from systemd or the process before us
 }
 
 // route is what a connection follows: the mapping's upstream-side options
@@ -96,7 +100,7 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("-backend %s: %w", cfg.Backend, err)
 	}
-	s := &Server{cfg: cfg, log: log, group: g}
+	s := &Server{cfg: cfg, log: log, group: g, inherited: cfg.inherited}
 	s.dns = newDNSCache(cfg.DNSTTL, cfg.lookup)
 	if cfg.AccessLog {
 		s.access = log.Named("access")
@@ -119,6 +123,13 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 		}
 		s.maps = append(s.maps, ms)
 	}
+	for key, fds := range s.inherited {
+		log.Warn("inherited listening socket matches no mapping; closed", zap.String("addr", key))
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}
+	s.inherited = nil
 	for i, l := range g.Loops() {
 		w := &worker{s: s, idx: i, loop: l, conns: map[*conn]struct{}{}}
 		for _, ms := range s.maps {
@@ -236,6 +247,9 @@ drain:
 	for _, ms := range s.maps {
 		if !ms.removed.Load() {
 			close(ms.cur.Load().stop)
+			if ms.unixListen && !ms.inherited && !s.handedOver.Load() {
+				os.Remove(ms.m.BindUnix)
+			}
 		}
 	}
 	s.mapsMu.Unlock()
@@ -375,6 +389,8 @@ func (s *Server) reloadFile(cfg Config) {
 	if cfg.ConfigFile == "" {
 		return
 	}
+	notifyReloading()
+	defer notify("READY=1")
 	next, err := cfg.Reread()
 	if err == nil {
 		err = s.Reload(next)
@@ -391,9 +407,21 @@ func RunWithLogger(ctx context.Context, cfg Config, log *zap.Logger) error {
 }
 
 func runWith(ctx context.Context, cfg Config, log *zap.Logger, logFile *LogFile) error {
+	inherited, err := inheritedListeners(log)
+	if err != nil {
+		return err
+	}
+	cfg.inherited = inherited
 	s, err := New(cfg, log)
 	if err != nil {
 		return err
+	}
+	if cfg.User != "" {
+		if err := dropPrivileges(cfg.User); err != nil {
+			s.Shutdown(0)
+			return err
+		}
+		log.Info("dropped privileges", zap.String("user", cfg.User), zap.Int("uid", os.Getuid()), zap.Int("gid", os.Getgid()))
 	}
 	var metricsSrv *metricsServer
 	if cfg.MetricsAddr != "" {
@@ -402,21 +430,48 @@ func runWith(ctx context.Context, cfg Config, log *zap.Logger, logFile *LogFile)
 			return err
 		}
 	}
-	// SIGHUP is handled before anyone can know we listen: its default
-	// action would kill the process.
+	// SIGHUP and SIGUSR2 are handled before anyone can know we listen:
+	// their default action would kill the process.
 	stopHup := watchHUP(log, logFile, func() { s.reloadFile(cfg) })
 	defer stopHup()
+	ctx, handedOver := context.WithCancel(ctx)
+	defer handedOver()
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(usr2)
+	go func() {
+		for {
+			select {
+			case <-usr2:
+				log.Info("SIGUSR2: starting a new process to hand the listening sockets to")
+				pid, err := s.handOver()
+				if err != nil {
+					log.Error("hand-over failed; still serving", zap.Error(err))
+					continue
+				}
+				log.Info("listening sockets handed over; draining", zap.Int("new_pid", pid))
+				handedOver()
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	s.Start()
 	for _, ms := range s.maps {
 		log.Info("forwarding", zap.Strings("listen", addrStrings(ms.addrs)), zap.String("target", ms.m.Target()))
 	}
 	log.Info("uioproxy started", zap.String("backend", s.Backend()), zap.Int("loops", cfg.Loops),
-		zap.Bool("splice", s.splice), zap.Int("buffer", cfg.BufferSize))
+		zap.Bool("splice", s.splice), zap.Int("buffer", cfg.BufferSize), zap.Int("pid", os.Getpid()))
+	signalReady()
 	var stopStats func()
 	if cfg.StatsInterval > 0 {
 		stopStats = s.logStatsEvery(cfg.StatsInterval)
 	}
 	<-ctx.Done()
+	if !s.handedOver.Load() {
+		notify("STOPPING=1")
+	}
 	active := s.ActiveConns()
 	log.Info("stopping: no new connections; draining", zap.Int("open", active), zap.Duration("drain_timeout", cfg.DrainTimeout))
 	if stopStats != nil {

@@ -2,7 +2,9 @@ package main
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -26,5 +28,30 @@ func TestCheck(t *testing.T) {
 		if got := run(tt.args); got != tt.want {
 			t.Errorf("uioproxy %q: exit %d, want %d", tt.args, got, tt.want)
 		}
+	}
+}
+
+// TestSystemdUnits: the units in dist/ pass systemd-analyze verify (when
+// systemd is installed), with ExecStart pointing at a built binary.
+func TestSystemdUnits(t *testing.T) {
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Skip("systemd-analyze not installed")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "uioproxy")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	for _, name := range []string{"uioproxy.service", "uioproxy.socket"} {
+		b, err := os.ReadFile(filepath.Join("..", "..", "dist", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, name), []byte(strings.ReplaceAll(string(b), "/usr/local/bin/uioproxy", bin)), 0o644)
+	}
+	out, err := exec.Command(analyze, "verify", filepath.Join(dir, "uioproxy.service"), filepath.Join(dir, "uioproxy.socket")).CombinedOutput()
+	if err != nil || len(out) > 0 {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
 }
