@@ -7,7 +7,7 @@ export GOTOOLCHAIN := auto
 # Debian's golang-1.23 (what install-deps installs where no go is present).
 GO ?= $(shell command -v go || echo /usr/lib/go-1.23/bin/go)
 
-.PHONY: all deps build vet test test-kmod demo bench syscalls bench-proxy bench-fio bench-storage bench-blockdev bin/uioproxy
+.PHONY: all deps build vet test test-kmod soak demo bench syscalls bench-proxy bench-fio bench-storage bench-blockdev bin/uioproxy
 all: build
 
 deps:
@@ -33,6 +33,13 @@ test: deps
 # Only the kernel module's checks (see kmod/test.sh for its switches).
 test-kmod:
 	./kmod/test.sh
+
+# uioproxy's soak test for SOAK (default 10m) per backend: checksummed
+# streams both ways through faulty upstreams and a reload every 3s; make
+# test runs it for 25s per backend.
+SOAK ?= 10m
+soak: deps
+	UIOPROXY_SOAK=$(SOAK) $(GO) test -count=1 -v -run '^TestSoak$$' -timeout 0 ./proxy
 
 # The main job: uioproxy in front of a local echo server on each backend,
 # printing round trips/s and syscalls per forwarded message.

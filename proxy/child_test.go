@@ -112,7 +112,10 @@ func startChildFiles(t *testing.T, wrapper []string, files []*os.File, env []str
 				c.lines = append(c.lines, m)
 				if m["msg"] == "forwarding" {
 					if l, ok := m["listen"].([]any); ok && len(l) > 0 {
-						listening <- fmt.Sprint(l[0])
+						select { // only the first counts; reloads log more
+						case listening <- fmt.Sprint(l[0]):
+						default:
+						}
 					}
 				}
 			}

@@ -835,10 +835,28 @@ func (d *direction) onSend(r uio.Result) {
 	d.recv()
 }
 
-// eof: src sent its FIN and everything before it has been forwarded; pass
-// the FIN on. When both directions are done, close.
+// eof: a recv of 0 from src. That is its FIN, unless src was reset and
+// the error was already taken by the other direction's send to it (the
+// kernel reports a reset once). While we have not sent src our FIN, a FIN
+// from it leaves the socket in CLOSE_WAIT, a reset in TCP_CLOSE; passing a
+// FIN on after a reset would make a broken stream look complete. (Once we
+// sent ours, TCP_CLOSE is the normal end, and nothing else takes src's
+// error.) A real FIN, everything before it forwarded, is passed on; when
+// both directions are done, close.
 func (d *direction) eof() {
 	c := d.c
+	tcp := !c.ms.unixListen
+	if d.src == c.ufd {
+		tcp = !c.up.isUnix()
+	}
+	if tcp && !c.d[d.idx^1].done {
+		ti, err := unix.GetsockoptTCPInfo(d.src, unix.IPPROTO_TCP, unix.TCP_INFO)
+		c.w.syscalls.add(1)
+		if err == nil && ti.State == tcpClose {
+			c.fail(unix.ECONNRESET, d.src)
+			return
+		}
+	}
 	d.done = true
 	unix.Shutdown(d.dst, unix.SHUT_WR)
 	c.w.syscalls.add(1)
@@ -965,6 +983,9 @@ func setKeepalive(fd int, idle time.Duration) int {
 }
 
 const keepaliveProbes = 4
+
+// tcpClose is TCP_CLOSE in tcp_info.tcpi_state (include/net/tcp_states.h).
+const tcpClose = 7
 
 func sockaddrAddrPort(sa unix.Sockaddr) netip.AddrPort {
 	switch sa := sa.(type) {

@@ -494,3 +494,49 @@ func TestAccessLog(t *testing.T) {
 		}
 	}
 }
+
+// TestResetReportedOnce pins down the kernel behaviour direction.eof
+// relies on: once a send has taken a reset's error, a recv on the socket
+// returns 0 as if the peer had sent a FIN, and only tcpi_state tells the
+// two apart: CLOSE after the reset, CLOSE_WAIT after a FIN.
+func TestResetReportedOnce(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	for _, reset := range []bool{true, false} {
+		c := dial(t, ln.Addr().String())
+		peer, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if reset {
+			peer.(*net.TCPConn).SetLinger(0)
+			peer.Close()
+		} else {
+			peer.(*net.TCPConn).CloseWrite()
+			defer peer.Close()
+		}
+		time.Sleep(50 * time.Millisecond)
+		raw, _ := c.SyscallConn()
+		raw.Control(func(fd uintptr) {
+			if reset {
+				_, err := unix.Write(int(fd), []byte("x"))
+				if !errors.Is(err, unix.ECONNRESET) && !errors.Is(err, unix.EPIPE) {
+					t.Errorf("send after the reset: %v", err)
+				}
+			}
+			n, err := unix.Read(int(fd), make([]byte, 1))
+			ti, _ := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+			switch {
+			case n != 0 || err != nil:
+				t.Errorf("reset=%v: recv = %d, %v; want 0 (the error was taken)", reset, n, err)
+			case reset && ti.State != tcpClose:
+				t.Errorf("after a reset tcpi_state = %d, want TCP_CLOSE (%d)", ti.State, tcpClose)
+			case !reset && ti.State == tcpClose:
+				t.Errorf("after a FIN tcpi_state = TCP_CLOSE, want CLOSE_WAIT")
+			}
+		})
+	}
+}
