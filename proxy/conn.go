@@ -74,17 +74,18 @@ type conn struct {
 	rt  *route    // the mapping and router as they were at accept (reload swaps ms.cur)
 	ctr *mapCounters
 
-	cfd, ufd int // client and upstream sockets; -1 once closed
-	state    connState
-	ops      int // ops in flight on the sockets (connect, recv, send, poll, splice)
-	d        [2]direction
-	client   netip.AddrPort // the client (from the PROXY header if accepted)
-	local    netip.AddrPort // what the client connected to, if a PROXY header said
-	started  time.Duration  // monotime at accept
-	end      endReason
-	rst      uint8     // rstClient, rstUpstream
-	bytes    [2]uint64 // forwarded, per direction: the access log's
-	upAddr   string    // the upstream address connected to
+	cfd, ufd    int // client and upstream sockets; -1 once closed
+	state       connState
+	ops         int // ops in flight on the sockets (connect, recv, send, poll, splice)
+	d           [2]direction
+	client      netip.AddrPort // the client (from the PROXY header if accepted)
+	local       netip.AddrPort // what the client connected to, if a PROXY header said
+	clientKnown bool           // client is filled in (clientAddr)
+	started     time.Duration  // monotime at accept
+	end         endReason
+	rst         uint8     // rstClient, rstUpstream
+	bytes       [2]uint64 // forwarded, per direction: the access log's
+	upAddr      string    // the upstream address connected to
 
 	// Choosing an upstream and connecting to it.
 	up          *upstream
@@ -175,10 +176,9 @@ func (w *worker) newConn(ms *mapState, fd int) {
 	c.raceFn, c.connectTOFn = c.onRaceTimer, c.onConnectTimeout
 	w.conns[c] = struct{}{}
 	c.ctr.opened.add(1)
-	if sa, err := unix.Getpeername(fd); err == nil {
-		c.client = sockaddrAddrPort(sa)
+	if rt := c.rt; w.s.access != nil || rt.m.Balance == BalanceSourceHash || rt.m.SendProxy != "" {
+		c.clientAddr() // needed anyway: now, before a reset makes it unknowable
 	}
-	w.syscalls.add(1)
 	if !ms.unixListen {
 		setNoDelay(fd) // keepalive comes from the listening socket
 		w.syscalls.add(1)
@@ -194,7 +194,11 @@ func (w *worker) newConn(ms *mapState, fd int) {
 
 // route picks the next upstream and starts connecting to it.
 func (c *conn) route() {
-	u := c.rt.r.pick(c.client.Addr(), c.tried)
+	var client netip.Addr
+	if c.rt.m.Balance == BalanceSourceHash {
+		client = c.clientAddr().Addr()
+	}
+	u := c.rt.r.pick(client, c.tried)
 	if u == nil {
 		if len(c.tried) == 0 {
 			c.lastErr = errors.New("no upstream available (all marked down)")
@@ -455,9 +459,22 @@ func (c *conn) failConnect() {
 	c.abort(endConnectFailed, rstClient)
 }
 
+// clientAddr is the client's address (the PROXY header's, if one was
+// accepted), asked of the kernel only when something needs it.
+func (c *conn) clientAddr() netip.AddrPort {
+	if !c.clientKnown && c.cfd >= 0 {
+		c.clientKnown = true
+		if sa, err := unix.Getpeername(c.cfd); err == nil {
+			c.client = sockaddrAddrPort(sa)
+		}
+		c.w.syscalls.add(1)
+	}
+	return c.client
+}
+
 func (c *conn) clientString() string {
-	if c.client.IsValid() {
-		return c.client.String()
+	if a := c.clientAddr(); a.IsValid() {
+		return a.String()
 	}
 	if c.ms.unixListen {
 		return "unix:" + c.ms.m.BindUnix
@@ -501,7 +518,7 @@ func (c *conn) established() {
 	// after its own header, go out before anything else.
 	up := &c.d[dirUp]
 	if v := c.rt.m.SendProxy; v != "" {
-		h := proxyHeader(v, c.client, c.localAddr())
+		h := proxyHeader(v, c.clientAddr(), c.localAddr())
 		if up.n > 0 {
 			h = append(h, up.buf[:up.n]...)
 		}

@@ -81,7 +81,7 @@ func (h *headerReader) onRecv(r uio.Result) {
 		h.timer = nil
 	}
 	if src.IsValid() {
-		c.client, c.local = src, dst
+		c.client, c.local, c.clientKnown = src, dst, true
 	}
 	c.d[dirUp].n = copy(buf, buf[n:h.n])
 	c.hdr = nil

@@ -109,6 +109,23 @@ func (w *worker) stopAccepting() {
 	}
 }
 
+// stopAcceptors stops this loop's accepting on ms's sockets.
+func (w *worker) stopAcceptors(ms *mapState) {
+	keep := w.acceptors[:0]
+	for _, a := range w.acceptors {
+		if a.ms != ms {
+			keep = append(keep, a)
+			continue
+		}
+		if a.armed {
+			w.loop.Cancel(a.id) // its Done closes the listener
+		} else {
+			a.close()
+		}
+	}
+	w.acceptors = keep
+}
+
 // closeAll closes every connection of the loop and returns how many.
 func (w *worker) closeAll() int {
 	n := 0

@@ -32,7 +32,9 @@ func (c Config) Reread() (Config, error) {
 // started with. Everything new is bound before anything changes, so an
 // error (a bad config, an address in use) leaves the running config as it
 // was. Options other than the mappings need a restart: Reload names those
-// that changed in its log line and keeps the running values.
+// that changed in its log line and keeps the running values. A listener
+// keeps the name (metrics label) it started with; renaming a mapping on
+// the same address takes effect at the next restart.
 func (s *Server) Reload(cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -187,23 +189,6 @@ func (ms *mapState) active() uint64 {
 		return opened - closed
 	}
 	return 0
-}
-
-// stopAcceptors stops this loop's accepting on ms's sockets.
-func (w *worker) stopAcceptors(ms *mapState) {
-	keep := w.acceptors[:0]
-	for _, a := range w.acceptors {
-		if a.ms != ms {
-			keep = append(keep, a)
-			continue
-		}
-		if a.armed {
-			w.loop.Cancel(a.id) // its Done closes the listener
-		} else {
-			a.close()
-		}
-	}
-	w.acceptors = keep
 }
 
 func addrStrings(addrs []net.Addr) []string {

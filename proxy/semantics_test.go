@@ -487,7 +487,7 @@ func TestAccessLog(t *testing.T) {
 	}
 	s := &Server{access: log.Named("access")}
 	ms := &mapState{label: "m", m: Mapping{BindHost: "h"}}
-	s.logAccess(&conn{ms: ms, client: netip.MustParseAddrPort("192.0.2.1:5"), end: endUpstreamReset, bytes: [2]uint64{1, 2}})
+	s.logAccess(&conn{ms: ms, cfd: -1, client: netip.MustParseAddrPort("192.0.2.1:5"), clientKnown: true, end: endUpstreamReset, bytes: [2]uint64{1, 2}})
 	for _, w := range []string{`"logger":"uioproxy.access"`, `"msg":"connection"`, `"client":"192.0.2.1:5"`, `"bytes_up":1`, `"bytes_down":2`, `"end":"upstream_reset"`} {
 		if !strings.Contains(out.String(), w) {
 			t.Errorf("JSON access log lacks %s: %s", w, out.String())

@@ -102,8 +102,8 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: log, group: g, inherited: cfg.inherited}
 	s.dns = newDNSCache(cfg.DNSTTL, cfg.lookup)
-	if cfg.AccessLog {
-		s.access = log.Named("access")
+	if cfg.AccessLog && log.Core().Enabled(zapcore.InfoLevel) {
+		s.access = log.Named("access") // info lines: -log-level warn turns them off
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	backend := g.Loops()[0].Backend()
