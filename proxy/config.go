@@ -40,9 +40,10 @@ type Config struct {
 
 	User string // -user: switch to this user after binding
 
-	args      []string         // the command line, read again on reload
-	inherited map[string][]int // listening sockets passed in (systemd, hand-over)
-	lookup    lookupFunc       // tests: a fake resolver
+	args           []string         // the command line, read again on reload
+	inherited      map[string][]int // listening sockets passed in (systemd, hand-over)
+	systemdSockets bool             // inherited came from systemd (which owns their files)
+	lookup         lookupFunc       // tests: a fake resolver
 }
 
 // Buffer size bounds: below 4 KiB every message costs several submissions;

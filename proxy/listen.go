@@ -302,7 +302,7 @@ func (s *Server) listen(ms *mapState) (err error) {
 			return err
 		}
 		if fds != nil {
-			ms.inherited = true
+			ms.inherited = s.cfg.systemdSockets
 		} else {
 			fd, err := listenUnix(m.BindUnix)
 			if err != nil {
@@ -327,7 +327,7 @@ func (s *Server) listen(ms *mapState) (err error) {
 		if fds, err := s.takeInherited(bindKey(ip, port)); err != nil {
 			return err
 		} else if fds != nil {
-			ms.inherited = true
+			ms.inherited = s.cfg.systemdSockets
 			ms.fds = append(ms.fds, fds)
 			ms.addrs = append(ms.addrs, &net.TCPAddr{IP: ip.AsSlice(), Port: port, Zone: ip.Zone()})
 			continue

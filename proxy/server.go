@@ -75,7 +75,7 @@ type mapState struct {
 	removed atomic.Bool   // a reload dropped it: no more accepts, connections drain
 
 	unixListen bool // listening on a Unix socket (accepted on loop 0 only)
-	inherited  bool // its sockets came from systemd or the process before us
+	inherited  bool // its sockets came from systemd, which owns a Unix socket's file
 }
 
 // route is what a connection follows: the mapping's upstream-side options
@@ -407,11 +407,11 @@ func RunWithLogger(ctx context.Context, cfg Config, log *zap.Logger) error {
 }
 
 func runWith(ctx context.Context, cfg Config, log *zap.Logger, logFile *LogFile) error {
-	inherited, err := inheritedListeners(log)
+	inherited, fromSystemd, err := inheritedListeners(log)
 	if err != nil {
 		return err
 	}
-	cfg.inherited = inherited
+	cfg.inherited, cfg.systemdSockets = inherited, fromSystemd
 	s, err := New(cfg, log)
 	if err != nil {
 		return err

@@ -32,12 +32,13 @@ const (
 // inheritedListeners takes the sockets passed in (and unsets the
 // variables that passed them, so no child of ours sees them), keyed by
 // listenKey.
-func inheritedListeners(log interface{ Warn(string, ...zap.Field) }) (map[string][]int, error) {
-	n := 0
+// It also says whether they came from systemd.
+func inheritedListeners(log interface{ Warn(string, ...zap.Field) }) (map[string][]int, bool, error) {
+	n, systemd := 0, false
 	if v := os.Getenv(inheritFdsEnv); v != "" {
 		var err error
 		if n, err = strconv.Atoi(v); err != nil || n < 0 {
-			return nil, fmt.Errorf("%s=%q: want a count", inheritFdsEnv, v)
+			return nil, false, fmt.Errorf("%s=%q: want a count", inheritFdsEnv, v)
 		}
 		os.Unsetenv(inheritFdsEnv)
 	} else if v := os.Getenv("LISTEN_FDS"); v != "" {
@@ -46,12 +47,13 @@ func inheritedListeners(log interface{ Warn(string, ...zap.Field) }) (map[string
 		os.Unsetenv("LISTEN_PID")
 		os.Unsetenv("LISTEN_FDNAMES")
 		if pid != os.Getpid() {
-			return nil, nil // meant for another process
+			return nil, false, nil // meant for another process
 		}
 		var err error
 		if n, err = strconv.Atoi(v); err != nil || n < 0 {
-			return nil, fmt.Errorf("LISTEN_FDS=%q: want a count", v)
+			return nil, false, fmt.Errorf("LISTEN_FDS=%q: want a count", v)
 		}
+		systemd = true
 	}
 	out := map[string][]int{}
 	for fd := firstListenFd; fd < firstListenFd+n; fd++ {
@@ -65,11 +67,11 @@ func inheritedListeners(log interface{ Warn(string, ...zap.Field) }) (map[string
 		// Several loops may accept on one inherited socket: a blocking one
 		// would block a loop whose accept another loop won.
 		if err := unix.SetNonblock(fd, true); err != nil {
-			return nil, fmt.Errorf("inherited socket %s: %w", key, err)
+			return nil, false, fmt.Errorf("inherited socket %s: %w", key, err)
 		}
 		out[key] = append(out[key], fd)
 	}
-	return out, nil
+	return out, systemd, nil
 }
 
 // listenKey names the address a listening socket is bound to, the way

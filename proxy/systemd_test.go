@@ -109,7 +109,8 @@ func TestHandOver(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b string) {
 		up := startUpstream(t, echoHandler)
 		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		ch := startChild(t, nil, nil, "-backend", b, "-loops", "2", "-drain-timeout", "10s", addr+":"+up.addr())
+		sock := filepath.Join(t.TempDir(), "ho.sock")
+		ch := startChild(t, nil, nil, "-backend", b, "-loops", "2", "-drain-timeout", "10s", addr+":"+up.addr(), sock+":"+up.addr())
 		held := dial(t, addr)
 		if err := roundTrip(held, []byte("old"), 2*time.Second); err != nil {
 			t.Fatal(err)
@@ -168,8 +169,21 @@ func TestHandOver(t *testing.T) {
 		if fails.Load() > 0 {
 			t.Errorf("%d of %d connections failed across the hand-over; first: %v", fails.Load(), dials.Load(), firstErr)
 		}
+		// The Unix listener went over too, and the old process left its
+		// file alone; the new one removes it when it stops.
+		uc, err := net.DialTimeout("unix", sock, 2*time.Second)
+		if err != nil {
+			t.Fatalf("Unix listener after the hand-over: %v", err)
+		}
+		if err := roundTrip(uc, []byte("unix"), 2*time.Second); err != nil {
+			t.Errorf("Unix listener after the hand-over: %v", err)
+		}
+		uc.Close()
 		syscall.Kill(newPid, syscall.SIGTERM)
 		waitFor(t, 10*time.Second, "new process gone", func() bool { return syscall.Kill(newPid, 0) != nil })
+		if _, err := os.Stat(sock); !os.IsNotExist(err) {
+			t.Errorf("socket file after the new process stopped: %v, want it removed", err)
+		}
 		if err := ch.cmd.Wait(); err != nil {
 			t.Errorf("old process: %v", err)
 		}
