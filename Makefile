@@ -7,7 +7,7 @@ export GOTOOLCHAIN := auto
 # Debian's golang-1.23 (what install-deps installs where no go is present).
 GO ?= $(shell command -v go || echo /usr/lib/go-1.23/bin/go)
 
-.PHONY: all deps build vet test test-kmod soak demo bench syscalls bench-proxy bench-fio bench-storage bench-blockdev bin/uioproxy
+.PHONY: all deps build vet test test-kmod demo bench syscalls bench-proxy bench-fio bench-storage bench-blockdev bin/uioproxy
 all: build
 
 deps:
@@ -38,6 +38,7 @@ test-kmod:
 # streams both ways through faulty upstreams and a reload every 3s; make
 # test runs it for 25s per backend.
 SOAK ?= 10m
+.PHONY: soak
 soak: deps
 	UIOPROXY_SOAK=$(SOAK) $(GO) test -count=1 -v -run '^TestSoak$$' -timeout 0 ./proxy
 
