@@ -255,7 +255,7 @@ func newFlagSet() (*Config, *flag.FlagSet) {
 	fs.Usage = func() {}
 	fs.StringVar(&cfg.Backend, "backend", "auto", "I/O engine: auto (io_uring if the kernel allows it, else aio), aio or uring")
 	fs.IntVar(&cfg.Loops, "loops", runtime.NumCPU(), "number of event loops (each with its own submission/completion engine)")
-	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 10*time.Second, "give up connecting to the target after this long (all addresses together)")
+	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 10*time.Second, "give up on an upstream after this long (all its addresses together, each with its share); a pool then tries the next, up to three")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "reset a connection that moved no byte in either direction for this long (0 = never)")
 	fs.IntVar(&cfg.MaxConns, "max-conns", 0, "stop accepting while this many connections are open (0 = no limit)")
 	fs.Var((*byteSizeFlag)(&cfg.BufferSize), "buffer", fmt.Sprintf("buffer `SIZE` per direction per connection, %s..%s", byteSize(MinBufferSize), byteSize(MaxBufferSize)))
