@@ -42,6 +42,14 @@ check-import: deps
 test-kmod:
 	./kmod/test.sh
 
+# uioproxy's soak test for SOAK (default 10m) per backend: checksummed
+# streams both ways through faulty upstreams and a reload every 3s; make
+# test runs it for 25s per backend.
+SOAK ?= 10m
+.PHONY: soak
+soak: deps
+	UIOPROXY_SOAK=$(SOAK) $(GO) test -count=1 -v -run '^TestSoak$$' -timeout 0 ./proxy
+
 # The main job: uioproxy in front of a local echo server on each backend,
 # printing round trips/s and syscalls per forwarded message.
 demo: deps

@@ -24,8 +24,9 @@ import (
 // (ParseArgs, then Run until SIGINT/SIGTERM) and exits, so the child process
 // holds nothing but the proxy (the load and the upstream stay in the parent).
 const (
-	childArgsEnv   = "UIOPROXY_TEST_ARGS"   // the proxy's arguments, separated by \x1f
-	childNofileEnv = "UIOPROXY_TEST_NOFILE" // RLIMIT_NOFILE for the child
+	childArgsEnv      = "UIOPROXY_TEST_ARGS"            // the proxy's arguments, separated by \x1f
+	childNofileEnv    = "UIOPROXY_TEST_NOFILE"          // RLIMIT_NOFILE for the child
+	childListenPidEnv = "UIOPROXY_TEST_LISTEN_PID_SELF" // set LISTEN_PID to the child's pid
 )
 
 func TestMain(m *testing.M) {
@@ -36,6 +37,10 @@ func TestMain(m *testing.M) {
 }
 
 func childMain(args []string) int {
+	if os.Getenv(childListenPidEnv) != "" {
+		// systemd sets LISTEN_PID after fork; a test can only ask us to.
+		os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
+	}
 	if v := os.Getenv(childNofileEnv); v != "" {
 		n, _ := strconv.ParseUint(v, 10, 64)
 		lim := unix.Rlimit{Cur: n, Max: n}
@@ -71,6 +76,12 @@ type child struct {
 // strace) with JSON logs and waits until it listens.
 func startChild(t *testing.T, wrapper []string, env []string, args ...string) *child {
 	t.Helper()
+	return startChildFiles(t, wrapper, nil, env, args...)
+}
+
+// startChildFiles is startChild passing files as fds 3, 4, ...
+func startChildFiles(t *testing.T, wrapper []string, files []*os.File, env []string, args ...string) *child {
+	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -79,6 +90,7 @@ func startChild(t *testing.T, wrapper []string, env []string, args ...string) *c
 	argv := append(append([]string{}, wrapper...), self)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(append(os.Environ(), childArgsEnv+"="+strings.Join(args, "\x1f")), env...)
+	cmd.ExtraFiles = files
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -100,7 +112,10 @@ func startChild(t *testing.T, wrapper []string, env []string, args ...string) *c
 				c.lines = append(c.lines, m)
 				if m["msg"] == "forwarding" {
 					if l, ok := m["listen"].([]any); ok && len(l) > 0 {
-						listening <- fmt.Sprint(l[0])
+						select { // only the first counts; reloads log more
+						case listening <- fmt.Sprint(l[0]):
+						default:
+						}
 					}
 				}
 			}

@@ -26,8 +26,24 @@ type Config struct {
 	LogLevel       string        // "debug", "info", "warn" or "error"
 	LogFormat      string        // "console" or "json"
 	LogFile        string        // append logs here instead of stderr; SIGHUP reopens it
+	AccessLog      bool          // one info line per connection when it ends
 	StatsInterval  time.Duration // 0: no periodic stats line
 	MetricsAddr    string        // "": no metrics listener
+	Keepalive      time.Duration // TCP keepalive idle time on both sockets; 0: off
+	DNSTTL         time.Duration // how long a lookup of an upstream's name is used; 0: every connection
+	// ProxyHeaderTimeout bounds the wait for the PROXY header of mappings
+	// that accept one.
+	ProxyHeaderTimeout time.Duration
+
+	ConfigFile string // -config: mappings and options from this YAML file; SIGHUP reloads it
+	Check      bool   // -check: validate the configuration and exit
+
+	User string // -user: switch to this user after binding
+
+	args           []string         // the command line, read again on reload
+	inherited      map[string][]int // listening sockets passed in (systemd, hand-over)
+	systemdSockets bool             // inherited came from systemd (which owns their files)
+	lookup         lookupFunc       // tests: a fake resolver
 }
 
 // Buffer size bounds: below 4 KiB every message costs several submissions;
@@ -47,7 +63,7 @@ var (
 )
 
 // UsageLine is printed after every command-line mistake.
-const UsageLine = "usage: uioproxy [flags] [bind:]port:host:hostport ..."
+const UsageLine = "usage: uioproxy [flags] [bind:]port:host:hostport ... | uioproxy -config FILE [-check]"
 
 // UsageHead and UsageExamples frame the flag list that -help prints.
 const UsageHead = UsageLine + `
@@ -60,8 +76,16 @@ Mappings:
   port:host:hostport         listen on localhost:port (the default bind, as ssh -L)
   bind:port:host:hostport    listen on bind:port; bind "*" or "" = all interfaces
   [::1]:8080:[2001:db8::1]:80  IPv6 literals go in brackets
-  Listen port 0 picks a free port. Host names are resolved at connect time and
-  every address the name has is tried in turn.
+  /path/in.sock:host:hostport  listen on a Unix socket
+  [bind:]port:/path/up.sock    forward to a Unix socket
+  Listen port 0 picks a free port. Host names are resolved at connect time
+  (cached for -dns-ttl) and their addresses raced as RFC 8305 says.
+  -config FILE (YAML) holds mappings with several upstreams, balancing,
+  health checks and the PROXY protocol; see the README.
+
+Signals: SIGINT/SIGTERM drain and stop (twice: at once); SIGHUP reloads
+-config and reopens -log-file; SIGUSR2 hands the listening sockets to a
+new uioproxy process and drains this one.
 
 Flags (may come before, between or after mappings; "--" ends them):
 `
@@ -78,6 +102,8 @@ Examples:
   uioproxy -buffer 256k -splice 5432:db1:5432 6379:cache:6379
       two forwards in one process, 256 KiB buffers, splice(2) for the bodies
   uioproxy -log-format json -metrics 127.0.0.1:9100 -stats 10s [::1]:8080:[2001:db8::1]:80
+  uioproxy -check -config /etc/uioproxy/uioproxy.yaml
+      check a config file: exit 0, or 2 with file:line: what is wrong
 `
 
 // ExitCode is the process exit status for an error from ParseArgs: 0 for a
@@ -127,9 +153,22 @@ func ParseArgs(args []string, stderr io.Writer) (Config, error) {
 	// Report bad mappings and bad flags together, so one run shows every
 	// mistake; "no mappings given" would only confuse after a bad mapping.
 	mappingErr := cfg.parseMappings(mappingArgs)
-	if err := errors.Join(mappingErr, cfg.validate(len(mappingArgs) == 0)); err != nil {
+	if cfg.ConfigFile != "" {
+		inCLI := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { inCLI[f.Name] = true })
+		if err := loadConfigFile(cfg.ConfigFile, cfg, fs, inCLI); err != nil {
+			// A file's mistakes carry file:line; the usage line would only
+			// distract from them.
+			fmt.Fprintf(stderr, "uioproxy: %v\n", strings.ReplaceAll(err.Error(), "\n", "\nuioproxy: "))
+			return Config{}, err
+		}
+	} else if cfg.Check {
+		return Config{}, usageError(stderr, errors.New("-check needs -config FILE"))
+	}
+	if err := errors.Join(mappingErr, cfg.validate(mappingErr == nil)); err != nil {
 		return Config{}, usageError(stderr, err)
 	}
+	cfg.args = append([]string(nil), args...)
 	return *cfg, nil
 }
 
@@ -154,6 +193,9 @@ func (c *Config) validate(requireMappings bool) error {
 		{"-idle-timeout", c.IdleTimeout},
 		{"-drain-timeout", c.DrainTimeout},
 		{"-stats", c.StatsInterval},
+		{"-keepalive", c.Keepalive},
+		{"-dns-ttl", c.DNSTTL},
+		{"-proxy-header-timeout", c.ProxyHeaderTimeout},
 	} {
 		if d.value < 0 {
 			bad("%s %v: must not be negative", d.flag, d.value)
@@ -177,7 +219,18 @@ func (c *Config) validate(requireMappings bool) error {
 		}
 	}
 	if requireMappings && len(c.Mappings) == 0 {
-		bad("no mappings given: want at least one %s", mappingSyntax)
+		bad("no mappings given: want at least one %s (or -config FILE)", mappingSyntax)
+	}
+	for _, m := range c.Mappings {
+		if m.Balance != "" && !oneOf(m.Balance, Balances) {
+			bad("mapping %s: balance %q: want one of %s", m.Label(), m.Balance, strings.Join(Balances, ", "))
+		}
+		if m.SendProxy != "" && m.SendProxy != "v1" && m.SendProxy != "v2" {
+			bad("mapping %s: send-proxy %q: want v1 or v2", m.Label(), m.SendProxy)
+		}
+		if h := m.Health; h.Interval < 0 || (h.Interval > 0 && (h.Timeout <= 0 || h.Rise < 1 || h.Fall < 1)) {
+			bad("mapping %s: health check %+v: want interval > 0 with timeout > 0, rise and fall >= 1", m.Label(), h)
+		}
 	}
 	// Two mappings on one listen address would fail at bind time with a
 	// less helpful "address already in use"; port 0 never collides.
@@ -202,17 +255,24 @@ func newFlagSet() (*Config, *flag.FlagSet) {
 	fs.Usage = func() {}
 	fs.StringVar(&cfg.Backend, "backend", "auto", "I/O engine: auto (io_uring if the kernel allows it, else aio), aio or uring")
 	fs.IntVar(&cfg.Loops, "loops", runtime.NumCPU(), "number of event loops (each with its own submission/completion engine)")
-	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 10*time.Second, "give up connecting to the target after this long (all addresses together)")
-	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "close a connection with no traffic in either direction for this long (0 = never)")
+	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 10*time.Second, "give up on an upstream after this long (all its addresses together, each with its share); a pool then tries the next, up to three")
+	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "reset a connection that moved no byte in either direction for this long (0 = never)")
 	fs.IntVar(&cfg.MaxConns, "max-conns", 0, "stop accepting while this many connections are open (0 = no limit)")
 	fs.Var((*byteSizeFlag)(&cfg.BufferSize), "buffer", fmt.Sprintf("buffer `SIZE` per direction per connection, %s..%s", byteSize(MinBufferSize), byteSize(MaxBufferSize)))
 	fs.BoolVar(&cfg.Splice, "splice", false, "move data with splice(2) through a pipe instead of user-space buffers")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "least severe level logged: debug, info, warn or error")
 	fs.StringVar(&cfg.LogFormat, "log-format", "console", "log format: console or json")
+	fs.BoolVar(&cfg.AccessLog, "access-log", true, "log one line per connection when it ends (info level): client, upstream, bytes each way, duration, how it ended")
 	fs.StringVar(&cfg.LogFile, "log-file", "", "append logs to `PATH` instead of stderr; SIGHUP reopens it (for logrotate)")
 	fs.DurationVar(&cfg.StatsInterval, "stats", 0, "log connection and byte counters every `INTERVAL` (0 = never)")
 	fs.StringVar(&cfg.MetricsAddr, "metrics", "", "serve Prometheus metrics on `ADDR` (host:port; empty = off)")
-	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGINT/SIGTERM stop accepting and let open connections finish for this long")
+	fs.StringVar(&cfg.User, "user", "", "after binding the listeners, switch to this `USER` (its uid, gid and groups); reloads then cannot bind privileged ports")
+	fs.StringVar(&cfg.ConfigFile, "config", "", "read options and mappings from this YAML `FILE` (flags given here win); SIGHUP reloads it")
+	fs.BoolVar(&cfg.Check, "check", false, "with -config: check the configuration, print what is wrong (file:line) and exit 0 if valid, 2 if not")
+	fs.DurationVar(&cfg.DrainTimeout, "drain-timeout", 30*time.Second, "on SIGINT/SIGTERM stop accepting and let open connections finish for this long; then reset them (a second signal: at once)")
+	fs.DurationVar(&cfg.Keepalive, "keepalive", 60*time.Second, "TCP keepalive on client and upstream sockets: first probe after this much silence, a dead peer found within about twice it (0 = off)")
+	fs.DurationVar(&cfg.DNSTTL, "dns-ttl", 10*time.Second, "reuse a lookup of an upstream host name for this long (0 = look up for every connection)")
+	fs.DurationVar(&cfg.ProxyHeaderTimeout, "proxy-header-timeout", 5*time.Second, "mappings accepting the PROXY protocol reset a client whose header has not arrived by then")
 	return cfg, fs
 }
 

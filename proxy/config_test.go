@@ -18,7 +18,7 @@ func TestParseArgsDefaults(t *testing.T) {
 		t.Fatalf("ParseArgs: %v\nstderr: %s", err, stderr.String())
 	}
 	want := Config{
-		Mappings:       []Mapping{{"localhost", 8080, "127.0.0.1", 80}},
+		Mappings:       []Mapping{mp("localhost", 8080, "127.0.0.1", 80)},
 		Backend:        "auto",
 		Loops:          runtime.NumCPU(),
 		ConnectTimeout: 10 * time.Second,
@@ -26,7 +26,13 @@ func TestParseArgsDefaults(t *testing.T) {
 		BufferSize:     64 << 10,
 		LogLevel:       "info",
 		LogFormat:      "console",
+		AccessLog:      true,
+		Keepalive:      60 * time.Second,
+		DNSTTL:         10 * time.Second,
+
+		ProxyHeaderTimeout: 5 * time.Second,
 	}
+	cfg.args = nil
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("ParseArgs defaults = %+v\nwant %+v", cfg, want)
 	}
@@ -49,7 +55,7 @@ func TestParseArgsAllFlags(t *testing.T) {
 		t.Fatalf("ParseArgs: %v", err)
 	}
 	want := Config{
-		Mappings:       []Mapping{{"", 8080, "backend", 80}, {"::1", 8443, "2001:db8::1", 443}},
+		Mappings:       []Mapping{mp("", 8080, "backend", 80), mp("::1", 8443, "2001:db8::1", 443)},
 		Backend:        "uring",
 		Loops:          3,
 		ConnectTimeout: 2 * time.Second,
@@ -62,7 +68,13 @@ func TestParseArgsAllFlags(t *testing.T) {
 		LogFormat:      "json",
 		StatsInterval:  10 * time.Second,
 		MetricsAddr:    "127.0.0.1:9100",
+		AccessLog:      true,
+		Keepalive:      60 * time.Second,
+		DNSTTL:         10 * time.Second,
+
+		ProxyHeaderTimeout: 5 * time.Second,
 	}
+	cfg.args = nil
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("ParseArgs = %+v\nwant %+v", cfg, want)
 	}

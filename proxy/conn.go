@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"time"
 
@@ -17,11 +16,49 @@ import (
 type connState uint8
 
 const (
-	stConnecting connState = iota // resolving the target or connecting to it
+	stHeader     connState = iota // reading the client's PROXY protocol header
+	stConnecting                  // choosing, resolving or connecting to an upstream
 	stOpen                        // forwarding
-	stClosing                     // waiting for the ops in flight to complete
+	stClosing                     // waiting for the ops in flight (or a flush) to end
 	stClosed                      // the sockets are being (or have been) closed
 )
+
+// endReason says how a connection ended, in the access log and metrics.
+type endReason uint8
+
+const (
+	endNone          endReason = iota
+	endFIN                     // both sides closed with a FIN: a complete stream
+	endClientReset             // the client reset (or a send to it failed)
+	endUpstreamReset           // the upstream reset (or a send to it failed)
+	endIdle                    // -idle-timeout: both sides reset
+	endDrain                   // open past -drain-timeout (or a second stop signal): both reset
+	endConnectFailed           // no upstream could be reached: the client reset
+	endBadHeader               // a malformed PROXY protocol header: the client reset
+	endHeaderTimeout           // no PROXY protocol header in time: the client reset
+	endError                   // a local error (no pipe, engine refused an op): both reset
+)
+
+var endReasonNames = [...]string{"", "fin", "client_reset", "upstream_reset", "idle_timeout", "drain",
+	"connect_failed", "bad_proxy_header", "proxy_header_timeout", "error"}
+
+func (r endReason) String() string { return endReasonNames[r] }
+
+// Which sockets a close resets (SO_LINGER 0) rather than ends with a FIN.
+const (
+	rstClient   = 1 << 0
+	rstUpstream = 1 << 1
+	rstBoth     = rstClient | rstUpstream
+)
+
+// Happy Eyeballs (RFC 8305 section 5): the next address is tried when the
+// one before has not answered after this long, or at once when it fails.
+const connectionAttemptDelay = 250 * time.Millisecond
+
+// After one side resets, the bytes already handed to the other side's
+// socket are let out before that side is reset too; a peer that takes
+// nothing for this long (or for -idle-timeout if shorter) is reset anyway.
+const maxFlushStall = 30 * time.Second
 
 // The two directions of a connection.
 const (
@@ -33,35 +70,72 @@ const (
 // is only touched there.
 type conn struct {
 	w   *worker
-	ms  *mapState
+	ms  *mapState // the listener that accepted it
+	rt  *route    // the mapping and router as they were at accept (reload swaps ms.cur)
 	ctr *mapCounters
 
-	cfd, ufd int // client and upstream sockets; -1 once closed
-	state    connState
-	ops      int // ops in flight on the sockets (connect, recv, send, poll, splice)
-	d        [2]direction
+	cfd, ufd    int // client and upstream sockets; -1 once closed
+	state       connState
+	ops         int // ops in flight on the sockets (connect, recv, send, poll, splice)
+	d           [2]direction
+	client      netip.AddrPort // the client (from the PROXY header if accepted)
+	local       netip.AddrPort // what the client connected to, if a PROXY header said
+	clientKnown bool           // client is filled in (clientAddr)
+	started     time.Duration  // monotime at accept
+	end         endReason
+	rst         uint8     // rstClient, rstUpstream
+	bytes       [2]uint64 // forwarded, per direction: the access log's
+	upAddr      string    // the upstream address connected to
 
-	// Connecting.
-	addrs        []netip.Addr
-	next         int
-	lastErr      error
-	resolving    bool
-	connectID    uio.OpID
-	connectTimer *uio.Timer
-	retryTimer   *uio.Timer    // out of descriptors for the upstream socket
-	retryDelay   time.Duration // its back-off
-	retryFn      func()
-	timedOut     bool
-	connectDone  func(uio.Result)
+	// Choosing an upstream and connecting to it.
+	up          *upstream
+	upConnected bool // up counts this connection as active
+	tried       []*upstream
+	addrs       []netip.Addr // up's addresses in RFC 8305 order
+	next        int          // the next of them to try
+	attempts    []*attempt   // connects in flight
+	lastErr     error
+	resolving   bool
+	deadline    time.Duration // monotime at which connecting to up gives up
+	connectTmr  *uio.Timer
+	raceTimer   *uio.Timer // starts the next attempt
+	raceFn      func()
+	retryTimer  *uio.Timer    // out of descriptors for the upstream socket
+	retryDelay  time.Duration // its back-off
+	retryFn     func()
+	timedOut    bool
+	connectTOFn func()
 
 	// Idle timeout.
 	idleOn    bool
 	last      time.Duration // monotonic time of the last traffic
 	idleTimer *uio.Timer
 	idleFn    func()
+	tcpBytes  uint64 // both sockets' bytes acked + received at the last check
+
+	// Flush before reset: the surviving side's socket still holds bytes.
+	flushFd    int
+	flushQ     int
+	flushSince time.Duration
+	flushDelay time.Duration
+	flushTimer *uio.Timer
+	flushFn    func()
+
+	hdr *headerReader // AcceptProxy: the PROXY header being read
 
 	closes    int // OpClose in flight
 	closeDone func(uio.Result)
+}
+
+// attempt is one connect in flight to one address of the upstream.
+type attempt struct {
+	c        *conn
+	fd       int
+	id       uio.OpID
+	dest     string
+	timer    *uio.Timer // its share of the connect deadline
+	timedOut bool
+	done     func(uio.Result)
 }
 
 // direction moves one way: recv from src into buf, send buf to dst (or,
@@ -93,205 +167,406 @@ var epoch = time.Now()
 func monotime() time.Duration { return time.Since(epoch) }
 
 // newConn takes over an accepted socket (and the -max-conns slot that was
-// reserved for it) and starts connecting to the mapping's target.
+// reserved for it), reads the PROXY header if the mapping wants one, and
+// starts connecting to an upstream.
 func (w *worker) newConn(ms *mapState, fd int) {
-	c := &conn{w: w, ms: ms, ctr: &w.ctr[ms.idx], cfd: fd, ufd: -1}
+	c := &conn{w: w, ms: ms, rt: ms.cur.Load(), ctr: &ms.ctr[w.idx], cfd: fd, ufd: -1, flushFd: -1, started: monotime()}
 	c.d[dirUp].pipe, c.d[dirDown].pipe = [2]int{-1, -1}, [2]int{-1, -1}
-	c.connectDone = c.onConnect
 	c.closeDone = c.onClose
+	c.raceFn, c.connectTOFn = c.onRaceTimer, c.onConnectTimeout
 	w.conns[c] = struct{}{}
 	c.ctr.opened.add(1)
-	setNoDelay(fd)
-	w.syscalls.add(1)
-	if t := w.s.cfg.ConnectTimeout; t > 0 {
-		c.connectTimer = w.loop.AfterFunc(t, c.onConnectTimeout)
+	if rt := c.rt; w.s.access != nil || rt.m.Balance == BalanceSourceHash || rt.m.SendProxy != "" {
+		c.clientAddr() // needed anyway: now, before a reset makes it unknowable
 	}
-	if ms.upAddrs != nil {
-		c.addrs = ms.upAddrs
-		c.connectNext()
+	if !ms.unixListen {
+		setNoDelay(fd) // keepalive comes from the listening socket
+		w.syscalls.add(1)
+	}
+	if c.rt.m.AcceptProxy {
+		c.state = stHeader
+		c.readHeader()
 		return
 	}
-	c.resolving = true
-	go c.resolve()
+	c.state = stConnecting
+	c.route()
 }
 
-// resolve looks the target up off the loop and hands the answer back to it.
-func (c *conn) resolve() {
+// route picks the next upstream and starts connecting to it.
+func (c *conn) route() {
+	var client netip.Addr
+	if c.rt.m.Balance == BalanceSourceHash {
+		client = c.clientAddr().Addr()
+	}
+	u := c.rt.r.pick(client, c.tried)
+	if u == nil {
+		if len(c.tried) == 0 {
+			c.lastErr = errors.New("no upstream available (all marked down)")
+		}
+		c.failConnect()
+		return
+	}
+	c.up, c.tried = u, append(c.tried, u)
+	c.addrs, c.next, c.timedOut = nil, 0, false
+	if t := c.w.s.cfg.ConnectTimeout; t > 0 {
+		c.deadline = monotime() + t
+		c.connectTmr = c.w.loop.AfterFunc(t, c.connectTOFn)
+	}
+	switch {
+	case u.isUnix():
+		c.launch()
+	case u.ips != nil:
+		c.addrs = u.ips
+		c.launch()
+	default:
+		if ips, ok := u.cached(); ok {
+			c.addrs = happyEyeballsOrder(ips)
+			c.launch()
+			return
+		}
+		c.resolving = true
+		go c.resolve(u)
+	}
+}
+
+// resolve looks u up off the loop and hands the answer back to it.
+func (c *conn) resolve(u *upstream) {
 	ctx := c.w.s.ctx
 	if t := c.w.s.cfg.ConnectTimeout; t > 0 {
 		var cancel func()
 		ctx, cancel = context.WithTimeout(ctx, t)
 		defer cancel()
 	}
-	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", c.ms.m.Host)
-	c.w.loop.Post(func() { c.resolved(ips, err) })
+	ips, err := u.resolve(ctx)
+	c.w.loop.Post(func() { c.resolved(u, ips, err) })
 }
 
-func (c *conn) resolved(ips []netip.Addr, err error) {
-	c.resolving = false
-	if c.state != stConnecting {
-		return // timed out or shut down meanwhile; already closed
+func (c *conn) resolved(u *upstream, ips []netip.Addr, err error) {
+	if c.state != stConnecting || c.up != u || !c.resolving {
+		return // timed out or shut down meanwhile
 	}
+	c.resolving = false
 	if err != nil {
-		c.lastErr = fmt.Errorf("resolving %s: %w", c.ms.m.Host, err)
-		c.failConnect()
+		c.upstreamFailed(fmt.Errorf("resolving %s: %w", u.host, err))
 		return
 	}
-	for i := range ips {
-		ips[i] = ips[i].Unmap()
+	if len(ips) == 0 {
+		c.upstreamFailed(fmt.Errorf("resolving %s: no addresses", u.host))
+		return
 	}
-	c.addrs = ips
-	c.connectNext()
+	c.addrs = happyEyeballsOrder(ips)
+	c.launch()
 }
 
-// connectNext tries the next address of the target.
-func (c *conn) connectNext() {
+func (c *conn) destCount() int {
+	if c.up.isUnix() {
+		return 1
+	}
+	return len(c.addrs)
+}
+
+// launch starts a connect to the next address of the upstream. Each gets
+// an equal share of what is left of -connect-timeout; the next one starts
+// when this one fails or after connectionAttemptDelay (RFC 8305), so an
+// address that swallows SYNs does not hold the others up.
+func (c *conn) launch() {
 	w := c.w
-	for c.next < len(c.addrs) {
-		ip := c.addrs[c.next]
-		c.next++
-		family := unix.AF_INET
-		if ip.Is6() {
-			family = unix.AF_INET6
-		}
-		fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-		w.syscalls.add(1)
+	n := c.destCount()
+	for c.state == stConnecting && c.next < n {
+		i := c.next
+		fd, sa, dest, err := c.openDest(i)
 		if err != nil {
-			c.lastErr = fmt.Errorf("socket for %s: %w", ip, err)
+			c.lastErr = err
 			if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
 				// Out of descriptors: keep the client waiting (as if still
 				// in the backlog) and try again after a back-off, within
 				// -connect-timeout. Accepts meanwhile fail with EMFILE and
 				// back off too.
-				c.next--
-				c.retryDelay = min(max(c.retryDelay*2, minAcceptBackoff), maxAcceptBackoff)
-				w.s.warnFds(c.ms, err, c.retryDelay)
-				if c.retryFn == nil {
-					c.retryFn = c.retryConnect
+				if len(c.attempts) == 0 && c.retryTimer == nil {
+					c.retryDelay = min(max(c.retryDelay*2, minAcceptBackoff), maxAcceptBackoff)
+					w.s.warnFds(c.ms, err, c.retryDelay)
+					if c.retryFn == nil {
+						c.retryFn = c.retryConnect
+					}
+					c.retryTimer = w.loop.AfterFunc(c.retryDelay, c.retryFn)
 				}
-				c.retryTimer = w.loop.AfterFunc(c.retryDelay, c.retryFn)
 				return
 			}
+			c.next++
 			continue
 		}
-		setNoDelay(fd)
-		w.syscalls.add(1)
-		id, err := w.loop.Submit(uio.Op{Kind: uio.OpConnect, Fd: fd, Addr: sockaddr(ip, c.ms.m.HostPort), Done: c.connectDone})
+		c.next++
+		a := &attempt{c: c, fd: fd, dest: dest}
+		a.done = a.onConnect
+		id, err := w.loop.Submit(uio.Op{Kind: uio.OpConnect, Fd: fd, Addr: sa, Done: a.done})
 		if err != nil {
 			unix.Close(fd)
 			w.syscalls.add(1)
 			c.lastErr = err
 			break
 		}
-		c.ufd, c.connectID = fd, id
+		a.id = id
 		c.ops++
+		c.attempts = append(c.attempts, a)
+		if left := n - i; left > 1 && w.s.cfg.ConnectTimeout > 0 {
+			share := max((c.deadline-monotime())/time.Duration(left), time.Millisecond)
+			a.timer = w.loop.AfterFunc(share, a.onShareTimeout)
+		}
+		if c.next < n {
+			c.raceTimer = w.loop.AfterFunc(connectionAttemptDelay, c.raceFn)
+		}
 		return
 	}
-	c.failConnect()
+	if c.state == stConnecting && len(c.attempts) == 0 && c.retryTimer == nil {
+		c.upstreamFailed(c.lastErr)
+	}
+}
+
+// openDest makes the socket for address i of the upstream.
+func (c *conn) openDest(i int) (int, unix.Sockaddr, string, error) {
+	u := c.up
+	if u.isUnix() {
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		c.w.syscalls.add(1)
+		if err != nil {
+			return -1, nil, u.label, fmt.Errorf("socket for %s: %w", u.label, err)
+		}
+		return fd, &unix.SockaddrUnix{Name: u.path}, u.label, nil
+	}
+	ip := c.addrs[i]
+	dest := netip.AddrPortFrom(ip, uint16(u.port)).String()
+	family := unix.AF_INET
+	if ip.Is6() {
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	c.w.syscalls.add(1)
+	if err != nil {
+		return -1, nil, dest, fmt.Errorf("socket for %s: %w", dest, err)
+	}
+	setNoDelay(fd)
+	c.w.syscalls.add(1 + uint64(setKeepalive(fd, c.w.s.cfg.Keepalive)))
+	return fd, sockaddr(ip, u.port), dest, nil
 }
 
 func (c *conn) retryConnect() {
 	c.retryTimer = nil
 	if c.state == stConnecting {
-		c.connectNext()
+		c.launch()
 	}
 }
 
-func (c *conn) onConnect(r uio.Result) {
+func (c *conn) onRaceTimer() {
+	c.raceTimer = nil
+	if c.state == stConnecting && !c.timedOut {
+		c.launch()
+	}
+}
+
+func (a *attempt) onShareTimeout() {
+	a.timer = nil
+	a.timedOut = true
+	a.c.w.loop.Cancel(a.id) // onConnect sees timedOut
+}
+
+func (a *attempt) onConnect(r uio.Result) {
+	c := a.c
 	c.ops--
+	if a.timer != nil {
+		a.timer.Stop()
+		a.timer = nil
+	}
+	for i, x := range c.attempts {
+		if x == a {
+			c.attempts = append(c.attempts[:i], c.attempts[i+1:]...)
+			break
+		}
+	}
 	if r.Res == 0 && c.state == stConnecting {
+		c.ufd, c.upAddr = a.fd, a.dest
+		for _, x := range c.attempts {
+			c.w.loop.Cancel(x.id) // the losers close their sockets
+		}
 		c.established()
 		return
 	}
-	unix.Close(c.ufd)
+	unix.Close(a.fd)
 	c.w.syscalls.add(1)
-	c.ufd = -1
-	switch {
-	case c.state != stConnecting:
+	if c.state != stConnecting {
 		c.maybeClose()
-	case c.timedOut:
-		c.failConnect()
-	default:
-		c.lastErr = fmt.Errorf("%s: %w", netip.AddrPortFrom(c.addrs[c.next-1], uint16(c.ms.m.HostPort)), r.Err())
-		c.connectNext()
+		return
 	}
+	if c.timedOut {
+		if len(c.attempts) == 0 {
+			c.upstreamFailed(c.lastErr)
+		}
+		return
+	}
+	err := r.Err()
+	if a.timedOut {
+		err = fmt.Errorf("no answer within its share of -connect-timeout %v", c.w.s.cfg.ConnectTimeout)
+	}
+	c.lastErr = fmt.Errorf("%s: %w", a.dest, err)
+	if c.raceTimer != nil {
+		c.raceTimer.Stop()
+		c.raceTimer = nil
+	}
+	c.launch()
 }
 
 func (c *conn) onConnectTimeout() {
-	c.connectTimer = nil
+	c.connectTmr = nil
 	if c.state != stConnecting {
 		return
 	}
 	c.timedOut = true
-	c.lastErr = fmt.Errorf("no connection within -connect-timeout %v", c.w.s.cfg.ConnectTimeout)
-	if c.ops > 0 {
-		c.w.loop.Cancel(c.connectID) // onConnect sees timedOut
+	c.lastErr = fmt.Errorf("no connection to %s within -connect-timeout %v", c.up.label, c.w.s.cfg.ConnectTimeout)
+	c.stopConnectTimers()
+	if len(c.attempts) > 0 {
+		for _, a := range c.attempts {
+			c.w.loop.Cancel(a.id) // onConnect sees timedOut
+		}
 		return
 	}
-	c.failConnect() // still resolving
+	c.resolving = false
+	c.upstreamFailed(c.lastErr) // still resolving, or waiting for a descriptor
 }
 
-// failConnect gives up on the target: one warning, and the client closed.
+// upstreamFailed: no address of c.up answered. Passive health marks it
+// down, and another upstream is tried while the bound allows.
+func (c *conn) upstreamFailed(err error) {
+	c.stopConnectTimers()
+	if err == nil {
+		err = errors.New("no address to connect to")
+	}
+	c.lastErr = err
+	c.rt.r.failed(c.up, err)
+	c.up = nil
+	if len(c.tried) < c.rt.r.maxTries() && !c.w.s.stopping.Load() {
+		c.route()
+		return
+	}
+	c.failConnect()
+}
+
+// failConnect gives up: one warning, and the client reset, so that it
+// cannot take the close for an empty but complete answer.
 func (c *conn) failConnect() {
 	c.ctr.connectErrors.add(1)
-	client := "?"
-	if sa, err := unix.Getpeername(c.cfd); err == nil {
-		client = sockaddrString(sa)
-	}
 	c.w.s.log.Warn("upstream unavailable, closing client",
-		zap.String("mapping", c.ms.label), zap.String("target", c.ms.m.Target()),
-		zap.String("client", client), zap.Error(c.lastErr))
-	c.stopTimers()
-	c.state = stClosing
-	c.maybeClose()
+		zap.String("mapping", c.ms.label), zap.String("target", c.rt.m.Target()),
+		zap.String("client", c.clientString()), zap.Error(c.lastErr))
+	c.abort(endConnectFailed, rstClient)
+}
+
+// clientAddr is the client's address (the PROXY header's, if one was
+// accepted), asked of the kernel only when something needs it.
+func (c *conn) clientAddr() netip.AddrPort {
+	if !c.clientKnown && c.cfd >= 0 {
+		c.clientKnown = true
+		if sa, err := unix.Getpeername(c.cfd); err == nil {
+			c.client = sockaddrAddrPort(sa)
+		}
+		c.w.syscalls.add(1)
+	}
+	return c.client
+}
+
+func (c *conn) clientString() string {
+	if a := c.clientAddr(); a.IsValid() {
+		return a.String()
+	}
+	if c.ms.unixListen {
+		return "unix:" + c.ms.m.BindUnix
+	}
+	return "?"
 }
 
 // established starts forwarding both ways.
 func (c *conn) established() {
 	c.stopTimers()
 	c.state = stOpen
+	c.rt.r.connected(c.up)
+	c.upConnected = true
 	s := c.w.s
-	c.d[dirUp] = direction{c: c, idx: dirUp, src: c.cfd, dst: c.ufd, pipe: [2]int{-1, -1}}
+	c.d[dirUp] = direction{c: c, idx: dirUp, src: c.cfd, dst: c.ufd, pipe: [2]int{-1, -1}, buf: c.d[dirUp].buf, n: c.d[dirUp].n}
 	c.d[dirDown] = direction{c: c, idx: dirDown, src: c.ufd, dst: c.cfd, pipe: [2]int{-1, -1}}
 	for i := range c.d {
 		d := &c.d[i]
-		if s.splice {
+		if s.splice && d.n == 0 {
 			if err := d.openPipe(s.cfg.BufferSize); err != nil {
 				s.log.Warn("splice: no pipe, closing connection", zap.String("mapping", c.ms.label), zap.Error(err))
-				c.abort(-1)
+				c.abort(endError, rstBoth)
 				return
 			}
 			d.pollDone, d.spliceInDone, d.spliceOutDone = d.onPoll, d.onSpliceIn, d.onSpliceOut
 		} else {
-			d.buf = c.w.getBuf()
+			if d.buf == nil {
+				d.buf = c.w.getBuf()
+			}
 			d.recvDone, d.sendDone = d.onRecv, d.onSend
 		}
 	}
 	if t := s.cfg.IdleTimeout; t > 0 {
 		c.idleOn = true
 		c.last = monotime()
+		c.tcpBytes = c.kernelBytes()
 		c.idleFn = c.idleCheck
 		c.idleTimer = c.w.loop.AfterFunc(t, c.idleFn)
 	}
-	for i := range c.d {
-		if c.state == stOpen {
-			c.d[i].start()
+	// The PROXY header for the upstream, and whatever the client sent
+	// after its own header, go out before anything else.
+	up := &c.d[dirUp]
+	if v := c.rt.m.SendProxy; v != "" {
+		h := proxyHeader(v, c.clientAddr(), c.localAddr())
+		if up.n > 0 {
+			h = append(h, up.buf[:up.n]...)
+		}
+		if len(h) > len(up.buf) {
+			up.buf = make([]byte, len(h)) // a v2 header beyond a small buffer: rare
+		}
+		up.n = copy(up.buf, h)
+	}
+	if up.n > 0 {
+		up.off = 0
+		up.send()
+	} else if c.state == stOpen {
+		up.start()
+	}
+	if c.state == stOpen {
+		c.d[dirDown].start()
+	}
+}
+
+// localAddr is the address the client connected to, for the PROXY header.
+func (c *conn) localAddr() netip.AddrPort {
+	if c.local.IsValid() {
+		return c.local
+	}
+	if sa, err := unix.Getsockname(c.cfd); err == nil {
+		return sockaddrAddrPort(sa)
+	}
+	return netip.AddrPort{}
+}
+
+func (c *conn) stopConnectTimers() {
+	for _, t := range []**uio.Timer{&c.connectTmr, &c.raceTimer, &c.retryTimer} {
+		if *t != nil {
+			(*t).Stop()
+			*t = nil
 		}
 	}
 }
 
 func (c *conn) stopTimers() {
-	if c.connectTimer != nil {
-		c.connectTimer.Stop()
-		c.connectTimer = nil
-	}
+	c.stopConnectTimers()
 	if c.idleTimer != nil {
 		c.idleTimer.Stop()
 		c.idleTimer = nil
 	}
-	if c.retryTimer != nil {
-		c.retryTimer.Stop()
-		c.retryTimer = nil
+	if c.hdr != nil && c.hdr.timer != nil {
+		c.hdr.timer.Stop()
+		c.hdr.timer = nil
 	}
 }
 
@@ -305,40 +580,75 @@ func (c *conn) idleCheck() {
 		c.idleTimer = c.w.loop.AfterFunc(idle-el, c.idleFn)
 		return
 	}
-	c.ctr.idleClosed.add(1)
-	c.w.s.log.Debug("idle timeout, closing connection", zap.String("mapping", c.ms.label), zap.Duration("idle", idle))
-	c.abort(-1)
-}
-
-// fail ends the connection after an error on one side: the other side
-// (rst) gets a reset, so that a broken stream never looks like a complete
-// one.
-func (c *conn) fail(err error, rst int) {
-	if errors.Is(err, unix.ECANCELED) {
-		c.abort(-1)
+	// No op completed for a whole period, but a send waiting for room in a
+	// socket (a slow reader) completes only once half of a large send
+	// buffer is free: ask the kernel whether bytes moved meanwhile.
+	if b := c.kernelBytes(); b != c.tcpBytes {
+		c.tcpBytes, c.last = b, monotime()
+		c.idleTimer = c.w.loop.AfterFunc(idle, c.idleFn)
 		return
 	}
+	c.ctr.idleClosed.add(1)
+	c.w.s.log.Debug("idle timeout, resetting connection", zap.String("mapping", c.ms.label), zap.Duration("idle", idle))
+	c.abort(endIdle, rstBoth)
+}
+
+// kernelBytes sums what TCP says both sockets acknowledged and received;
+// Unix sockets count 0 (their ops' completions are the only measure).
+func (c *conn) kernelBytes() uint64 {
+	var n uint64
+	for _, fd := range [2]int{c.cfd, c.ufd} {
+		ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+		c.w.syscalls.add(1)
+		if err == nil {
+			n += ti.Bytes_acked + ti.Bytes_received
+		}
+	}
+	return n
+}
+
+// fail ends the connection after an error on socket dead (-1: unknown).
+// The other side first gets what the proxy already handed to its socket,
+// then a reset too, so that a broken stream never looks like a complete
+// one.
+func (c *conn) fail(err error, dead int) {
 	c.ctr.resets.add(1)
 	c.w.s.log.Debug("connection reset", zap.String("mapping", c.ms.label), zap.Error(err))
-	c.abort(rst)
+	reason := endError
+	switch dead {
+	case c.cfd:
+		reason, c.flushFd = endClientReset, c.ufd
+	case c.ufd:
+		reason, c.flushFd = endUpstreamReset, c.cfd
+	}
+	c.abort(reason, rstBoth)
 }
 
 // abort closes the connection now: it cancels the ops in flight and closes
-// both sockets once they have completed. rst >= 0 is a socket to reset
-// (SO_LINGER 0) rather than close with a FIN.
-func (c *conn) abort(rst int) {
+// the sockets once they have completed, resetting those in rst. On a
+// connection already closing it cuts a flush short (drain timeout).
+func (c *conn) abort(reason endReason, rst uint8) {
 	if c.state >= stClosing {
+		if c.state == stClosing && c.flushFd >= 0 {
+			c.flushFd = -1
+			if c.flushTimer != nil {
+				c.flushTimer.Stop()
+				c.flushTimer = nil
+			}
+			c.maybeClose()
+		}
 		return
 	}
-	connecting := c.state == stConnecting
 	c.state = stClosing
+	c.end = reason
+	c.rst |= rst
+	c.resolving = false
 	c.stopTimers()
-	if rst >= 0 {
-		unix.SetsockoptLinger(rst, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
-		c.w.syscalls.add(1)
+	for _, a := range c.attempts {
+		c.w.loop.Cancel(a.id)
 	}
-	if connecting && c.ops > 0 {
-		c.w.loop.Cancel(c.connectID)
+	if c.hdr != nil && c.hdr.busy {
+		c.w.loop.Cancel(c.hdr.id)
 	}
 	for i := range c.d {
 		if d := &c.d[i]; d.busy {
@@ -349,15 +659,22 @@ func (c *conn) abort(rst int) {
 }
 
 // maybeClose closes the sockets of a closing connection once no op is in
-// flight on them.
+// flight on them and the flush (if any) is over.
 func (c *conn) maybeClose() {
-	if c.state != stClosing || c.ops > 0 {
+	if c.state != stClosing || c.ops > 0 || c.flushTimer != nil {
+		return
+	}
+	if c.flushFd >= 0 && c.flushing() {
 		return
 	}
 	c.state = stClosed
-	for _, fd := range [2]int{c.cfd, c.ufd} {
+	for i, fd := range [2]int{c.cfd, c.ufd} {
 		if fd < 0 {
 			continue
+		}
+		if c.rst&(1<<i) != 0 {
+			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+			c.w.syscalls.add(1)
 		}
 		if _, err := c.w.loop.Submit(uio.Op{Kind: uio.OpClose, Fd: fd, Done: c.closeDone}); err != nil {
 			unix.Close(fd) // the loop is stopping
@@ -381,6 +698,41 @@ func (c *conn) maybeClose() {
 	}
 }
 
+// flushing reports whether flushFd still has bytes its peer has not
+// acknowledged, and if so checks again a little later. A peer that makes
+// no progress for maxFlushStall (or -idle-timeout) is given up on.
+func (c *conn) flushing() bool {
+	q, err := unix.IoctlGetInt(c.flushFd, unix.TIOCOUTQ)
+	c.w.syscalls.add(1)
+	now := monotime()
+	if err != nil || q == 0 {
+		c.flushFd = -1
+		return false
+	}
+	if c.flushSince == 0 || q < c.flushQ {
+		c.flushSince, c.flushQ = now, q
+	}
+	stall := maxFlushStall
+	if t := c.w.s.cfg.IdleTimeout; t > 0 {
+		stall = min(stall, t)
+	}
+	if now-c.flushSince > stall {
+		c.flushFd = -1
+		return false
+	}
+	c.flushDelay = min(max(2*c.flushDelay, time.Millisecond), 50*time.Millisecond)
+	if c.flushFn == nil {
+		c.flushFn = c.onFlushTimer
+	}
+	c.flushTimer = c.w.loop.AfterFunc(c.flushDelay, c.flushFn)
+	return true
+}
+
+func (c *conn) onFlushTimer() {
+	c.flushTimer = nil
+	c.maybeClose()
+}
+
 func (c *conn) onClose(uio.Result) {
 	c.closes--
 	if c.closes == 0 {
@@ -391,10 +743,14 @@ func (c *conn) onClose(uio.Result) {
 func (c *conn) finish() {
 	delete(c.w.conns, c)
 	c.ctr.closed.add(1)
+	if c.upConnected {
+		c.rt.r.released(c.up)
+	}
 	for i := range c.d {
 		c.w.putBuf(c.d[i].buf)
 		c.d[i].buf = nil
 	}
+	c.w.s.logAccess(c)
 	c.w.s.release()
 }
 
@@ -412,7 +768,7 @@ func (d *direction) submit(op uio.Op) {
 	c := d.c
 	id, err := c.w.loop.Submit(op)
 	if err != nil {
-		c.abort(-1)
+		c.abort(endError, rstBoth)
 		return
 	}
 	d.id, d.busy = id, true
@@ -446,7 +802,16 @@ func (d *direction) received(n int32) {
 	c := d.c
 	c.ctr.bytes[d.idx].add(uint64(n))
 	c.ctr.msgs[d.idx].add(1)
+	c.bytes[d.idx] += uint64(n)
 	if c.idleOn {
+		c.last = monotime()
+	}
+}
+
+// sent marks the connection busy for -idle-timeout: a peer taking bytes
+// slowly (a slow download whose recvs wait on its sends) is not idle.
+func (d *direction) sent() {
+	if c := d.c; c.idleOn {
 		c.last = monotime()
 	}
 }
@@ -464,7 +829,7 @@ func (d *direction) onRecv(r uio.Result) {
 	case r.Res == 0:
 		d.eof()
 	default:
-		c.fail(r.Err(), d.dst)
+		c.fail(r.Err(), d.src)
 	}
 }
 
@@ -473,8 +838,11 @@ func (d *direction) onSend(r uio.Result) {
 		return
 	}
 	if r.Res < 0 {
-		d.c.fail(r.Err(), d.src)
+		d.c.fail(r.Err(), d.dst)
 		return
+	}
+	if r.Res > 0 {
+		d.sent()
 	}
 	d.off += int(r.Res)
 	if d.off < d.n {
@@ -484,16 +852,35 @@ func (d *direction) onSend(r uio.Result) {
 	d.recv()
 }
 
-// eof: src sent its FIN and everything before it has been forwarded; pass
-// the FIN on. When both directions are done, close.
+// eof: a recv of 0 from src. That is its FIN, unless src was reset and
+// the error was already taken by the other direction's send to it (the
+// kernel reports a reset once). While we have not sent src our FIN, a FIN
+// from it leaves the socket in CLOSE_WAIT, a reset in TCP_CLOSE; passing a
+// FIN on after a reset would make a broken stream look complete. (Once we
+// sent ours, TCP_CLOSE is the normal end, and nothing else takes src's
+// error.) A real FIN, everything before it forwarded, is passed on; when
+// both directions are done, close.
 func (d *direction) eof() {
 	c := d.c
+	tcp := !c.ms.unixListen
+	if d.src == c.ufd {
+		tcp = !c.up.isUnix()
+	}
+	if tcp && !c.d[d.idx^1].done {
+		ti, err := unix.GetsockoptTCPInfo(d.src, unix.IPPROTO_TCP, unix.TCP_INFO)
+		c.w.syscalls.add(1)
+		if err == nil && ti.State == tcpClose {
+			c.fail(unix.ECONNRESET, d.src)
+			return
+		}
+	}
 	d.done = true
 	unix.Shutdown(d.dst, unix.SHUT_WR)
 	c.w.syscalls.add(1)
 	if c.d[d.idx^1].done {
 		c.stopTimers()
 		c.state = stClosing
+		c.end = endFIN
 		c.maybeClose()
 	}
 }
@@ -547,7 +934,7 @@ func (d *direction) onSpliceIn(r uio.Result) {
 	case r.Res == -int32(unix.EAGAIN):
 		d.poll(d.src, unix.POLLIN, false)
 	default:
-		c.fail(r.Err(), d.dst)
+		c.fail(r.Err(), d.src)
 	}
 }
 
@@ -557,6 +944,9 @@ func (d *direction) onSpliceOut(r uio.Result) {
 	}
 	switch {
 	case r.Res >= 0:
+		if r.Res > 0 {
+			d.sent()
+		}
 		d.inPipe -= int(r.Res)
 		if d.inPipe > 0 {
 			d.spliceOut()
@@ -566,7 +956,7 @@ func (d *direction) onSpliceOut(r uio.Result) {
 	case r.Res == -int32(unix.EAGAIN):
 		d.poll(d.dst, unix.POLLOUT, true)
 	default:
-		d.c.fail(r.Err(), d.src)
+		d.c.fail(r.Err(), d.dst)
 	}
 }
 
@@ -592,12 +982,34 @@ func setNoDelay(fd int) {
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 }
 
-func sockaddrString(sa unix.Sockaddr) string {
+// setKeepalive turns TCP keepalive on with idle before the first probe,
+// probes every idle/4 (at least 1s) and gives up after 4 unanswered ones,
+// so a vanished peer is found within about 2*idle; idle 0 turns it off.
+// It returns the number of syscalls made.
+func setKeepalive(fd int, idle time.Duration) int {
+	if idle <= 0 {
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 0)
+		return 1
+	}
+	secs := max(int(idle/time.Second), 1)
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, secs)
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, max(secs/4, 1))
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPCNT, keepaliveProbes)
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+	return 4
+}
+
+const keepaliveProbes = 4
+
+// tcpClose is TCP_CLOSE in tcp_info.tcpi_state (include/net/tcp_states.h).
+const tcpClose = 7
+
+func sockaddrAddrPort(sa unix.Sockaddr) netip.AddrPort {
 	switch sa := sa.(type) {
 	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port)).String()
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
 	case *unix.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port)).String()
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
 	}
-	return fmt.Sprint(sa)
+	return netip.AddrPort{}
 }

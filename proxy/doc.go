@@ -11,12 +11,28 @@
 // connections across the loops and an accepted connection lives on the
 // loop that accepted it for its whole life: no locks on the data path.
 //
-// An accepted connection resolves the mapping's host (net.DefaultResolver,
-// at connect time, off the loop; IP literals need no lookup), then connects
-// to each address in turn until one answers, all within -connect-timeout
-// (an AfterFunc timer that cancels the connect in flight). Refused,
-// unreachable or timed out: the client is closed at once and one warning is
-// logged.
+// An accepted connection asks the mapping's router (route.go; the byte
+// mover in conn.go sees only its small interface) for an upstream. A host
+// name is looked up off the loop (net.DefaultResolver) and the answer kept
+// for -dns-ttl; IP literals need no lookup. The addresses are ordered and
+// raced as RFC 8305 (Happy Eyeballs) says: IPv6 and IPv4 interleaved, the
+// next attempt started when the one before fails or has not answered
+// within 250 ms, each attempt cut off after its equal share of what is
+// left of -connect-timeout. The first to connect wins and the others are
+// cancelled. When no address answers, passive health marks that upstream
+// down for a back-off (1 s doubling to 30 s) and the next one is tried, up
+// to three; then the client is reset and one warning is logged.
+//
+// A mapping from a config file may have several upstreams (TCP or Unix
+// sockets), chosen round-robin, by least connections, or by a consistent
+// hash of the client address (a ring of 160 points per upstream, so
+// losing one moves only its clients). Active health checks connect to
+// each upstream every interval; rise successes in a row bring one up,
+// fall failures take it down; changes are logged and counted. With
+// send-proxy the upstream first gets a PROXY protocol header (v1 or v2)
+// with the client's address; with accept-proxy each client must start
+// with one (from a front balancer, within -proxy-header-timeout) or be
+// reset. The bytes after the header are the first ones sent upstream.
 //
 // Once connected, the two directions (client to upstream, upstream to
 // client) each own one buffer of -buffer bytes and alternate between two
@@ -39,15 +55,31 @@
 //
 // A recv of 0 bytes (the peer's FIN) shuts the other socket down for writing
 // and ends that direction; the other direction goes on until it ends too,
-// and then both sockets are closed. A reset on either side (ECONNRESET,
-// EPIPE) resets the other side too (SO_LINGER 0, then close) so the peer
-// learns of it the same way. -idle-timeout closes connections with no
-// traffic either way, -max-conns stops accepting while the limit is reached,
-// and running out of file descriptors (EMFILE/ENFILE) pauses accepting with
-// a growing back-off (100 ms to 1 s) instead of spinning.
+// and then both sockets are closed. That is the only way a connection ends
+// with a FIN: every other end is a reset (SO_LINGER 0, then close), so a
+// stream cut short never looks complete. When one side resets (ECONNRESET,
+// EPIPE), the other side first gets every byte the proxy already handed
+// to its socket (the proxy waits until TIOCOUTQ says the peer acknowledged
+// them, giving up on a peer that takes nothing for 30 s or -idle-timeout),
+// then the reset. -idle-timeout resets both sides of a connection that
+// moved no byte either way for that long (op completions, and for sends
+// stalled on a slow reader the sockets' TCP_INFO byte counts); a
+// connect failure resets the client. TCP keepalive is on for both sockets
+// (-keepalive), so peers that vanish are found. -max-conns stops accepting
+// while the limit is reached, and running out of file descriptors
+// (EMFILE/ENFILE) pauses accepting with a growing back-off (100 ms to 1 s)
+// instead of spinning.
+//
+// Listening sockets may come from outside (systemd.go): systemd socket
+// activation (LISTEN_FDS) or the uioproxy this one replaces (SIGUSR2 in
+// Run execs the binary with every listening socket, waits for it to say
+// it accepts, then drains). They are matched to mappings by the address
+// they are bound to; Run tells systemd READY, RELOADING and STOPPING
+// through $NOTIFY_SOCKET, and -user drops privileges after binding.
 //
 // Shutdown (SIGINT/SIGTERM in Run) stops accepting, lets open connections
-// finish for up to -drain-timeout, then closes the rest. Logs go to stderr
+// finish for up to -drain-timeout, then resets the rest; a second signal
+// during the drain resets them at once. Logs go to stderr
 // or to -log-file, which SIGHUP reopens by path (logrotate renames the
 // file, then signals).
 package proxy

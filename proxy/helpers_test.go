@@ -73,22 +73,30 @@ func countFds(t testing.TB) int {
 	return len(ents)
 }
 
-// upstream is a test target server; handle runs on its own goroutine per
+// testServer is a test target server; handle runs on its own goroutine per
 // connection and must return when the connection ends.
-type upstream struct {
+type testServer struct {
 	ln    net.Listener
 	wg    sync.WaitGroup
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
 }
 
-func startUpstream(t *testing.T, handle func(c *net.TCPConn)) *upstream {
+func startUpstream(t *testing.T, handle func(c *net.TCPConn)) *testServer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	u := &upstream{ln: ln, conns: map[net.Conn]struct{}{}}
+	u := &testServer{ln: ln, conns: map[net.Conn]struct{}{}}
+	u.serve(handle)
+	t.Cleanup(u.close)
+	return u
+}
+
+// serve accepts on u.ln until it is closed, running handle per connection.
+func (u *testServer) serve(handle func(c *net.TCPConn)) {
+	ln := u.ln
 	u.wg.Add(1)
 	go func() {
 		defer u.wg.Done()
@@ -111,13 +119,11 @@ func startUpstream(t *testing.T, handle func(c *net.TCPConn)) *upstream {
 			}()
 		}
 	}()
-	t.Cleanup(u.close)
-	return u
 }
 
-func (u *upstream) addr() string { return u.ln.Addr().String() }
+func (u *testServer) addr() string { return u.ln.Addr().String() }
 
-func (u *upstream) close() {
+func (u *testServer) close() {
 	u.ln.Close()
 	u.mu.Lock()
 	for c := range u.conns {

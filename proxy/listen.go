@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -38,8 +39,24 @@ type worker struct {
 	resumeFn  func()
 
 	openListeners atomic.Int32
-	ctr           []mapCounters // per mapping; written only by this loop
-	syscalls      counter       // syscalls the proxy makes itself (socket, setsockopt, shutdown, ...)
+	syscalls      counter // syscalls the proxy makes itself (socket, setsockopt, shutdown, ...)
+}
+
+// addAcceptors makes this loop's acceptors for ms's sockets; they are
+// armed by start, or at once once the loop runs (a reload).
+func (w *worker) addAcceptors(ms *mapState) []*acceptor {
+	var added []*acceptor
+	for a := range ms.addrs {
+		for j, fd := range ms.fds[a] {
+			if fd >= 0 && j%w.s.cfg.Loops == w.idx {
+				ac := &acceptor{w: w, ms: ms, fd: fd}
+				ac.done = ac.onAccept
+				added = append(added, ac)
+			}
+		}
+	}
+	w.acceptors = append(w.acceptors, added...)
+	return added
 }
 
 func (w *worker) start() {
@@ -92,14 +109,31 @@ func (w *worker) stopAccepting() {
 	}
 }
 
+// stopAcceptors stops this loop's accepting on ms's sockets.
+func (w *worker) stopAcceptors(ms *mapState) {
+	keep := w.acceptors[:0]
+	for _, a := range w.acceptors {
+		if a.ms != ms {
+			keep = append(keep, a)
+			continue
+		}
+		if a.armed {
+			w.loop.Cancel(a.id) // its Done closes the listener
+		} else {
+			a.close()
+		}
+	}
+	w.acceptors = keep
+}
+
 // closeAll closes every connection of the loop and returns how many.
 func (w *worker) closeAll() int {
 	n := 0
 	for c := range w.conns {
-		if c.state < stClosing {
+		if c.state < stClosing || c.flushFd >= 0 {
 			n++
 		}
-		c.abort(-1)
+		c.abort(endDrain, rstBoth)
 	}
 	return n
 }
@@ -115,7 +149,7 @@ func (w *worker) getBuf() []byte {
 }
 
 func (w *worker) putBuf(b []byte) {
-	if b != nil && len(w.freeBufs) < 64 {
+	if len(b) == w.s.cfg.BufferSize && len(w.freeBufs) < 64 {
 		w.freeBufs = append(w.freeBufs, b)
 	}
 }
@@ -140,7 +174,7 @@ func (a *acceptor) arm() {
 		return
 	}
 	s := a.w.s
-	if s.stopping.Load() {
+	if s.stopping.Load() || a.ms.removed.Load() {
 		a.close()
 		return
 	}
@@ -166,9 +200,17 @@ func (a *acceptor) onAccept(r uio.Result) {
 	if r.Res >= 0 {
 		fd := int(r.Res)
 		a.backoff = 0
-		if s.stopping.Load() || a.closed {
+		if a.closed {
 			unix.Close(fd)
 			a.w.syscalls.add(1)
+			return
+		}
+		if s.stopping.Load() {
+			// Accepted just as the stop came: the kernel already told the
+			// client it is connected, so serve it and let the drain end it
+			// rather than drop it (a hand-over would lose it otherwise).
+			s.slots.Add(1)
+			a.w.newConn(a.ms, fd)
 			a.close()
 			return
 		}
@@ -183,6 +225,10 @@ func (a *acceptor) onAccept(r uio.Result) {
 			return
 		}
 		a.w.newConn(a.ms, fd)
+		if a.ms.removed.Load() {
+			a.close() // a reload dropped the listener while this accept was in flight
+			return
+		}
 		a.arm()
 		return
 	}
@@ -192,16 +238,16 @@ func (a *acceptor) onAccept(r uio.Result) {
 		a.close()
 	case errors.Is(err, unix.EMFILE), errors.Is(err, unix.ENFILE), errors.Is(err, unix.ENOBUFS), errors.Is(err, unix.ENOMEM):
 		a.backoff = min(max(a.backoff*2, minAcceptBackoff), maxAcceptBackoff)
-		a.w.ctr[a.ms.idx].acceptErrors.add(1)
+		a.ms.ctr[a.w.idx].acceptErrors.add(1)
 		s.warnFds(a.ms, err, a.backoff)
 		a.timer = a.w.loop.AfterFunc(a.backoff, a.retry)
 	case errors.Is(err, unix.ECONNABORTED), errors.Is(err, unix.EPERM), errors.Is(err, unix.EPROTO), errors.Is(err, unix.EINTR):
 		// The connection died in the queue, or a firewall said no: next.
-		a.w.ctr[a.ms.idx].acceptErrors.add(1)
+		a.ms.ctr[a.w.idx].acceptErrors.add(1)
 		a.arm()
 	default:
 		a.backoff = min(max(a.backoff*2, minAcceptBackoff), maxAcceptBackoff)
-		a.w.ctr[a.ms.idx].acceptErrors.add(1)
+		a.ms.ctr[a.w.idx].acceptErrors.add(1)
 		s.log.Error("accept failed", zap.String("mapping", a.ms.label), zap.Error(err), zap.Duration("retry_in", a.backoff))
 		a.timer = a.w.loop.AfterFunc(a.backoff, a.retry)
 	}
@@ -220,8 +266,10 @@ func (a *acceptor) close() {
 	unix.Close(a.fd)
 	a.w.syscalls.add(1)
 	for _, fds := range a.ms.fds {
-		if fds[a.w.idx] == a.fd {
-			fds[a.w.idx] = -1
+		for j, fd := range fds {
+			if fd == a.fd {
+				fds[j] = -1
+			}
 		}
 	}
 	a.w.openListeners.Add(-1)
@@ -243,6 +291,29 @@ func (s *Server) listen(ms *mapState) (err error) {
 			err = fmt.Errorf("mapping %s: %w", m, err)
 		}
 	}()
+	if m.BindUnix != "" {
+		for _, other := range s.maps {
+			if other.m.BindUnix == m.BindUnix && !other.removed.Load() {
+				return fmt.Errorf("mappings %q and %q both listen on %s", other.label, ms.label, m.BindUnix)
+			}
+		}
+		fds, err := s.takeInherited(m.BindUnix)
+		if err != nil {
+			return err
+		}
+		if fds != nil {
+			ms.inherited = s.cfg.systemdSockets
+		} else {
+			fd, err := listenUnix(m.BindUnix)
+			if err != nil {
+				return err
+			}
+			fds = []int{fd} // one socket, accepted on by loop 0 (no SO_REUSEPORT for Unix sockets)
+		}
+		ms.fds = [][]int{fds}
+		ms.addrs = []net.Addr{&net.UnixAddr{Name: m.BindUnix, Net: "unix"}}
+		return nil
+	}
 	ips, err := bindAddrs(m.BindHost)
 	if err != nil {
 		return err
@@ -250,7 +321,18 @@ func (s *Server) listen(ms *mapState) (err error) {
 	port := m.BindPort
 	var skipped []string
 	for _, ip := range ips {
-		fds, p, err := listenGroup(ip, port, len(s.group.Loops()))
+		if other := s.boundBy(ip, port); other != nil {
+			return fmt.Errorf("mappings %q and %q both listen on %s", other.label, ms.label, net.JoinHostPort(ip.String(), fmt.Sprint(port)))
+		}
+		if fds, err := s.takeInherited(bindKey(ip, port)); err != nil {
+			return err
+		} else if fds != nil {
+			ms.inherited = s.cfg.systemdSockets
+			ms.fds = append(ms.fds, fds)
+			ms.addrs = append(ms.addrs, &net.TCPAddr{IP: ip.AsSlice(), Port: port, Zone: ip.Zone()})
+			continue
+		}
+		fds, p, err := listenGroup(ip, port, len(s.group.Loops()), s.cfg.Keepalive)
 		if err != nil {
 			// "localhost" on a machine without IPv6 still has a usable ::1
 			// entry in /etc/hosts: skip what cannot be bound if something can.
@@ -269,6 +351,67 @@ func (s *Server) listen(ms *mapState) (err error) {
 	}
 	if len(skipped) > 0 {
 		s.log.Debug("skipped listen addresses", zap.String("mapping", ms.label), zap.Strings("skipped", skipped))
+	}
+	return nil
+}
+
+// listenUnix listens on the Unix socket path. A socket file nobody
+// listens on any more (a crashed run) is replaced; one in use is an error.
+func listenUnix(path string) (int, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("socket for %s: %w", path, err)
+	}
+	sa := &unix.SockaddrUnix{Name: path}
+	err = unix.Bind(fd, sa)
+	if errors.Is(err, unix.EADDRINUSE) {
+		if c, derr := net.DialTimeout("unix", path, time.Second); derr == nil {
+			c.Close()
+		} else if errors.Is(derr, unix.ECONNREFUSED) {
+			if st, serr := os.Lstat(path); serr == nil && st.Mode()&os.ModeSocket != 0 {
+				os.Remove(path)
+				err = unix.Bind(fd, sa)
+			}
+		}
+	}
+	if err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := unix.Listen(fd, listenBacklog); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	return fd, nil
+}
+
+// boundBy returns the mapping already listening where ip:port would: the
+// same address, or a wildcard of the same family (the IPv6 wildcard is
+// dual stack and takes IPv4 too). SO_REUSEPORT would let the second bind
+// succeed and silently split the connections between the two.
+func (s *Server) boundBy(ip netip.Addr, port int) *mapState {
+	if port == 0 {
+		return nil
+	}
+	for _, ms := range s.maps {
+		if ms.removed.Load() {
+			continue
+		}
+		for _, a := range ms.addrs {
+			ta, ok := a.(*net.TCPAddr)
+			if !ok || ta.Port != port {
+				continue
+			}
+			other, _ := netip.AddrFromSlice(ta.IP)
+			other = other.Unmap()
+			switch {
+			case other == ip,
+				other == netip.IPv6Unspecified() || ip == netip.IPv6Unspecified(),
+				other == netip.IPv4Unspecified() && ip.Is4(),
+				ip == netip.IPv4Unspecified() && other.Is4():
+				return ms
+			}
+		}
 	}
 	return nil
 }
@@ -301,7 +444,7 @@ func bindAddrs(host string) ([]netip.Addr, error) {
 
 // listenGroup opens n listening sockets on ip:port sharing the port with
 // SO_REUSEPORT, and returns them and the port.
-func listenGroup(ip netip.Addr, port, n int) (fds []int, boundPort int, err error) {
+func listenGroup(ip netip.Addr, port, n int, keepalive time.Duration) (fds []int, boundPort int, err error) {
 	defer func() {
 		if err != nil {
 			for _, fd := range fds {
@@ -314,14 +457,14 @@ func listenGroup(ip netip.Addr, port, n int) (fds []int, boundPort int, err erro
 		// SO_REUSEPORT would let us join another process's group on this
 		// port and silently split its traffic; a plain bind first makes a
 		// port in use fail as it should.
-		fd, err := listenSocket(ip, port, false)
+		fd, err := listenSocket(ip, port, false, keepalive)
 		if err != nil {
 			return nil, 0, err
 		}
 		unix.Close(fd)
 	}
 	for i := 0; i < n; i++ {
-		fd, err := listenSocket(ip, port, n > 1)
+		fd, err := listenSocket(ip, port, n > 1, keepalive)
 		if err != nil {
 			return fds, 0, err
 		}
@@ -342,7 +485,9 @@ func listenGroup(ip netip.Addr, port, n int) (fds []int, boundPort int, err erro
 	return fds, port, nil
 }
 
-func listenSocket(ip netip.Addr, port int, reusePort bool) (int, error) {
+// listenSocket opens one listening socket. TCP_NODELAY is per connection,
+// but keepalive set here is inherited by every accepted socket.
+func listenSocket(ip netip.Addr, port int, reusePort bool, keepalive time.Duration) (int, error) {
 	family := unix.AF_INET
 	if ip.Is6() {
 		family = unix.AF_INET6
@@ -374,6 +519,7 @@ func listenSocket(ip netip.Addr, port int, reusePort bool) (int, error) {
 			return fail(err)
 		}
 	}
+	setKeepalive(fd, keepalive)
 	if err := unix.Bind(fd, sockaddr(ip, port)); err != nil {
 		return fail(err)
 	}

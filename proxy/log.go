@@ -89,11 +89,11 @@ func (l *LogFile) Close() error {
 	return l.f.Close()
 }
 
-// watchHUP handles SIGHUP, the usual "reopen your log files" signal: it
-// reopens file, or, when the logs go to stderr (file nil), which whoever
-// started us owns and rotates, only acknowledges it (rather than dying,
-// SIGHUP's default).
-func watchHUP(log *zap.Logger, file *LogFile) (stop func()) {
+// watchHUP handles SIGHUP, the usual "reload and reopen your log files"
+// signal: it reopens file (when the logs go to stderr, which whoever
+// started us owns and rotates, there is nothing to reopen) and calls
+// reload, which rereads -config. SIGHUP never kills the proxy.
+func watchHUP(log *zap.Logger, file *LogFile, reload func()) (stop func()) {
 	ch := make(chan os.Signal, 1)
 	signal.Notify(ch, syscall.SIGHUP)
 	done := make(chan struct{})
@@ -108,10 +108,35 @@ func watchHUP(log *zap.Logger, file *LogFile) (stop func()) {
 				} else {
 					log.Info("SIGHUP: log file reopened", zap.String("path", file.path))
 				}
+				reload()
 			case <-done:
 				return
 			}
 		}
 	}()
 	return func() { signal.Stop(ch); close(done) }
+}
+
+// logAccess writes the access log line of a connection that just ended
+// (-access-log): who, through which mapping to which upstream, the bytes
+// each way, how long, and how it ended.
+func (s *Server) logAccess(c *conn) {
+	if s.access == nil {
+		return
+	}
+	upstream := ""
+	if len(c.tried) > 0 {
+		upstream = c.tried[len(c.tried)-1].label
+	}
+	s.access.Info("connection",
+		zap.String("mapping", c.ms.label),
+		zap.String("client", c.clientString()),
+		zap.String("upstream", upstream),
+		zap.String("upstream_addr", c.upAddr),
+		zap.Uint64("bytes_up", c.bytes[dirUp]),
+		zap.Uint64("bytes_down", c.bytes[dirDown]),
+		zap.Duration("duration", monotime()-c.started),
+		zap.String("end", c.end.String()),
+		zap.Int("tries", len(c.tried)),
+	)
 }

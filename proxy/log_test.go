@@ -23,7 +23,7 @@ func TestLogFileReopenedOnSIGHUP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stop := watchHUP(log, f)
+	stop := watchHUP(log, f, func() {})
 	defer stop()
 	log.Info("before rotation")
 	if err := os.Rename(path, path+".1"); err != nil {

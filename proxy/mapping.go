@@ -30,6 +30,50 @@ type Mapping struct {
 	BindPort int
 	Host     string
 	HostPort int
+	BindUnix string // listen on this Unix socket instead of BindHost:BindPort
+	HostUnix string // forward to this Unix socket instead of Host:HostPort
+
+	// The rest comes from a config file (or code); the ssh -L form sets
+	// none of it.
+	Name        string      // the label in logs and metrics; default String()
+	Upstreams   []Target    // when set, the targets instead of Host:HostPort
+	Balance     string      // one of Balances; "" = round-robin
+	Health      HealthCheck // active checks; zero = none
+	SendProxy   string      // "", "v1" or "v2": PROXY header sent to the upstream
+	AcceptProxy bool        // read a PROXY header (v1 or v2) from each client first
+}
+
+// Target is one upstream: Host:Port over TCP, or the Unix socket Unix.
+type Target struct {
+	Host string
+	Port int
+	Unix string
+}
+
+func (t Target) String() string {
+	if t.Unix != "" {
+		return "unix:" + t.Unix
+	}
+	return net.JoinHostPort(t.Host, strconv.Itoa(t.Port))
+}
+
+// Targets are the upstreams of m: Upstreams, or the one Host:HostPort.
+func (m Mapping) Targets() []Target {
+	if len(m.Upstreams) > 0 {
+		return m.Upstreams
+	}
+	if m.HostUnix != "" {
+		return []Target{{Unix: m.HostUnix}}
+	}
+	return []Target{{Host: m.Host, Port: m.HostPort}}
+}
+
+// Label is m's name in logs and metrics.
+func (m Mapping) Label() string {
+	if m.Name != "" {
+		return m.Name
+	}
+	return m.String()
 }
 
 // MappingError says which mapping was rejected and why.
@@ -54,11 +98,46 @@ func ParseMapping(s string) (Mapping, error) {
 	if s == "" {
 		return fail("empty, want %s", mappingSyntax)
 	}
+	// ssh -L's Unix socket forms: local_socket:host:hostport,
+	// [bind:]port:remote_socket and local_socket:remote_socket. A socket
+	// is a path starting with '/'; it ends at the next ':'.
+	var m Mapping
+	rest := s
+	if isUnixPath(rest) {
+		path, after, ok := strings.Cut(rest, ":")
+		if !ok || after == "" {
+			return fail("local socket %q without a target, want %s:host:hostport or %s:/remote.sock", path, path, path)
+		}
+		m.BindUnix, rest = path, after
+	}
+	unixTarget := func(p string) (Mapping, error) {
+		if strings.Contains(p, ":") {
+			return fail("remote socket %q: a ':' in a socket path is not supported", p)
+		}
+		m.HostUnix = p
+		return m, nil
+	}
+	if m.BindUnix != "" {
+		if isUnixPath(rest) {
+			return unixTarget(rest)
+		}
+		t, err := ParseTarget(rest)
+		if err != nil {
+			return fail("target %q after the local socket: %v", rest, err)
+		}
+		m.Host, m.HostPort = t.Host, t.Port
+		return m, nil
+	}
+	if i := strings.Index(rest, ":/"); i >= 0 {
+		if err := parseListen(rest[:i], &m); err != nil {
+			return fail("listen part %q: %v", rest[:i], err)
+		}
+		return unixTarget(rest[i+1:])
+	}
 	parts, err := splitMapping(s)
 	if err != nil {
 		return fail("%v", err)
 	}
-	var m Mapping
 	var bind, bindPort, host, hostPort mappingPart
 	switch len(parts) {
 	case 3:
@@ -96,22 +175,49 @@ func ParseMapping(s string) (Mapping, error) {
 // always written (so DefaultBindHost survives), all interfaces as "*", and
 // IPv6 literals in brackets.
 func (m Mapping) String() string {
+	if m.BindUnix != "" || m.HostUnix != "" {
+		l := m.BindUnix
+		if l == "" {
+			l = m.bindPart() + ":" + strconv.Itoa(m.BindPort)
+		}
+		t := m.HostUnix
+		if t == "" {
+			t = bracketIfIPv6(m.Host) + ":" + strconv.Itoa(m.HostPort)
+		}
+		return l + ":" + t
+	}
+	return m.bindPart() + ":" + strconv.Itoa(m.BindPort) + ":" + bracketIfIPv6(m.Host) + ":" + strconv.Itoa(m.HostPort)
+}
+
+func (m Mapping) bindPart() string {
 	bind := "*"
 	if m.BindHost != "" {
 		bind = bracketIfIPv6(m.BindHost)
 	}
-	return bind + ":" + strconv.Itoa(m.BindPort) + ":" + bracketIfIPv6(m.Host) + ":" + strconv.Itoa(m.HostPort)
+	return bind
 }
+
+// isUnixPath says whether s names a Unix socket: an absolute path.
+func isUnixPath(s string) bool { return strings.HasPrefix(s, "/") }
 
 // BindAddr is the listen address as "host:port"; all interfaces come out as
 // ":port", which net.Listen takes for the unspecified address.
 func (m Mapping) BindAddr() string {
+	if m.BindUnix != "" {
+		return m.BindUnix
+	}
 	return net.JoinHostPort(m.BindHost, strconv.Itoa(m.BindPort))
 }
 
-// Target is the upstream address as "host:port", still unresolved.
+// Target is the upstream address as "host:port", still unresolved; with
+// several upstreams, their names joined by commas.
 func (m Mapping) Target() string {
-	return net.JoinHostPort(m.Host, strconv.Itoa(m.HostPort))
+	ts := m.Targets()
+	s := make([]string, len(ts))
+	for i, t := range ts {
+		s[i] = t.String()
+	}
+	return strings.Join(s, ",")
 }
 
 func bracketIfIPv6(host string) string {

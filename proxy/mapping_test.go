@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -12,15 +13,15 @@ func TestParseMappingAccepts(t *testing.T) {
 		want       Mapping
 		bind, dest string
 	}{
-		{"8080:example.com:80", Mapping{"localhost", 8080, "example.com", 80}, "localhost:8080", "example.com:80"},
-		{"127.0.0.1:8080:10.0.0.1:80", Mapping{"127.0.0.1", 8080, "10.0.0.1", 80}, "127.0.0.1:8080", "10.0.0.1:80"},
-		{"*:8080:backend:443", Mapping{"", 8080, "backend", 443}, ":8080", "backend:443"},
-		{":8080:backend:443", Mapping{"", 8080, "backend", 443}, ":8080", "backend:443"},
-		{"[::1]:8080:[2001:db8::1]:80", Mapping{"::1", 8080, "2001:db8::1", 80}, "[::1]:8080", "[2001:db8::1]:80"},
-		{"8080:[::1]:80", Mapping{"localhost", 8080, "::1", 80}, "localhost:8080", "[::1]:80"},
-		{"[fe80::1%eth0]:1:[fe80::2%lo]:65535", Mapping{"fe80::1%eth0", 1, "fe80::2%lo", 65535}, "[fe80::1%eth0]:1", "[fe80::2%lo]:65535"},
-		{"0:db_1.internal:5432", Mapping{"localhost", 0, "db_1.internal", 5432}, "localhost:0", "db_1.internal:5432"},
-		{"00080:h:0443", Mapping{"localhost", 80, "h", 443}, "localhost:80", "h:443"},
+		{"8080:example.com:80", mp("localhost", 8080, "example.com", 80), "localhost:8080", "example.com:80"},
+		{"127.0.0.1:8080:10.0.0.1:80", mp("127.0.0.1", 8080, "10.0.0.1", 80), "127.0.0.1:8080", "10.0.0.1:80"},
+		{"*:8080:backend:443", mp("", 8080, "backend", 443), ":8080", "backend:443"},
+		{":8080:backend:443", mp("", 8080, "backend", 443), ":8080", "backend:443"},
+		{"[::1]:8080:[2001:db8::1]:80", mp("::1", 8080, "2001:db8::1", 80), "[::1]:8080", "[2001:db8::1]:80"},
+		{"8080:[::1]:80", mp("localhost", 8080, "::1", 80), "localhost:8080", "[::1]:80"},
+		{"[fe80::1%eth0]:1:[fe80::2%lo]:65535", mp("fe80::1%eth0", 1, "fe80::2%lo", 65535), "[fe80::1%eth0]:1", "[fe80::2%lo]:65535"},
+		{"0:db_1.internal:5432", mp("localhost", 0, "db_1.internal", 5432), "localhost:0", "db_1.internal:5432"},
+		{"00080:h:0443", mp("localhost", 80, "h", 443), "localhost:80", "h:443"},
 	}
 	for _, tt := range tests {
 		got, err := ParseMapping(tt.in)
@@ -28,25 +29,29 @@ func TestParseMappingAccepts(t *testing.T) {
 			t.Errorf("ParseMapping(%q): %v", tt.in, err)
 			continue
 		}
-		if got != tt.want {
+		if !reflect.DeepEqual(got, tt.want) {
 			t.Errorf("ParseMapping(%q) = %+v, want %+v", tt.in, got, tt.want)
 		}
 		if got.BindAddr() != tt.bind || got.Target() != tt.dest {
 			t.Errorf("ParseMapping(%q): BindAddr %q Target %q, want %q %q", tt.in, got.BindAddr(), got.Target(), tt.bind, tt.dest)
 		}
 		again, err := ParseMapping(got.String())
-		if err != nil || again != got {
+		if err != nil || !reflect.DeepEqual(again, got) {
 			t.Errorf("round trip of %q via %q = %+v, %v", tt.in, got.String(), again, err)
 		}
 	}
 }
 
 func TestMappingString(t *testing.T) {
-	for m, want := range map[Mapping]string{
-		{"localhost", 8080, "example.com", 80}: "localhost:8080:example.com:80",
-		{"", 8080, "h", 80}:                    "*:8080:h:80",
-		{"::1", 0, "2001:db8::1", 80}:          "[::1]:0:[2001:db8::1]:80",
+	for _, tt := range []struct {
+		m    Mapping
+		want string
+	}{
+		{mp("localhost", 8080, "example.com", 80), "localhost:8080:example.com:80"},
+		{mp("", 8080, "h", 80), "*:8080:h:80"},
+		{mp("::1", 0, "2001:db8::1", 80), "[::1]:0:[2001:db8::1]:80"},
 	} {
+		m, want := tt.m, tt.want
 		if got := m.String(); got != want {
 			t.Errorf("%+v.String() = %q, want %q", m, got, want)
 		}
@@ -132,8 +137,13 @@ func FuzzParseMapping(f *testing.F) {
 		if err != nil {
 			t.Fatalf("ParseMapping(%q) = %+v, but its String %q is rejected: %v", in, m, m.String(), err)
 		}
-		if again != m {
+		if !reflect.DeepEqual(again, m) {
 			t.Fatalf("ParseMapping(%q) = %+v, round trip via %q = %+v", in, m, m.String(), again)
 		}
 	})
+}
+
+// mp is a Mapping of an ssh -L forward.
+func mp(bindHost string, bindPort int, host string, hostPort int) Mapping {
+	return Mapping{BindHost: bindHost, BindPort: bindPort, Host: host, HostPort: hostPort}
 }

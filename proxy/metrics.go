@@ -1,16 +1,17 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
-	"sort"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
 	"github.com/userland-io/uio"
@@ -32,6 +33,7 @@ type mapCounters struct {
 	resets         counter
 	acceptErrors   counter
 	idleClosed     counter
+	badHeaders     counter
 }
 
 // MappingStats are the counters of one mapping, summed over the loops.
@@ -47,6 +49,20 @@ type MappingStats struct {
 	Resets        uint64 // connections ended by an error (reset) on either side
 	AcceptErrors  uint64
 	IdleClosed    uint64
+	BadHeaders    uint64 // PROXY protocol headers rejected or not sent in time
+	Upstreams     []UpstreamStats
+}
+
+// UpstreamStats are the counters and state of one upstream of a mapping.
+type UpstreamStats struct {
+	Name            string
+	Up              bool // takes new connections now
+	Active          int64
+	Connects        uint64
+	ConnectFailures uint64
+	ChecksOK        uint64
+	ChecksFailed    uint64
+	StateChanges    uint64
 }
 
 // Snapshot is a consistent-enough view of every counter.
@@ -85,13 +101,16 @@ func (s Snapshot) TotalSyscalls() uint64 { return s.Engine.Syscalls() + s.Syscal
 
 // Snapshot reads every counter. Safe from any goroutine.
 func (s *Server) Snapshot() Snapshot {
-	snap := Snapshot{Mappings: make([]MappingStats, len(s.maps)), Engine: s.group.Stats()}
-	for i, ms := range s.maps {
+	s.mapsMu.Lock()
+	maps := s.maps
+	s.mapsMu.Unlock()
+	snap := Snapshot{Mappings: make([]MappingStats, len(maps)), Engine: s.group.Stats()}
+	for i, ms := range maps {
 		m := &snap.Mappings[i]
 		m.Mapping = ms.label
 		var opened, closed uint64
-		for _, w := range s.ws {
-			c := &w.ctr[i]
+		for w := range ms.ctr {
+			c := &ms.ctr[w]
 			closed += c.closed.load() // before opened: Active never wraps
 			opened += c.opened.load()
 			m.BytesUp += c.bytes[dirUp].load()
@@ -102,6 +121,15 @@ func (s *Server) Snapshot() Snapshot {
 			m.Resets += c.resets.load()
 			m.AcceptErrors += c.acceptErrors.load()
 			m.IdleClosed += c.idleClosed.load()
+			m.BadHeaders += c.badHeaders.load()
+		}
+		now := time.Now().UnixNano()
+		for _, u := range ms.cur.Load().pool.ups {
+			m.Upstreams = append(m.Upstreams, UpstreamStats{
+				Name: u.label, Up: u.available(now), Active: u.active.Load(),
+				Connects: u.connects.Load(), ConnectFailures: u.connectFails.Load(),
+				ChecksOK: u.checksOK.Load(), ChecksFailed: u.checksFailed.Load(), StateChanges: u.stateChanges.Load(),
+			})
 		}
 		m.Total = opened
 		if opened > closed {
@@ -169,7 +197,7 @@ func (s *Server) serveMetrics(addr string) (*metricsServer, error) {
 		return nil, fmt.Errorf("-metrics %s: %w", addr, err)
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/metrics", s.handleMetrics)
+	mux.Handle("/metrics", s.metricsHandler())
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/" {
 			http.NotFound(w, r)
@@ -196,63 +224,105 @@ func (m *metricsServer) close() {
 	m.srv.Shutdown(ctx)
 }
 
-func (s *Server) handleMetrics(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-	bw := bufio.NewWriter(w)
-	WriteMetrics(bw, s.Snapshot())
-	bw.Flush()
+// metricsHandler serves the registry of s's metrics: the proxy's own
+// (read from the per-loop counters at scrape time, so the data path pays
+// nothing for them) and client_golang's process and Go runtime collectors.
+func (s *Server) metricsHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewGoCollector(),
+		newCollector(s),
+	)
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: zap.NewStdLog(s.log), ErrorHandling: promhttp.ContinueOnError})
 }
 
-// WriteMetrics writes snap in the Prometheus text exposition format.
-func WriteMetrics(w *bufio.Writer, snap Snapshot) {
-	type series struct {
-		name, help, typ string
-		value           func(MappingStats) uint64
-		labels          string
+type collector struct {
+	s *Server
+
+	conns, active, bytes, msgs, errs                         *prometheus.Desc
+	upUp, upActive, upConnects, upFails, upChecks, upChanges *prometheus.Desc
+	syscalls, ops, rounds, perMsg                            *prometheus.Desc
+}
+
+func newCollector(s *Server) *collector {
+	m := []string{"mapping"}
+	u := []string{"mapping", "upstream"}
+	d := prometheus.NewDesc
+	return &collector{
+		s:          s,
+		conns:      d("uioproxy_connections_total", "Connections accepted.", m, nil),
+		active:     d("uioproxy_connections_active", "Connections open now.", m, nil),
+		bytes:      d("uioproxy_bytes_total", "Bytes forwarded.", append(m, "direction"), nil),
+		msgs:       d("uioproxy_messages_total", "Chunks forwarded (one recv and its send).", append(m, "direction"), nil),
+		errs:       d("uioproxy_errors_total", "Connections ended or refused by an error, by kind.", append(m, "kind"), nil),
+		upUp:       d("uioproxy_upstream_up", "1 if the upstream takes new connections (health checks and passive health), else 0.", u, nil),
+		upActive:   d("uioproxy_upstream_connections_active", "Connections open to the upstream.", u, nil),
+		upConnects: d("uioproxy_upstream_connects_total", "Successful connects to the upstream.", u, nil),
+		upFails:    d("uioproxy_upstream_connect_failures_total", "Connects to the upstream that failed (every address).", u, nil),
+		upChecks:   d("uioproxy_upstream_health_checks_total", "Active health checks, by result.", append(u, "result"), nil),
+		upChanges:  d("uioproxy_upstream_state_changes_total", "Times the upstream went down or came back up.", u, nil),
+		syscalls:   d("uioproxy_syscalls_total", "Syscalls made, counted by the engine and the proxy.", []string{"backend", "kind"}, nil),
+		ops:        d("uioproxy_engine_ops_total", "Ops submitted to the engine.", nil, nil),
+		rounds:     d("uioproxy_engine_rounds_total", "Engine loop rounds.", nil, nil),
+		perMsg:     d("uioproxy_syscalls_per_message", "Syscalls per forwarded chunk since start.", nil, nil),
 	}
-	perMapping := []series{
-		{"uioproxy_connections_total", "Connections accepted.", "counter", func(m MappingStats) uint64 { return m.Total }, ""},
-		{"uioproxy_connections_active", "Connections open now.", "gauge", func(m MappingStats) uint64 { return m.Active }, ""},
-		{"uioproxy_bytes_total", "Bytes forwarded.", "counter", func(m MappingStats) uint64 { return m.BytesUp }, `direction="upstream"`},
-		{"uioproxy_bytes_total", "", "", func(m MappingStats) uint64 { return m.BytesDown }, `direction="downstream"`},
-		{"uioproxy_messages_total", "Chunks forwarded (one recv and its send).", "counter", func(m MappingStats) uint64 { return m.MsgsUp }, `direction="upstream"`},
-		{"uioproxy_messages_total", "", "", func(m MappingStats) uint64 { return m.MsgsDown }, `direction="downstream"`},
-		{"uioproxy_errors_total", "Errors by kind.", "counter", func(m MappingStats) uint64 { return m.ConnectErrors }, `kind="connect"`},
-		{"uioproxy_errors_total", "", "", func(m MappingStats) uint64 { return m.Resets }, `kind="reset"`},
-		{"uioproxy_errors_total", "", "", func(m MappingStats) uint64 { return m.AcceptErrors }, `kind="accept"`},
-		{"uioproxy_errors_total", "", "", func(m MappingStats) uint64 { return m.IdleClosed }, `kind="idle_timeout"`},
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.conns, c.active, c.bytes, c.msgs, c.errs, c.upUp, c.upActive, c.upConnects,
+		c.upFails, c.upChecks, c.upChanges, c.syscalls, c.ops, c.rounds, c.perMsg} {
+		ch <- d
 	}
-	for _, se := range perMapping {
-		if se.help != "" {
-			fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", se.name, se.help, se.name, se.typ)
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	snap := c.s.Snapshot()
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	for _, m := range snap.Mappings {
+		counter(c.conns, m.Total, m.Mapping)
+		gauge(c.active, float64(m.Active), m.Mapping)
+		counter(c.bytes, m.BytesUp, m.Mapping, "upstream")
+		counter(c.bytes, m.BytesDown, m.Mapping, "downstream")
+		counter(c.msgs, m.MsgsUp, m.Mapping, "upstream")
+		counter(c.msgs, m.MsgsDown, m.Mapping, "downstream")
+		for _, e := range []struct {
+			kind string
+			v    uint64
+		}{{"connect", m.ConnectErrors}, {"reset", m.Resets}, {"accept", m.AcceptErrors}, {"idle_timeout", m.IdleClosed}, {"proxy_header", m.BadHeaders}} {
+			counter(c.errs, e.v, m.Mapping, e.kind)
 		}
-		for _, m := range snap.Mappings {
-			labels := fmt.Sprintf("mapping=%q", m.Mapping)
-			if se.labels != "" {
-				labels += "," + se.labels
+		for _, u := range m.Upstreams {
+			up := 0.0
+			if u.Up {
+				up = 1
 			}
-			fmt.Fprintf(w, "%s{%s} %d\n", se.name, labels, se.value(m))
+			gauge(c.upUp, up, m.Mapping, u.Name)
+			gauge(c.upActive, float64(u.Active), m.Mapping, u.Name)
+			counter(c.upConnects, u.Connects, m.Mapping, u.Name)
+			counter(c.upFails, u.ConnectFailures, m.Mapping, u.Name)
+			counter(c.upChecks, u.ChecksOK, m.Mapping, u.Name, "ok")
+			counter(c.upChecks, u.ChecksFailed, m.Mapping, u.Name, "failed")
+			counter(c.upChanges, u.StateChanges, m.Mapping, u.Name)
 		}
 	}
 	e := snap.Engine
-	fmt.Fprintf(w, "# HELP uioproxy_syscalls_total Syscalls made, counted by the engine and the proxy.\n# TYPE uioproxy_syscalls_total counter\n")
-	sys := map[string]uint64{
-		"io_submit": e.Submits, "io_getevents": e.GetEvents, "io_uring_enter": e.Enters,
-		"engine_other": e.Other, "proxy": snap.Syscalls,
+	for _, k := range []struct {
+		kind string
+		v    uint64
+	}{{"io_submit", e.Submits}, {"io_getevents", e.GetEvents}, {"io_uring_enter", e.Enters}, {"engine_other", e.Other}, {"proxy", snap.Syscalls}} {
+		counter(c.syscalls, k.v, e.Backend, k.kind)
 	}
-	keys := make([]string, 0, len(sys))
-	for k := range sys {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		fmt.Fprintf(w, "uioproxy_syscalls_total{backend=%q,kind=%q} %d\n", e.Backend, k, sys[k])
-	}
-	fmt.Fprintf(w, "# HELP uioproxy_engine_ops_total Ops submitted to the engine.\n# TYPE uioproxy_engine_ops_total counter\nuioproxy_engine_ops_total %d\n", e.OpsSubmitted)
-	fmt.Fprintf(w, "# HELP uioproxy_engine_rounds_total Engine loop rounds.\n# TYPE uioproxy_engine_rounds_total counter\nuioproxy_engine_rounds_total %d\n", e.Rounds)
+	counter(c.ops, e.OpsSubmitted)
+	counter(c.rounds, e.Rounds)
 	perMsg := 0.0
 	if n := snap.Messages(); n > 0 {
 		perMsg = float64(snap.TotalSyscalls()) / float64(n)
 	}
-	fmt.Fprintf(w, "# HELP uioproxy_syscalls_per_message Syscalls per forwarded chunk since start.\n# TYPE uioproxy_syscalls_per_message gauge\nuioproxy_syscalls_per_message %g\n", perMsg)
+	gauge(c.perMsg, perMsg)
 }

@@ -244,12 +244,17 @@ func TestUpstreamRefused(t *testing.T) {
 		dead := ln.Addr().String()
 		ln.Close()
 		p := startProxy(t, b, dead)
-		c := dial(t, p.addr)
 		start := time.Now()
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		n, err := c.Read(make([]byte, 1))
-		if n != 0 || (err != io.EOF && !isReset(err)) {
-			t.Fatalf("read = %d, %v; want the client closed", n, err)
+		// The reset may come before the dialer has seen its handshake end.
+		if c, err := net.DialTimeout("tcp", p.addr, 5*time.Second); err == nil {
+			defer c.Close()
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			n, err := c.Read(make([]byte, 1))
+			if n != 0 || !isReset(err) {
+				t.Fatalf("read = %d, %v; want the client reset", n, err)
+			}
+		} else if !isReset(err) {
+			t.Fatal(err)
 		}
 		if d := time.Since(start); d > time.Second {
 			t.Errorf("client closed after %v, want promptly", d)
@@ -287,8 +292,8 @@ func TestConnectTimeout(t *testing.T) {
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		n, err := c.Read(make([]byte, 1))
 		d := time.Since(start)
-		if n != 0 || err != io.EOF {
-			t.Fatalf("read = %d, %v; want EOF", n, err)
+		if n != 0 || !isReset(err) {
+			t.Fatalf("read = %d, %v; want a reset (never a FIN that looks like an empty answer)", n, err)
 		}
 		if d < 250*time.Millisecond || d > 2*time.Second {
 			t.Errorf("client closed after %v, want about the 300ms connect timeout", d)
@@ -313,9 +318,22 @@ func rawListener(t *testing.T, backlog int) string {
 	return fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
 }
 
+// TestIdleTimeout: an idle connection is reset on both sides (a FIN would
+// make a cut-short stream look complete); a busy one is left alone.
 func TestIdleTimeout(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, b string) {
-		up := startUpstream(t, echoHandler)
+		upErr := make(chan error, 2)
+		up := startUpstream(t, func(c *net.TCPConn) {
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := c.Read(buf)
+				if err != nil {
+					upErr <- err
+					return
+				}
+				c.Write(buf[:n])
+			}
+		})
 		p := startProxy(t, b, up.addr(), "-idle-timeout", "300ms")
 		idle, busy := dial(t, p.addr), dial(t, p.addr)
 		start := time.Now()
@@ -331,8 +349,16 @@ func TestIdleTimeout(t *testing.T) {
 			done <- nil
 		}()
 		idle.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if n, err := idle.Read(make([]byte, 1)); n != 0 || err != io.EOF {
-			t.Fatalf("idle conn read = %d, %v; want EOF", n, err)
+		if n, err := idle.Read(make([]byte, 1)); n != 0 || !isReset(err) {
+			t.Fatalf("idle conn read = %d, %v; want a reset", n, err)
+		}
+		select {
+		case err := <-upErr:
+			if !isReset(err) {
+				t.Errorf("upstream side of the idle conn: %v, want a reset", err)
+			}
+		case <-time.After(2 * time.Second):
+			t.Error("upstream side of the idle conn still open")
 		}
 		if d := time.Since(start); d < 250*time.Millisecond || d > 1500*time.Millisecond {
 			t.Errorf("idle conn closed after %v, want about 300ms", d)
@@ -398,7 +424,14 @@ func TestDrain(t *testing.T) {
 	})
 	t.Run("timeout", func(t *testing.T) {
 		forEachBackend(t, func(t *testing.T, b string) {
-			up := startUpstream(t, echoHandler)
+			upErr := make(chan error, 1)
+			up := startUpstream(t, func(c *net.TCPConn) {
+				buf := make([]byte, 1)
+				c.Read(buf)
+				c.Write(buf)
+				_, err := c.Read(buf)
+				upErr <- err
+			})
 			p := startProxy(t, b, up.addr())
 			c := dial(t, p.addr)
 			if err := roundTrip(c, []byte("x"), 2*time.Second); err != nil {
@@ -412,8 +445,16 @@ func TestDrain(t *testing.T) {
 				t.Errorf("Shutdown took %v, want about the 300ms drain timeout", d)
 			}
 			c.SetReadDeadline(time.Now().Add(2 * time.Second))
-			if _, err := c.Read(make([]byte, 1)); err != io.EOF {
-				t.Errorf("client read after forced close: %v, want EOF", err)
+			if _, err := c.Read(make([]byte, 1)); !isReset(err) {
+				t.Errorf("client read after forced close: %v, want a reset", err)
+			}
+			select {
+			case err := <-upErr:
+				if !isReset(err) {
+					t.Errorf("upstream read after forced close: %v, want a reset", err)
+				}
+			case <-time.After(2 * time.Second):
+				t.Error("upstream side still open after the forced close")
 			}
 		})
 	})
@@ -440,12 +481,20 @@ func TestMetrics(t *testing.T) {
 	resp.Body.Close()
 	http.DefaultClient.CloseIdleConnections()
 	label := fmt.Sprintf("mapping=%q", p.maps[0].label)
+	upLabel := label + fmt.Sprintf(",upstream=%q", up.addr())
 	for _, want := range []string{
 		"uioproxy_connections_total{" + label + "} 1",
 		"uioproxy_connections_active{" + label + "} 1",
-		"uioproxy_bytes_total{" + label + `,direction="upstream"} 5`,
-		"uioproxy_bytes_total{" + label + `,direction="downstream"} 5`,
+		`uioproxy_bytes_total{direction="upstream",` + label + `} 5`,
+		`uioproxy_bytes_total{direction="downstream",` + label + `} 5`,
+		`uioproxy_errors_total{kind="connect",` + label + `} 0`,
+		"uioproxy_upstream_up{" + upLabel + "} 1",
+		"uioproxy_upstream_connections_active{" + upLabel + "} 1",
+		"uioproxy_upstream_connects_total{" + upLabel + "} 1",
+		`uioproxy_upstream_health_checks_total{` + label + `,result="ok",upstream=` + fmt.Sprintf("%q", up.addr()) + `} 0`,
 		`uioproxy_syscalls_total{backend="aio",kind="io_submit"}`,
+		"process_open_fds ",
+		"go_goroutines ",
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %q:\n%s", want, body)

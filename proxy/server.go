@@ -4,10 +4,11 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
+	"os/signal"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -28,10 +29,21 @@ const engineDepth = 4096
 type Server struct {
 	cfg    Config
 	log    *zap.Logger
+	access *zap.Logger // nil: no access log
 	group  *uio.Group
 	ws     []*worker
 	maps   []*mapState
 	splice bool // -splice and a backend that can do it
+	dns    *dnsCache
+
+	// Active health checks: one goroutine per upstream that has them.
+	checkWG sync.WaitGroup
+
+	inherited  map[string][]int // listening sockets passed in, by listenKey, not yet matched
+	handedOver atomic.Bool      // SIGUSR2 passed the listeners on: do not unlink Unix sockets
+
+	mapsMu   sync.Mutex // guards maps against Reload (the loops never read it)
+	reloadMu sync.Mutex
 
 	stopping atomic.Bool
 	ctx      context.Context // cancelled by Shutdown: ends pending lookups
@@ -49,15 +61,30 @@ type Server struct {
 	started, closed bool
 }
 
-// mapState is one mapping and the listening addresses it got.
+// mapState is one listener (a mapping's listen address) and the route its
+// connections take. A reload that keeps the listen address keeps the
+// mapState and its sockets and swaps the route.
 type mapState struct {
-	idx   int
-	m     Mapping
-	label string     // m.String(), the metrics label
+	m     Mapping    // as first configured: the listen side
+	label string     // m.Label(), the metrics label
 	addrs []net.Addr // one per bound address (port resolved)
-	fds   [][]int    // fds[addr][loop]
-	// upAddrs is the target when Host is an IP literal: no lookup needed.
-	upAddrs []netip.Addr
+	fds   [][]int    // fds[addr][loop]; -1 where a loop has none
+
+	cur     atomic.Pointer[route]
+	ctr     []mapCounters // per loop; written only by that loop
+	removed atomic.Bool   // a reload dropped it: no more accepts, connections drain
+
+	unixListen bool // listening on a Unix socket (accepted on loop 0 only)
+	inherited  bool // its sockets came from systemd, which owns a Unix socket's file
+}
+
+// route is what a connection follows: the mapping's upstream-side options
+// and the router choosing among its upstreams.
+type route struct {
+	m    Mapping
+	r    router
+	pool *pool         // r, for the metrics and health checks
+	stop chan struct{} // ends its active health checks
 }
 
 // New validates cfg, starts the loops and binds every mapping's listening
@@ -73,7 +100,11 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("-backend %s: %w", cfg.Backend, err)
 	}
-	s := &Server{cfg: cfg, log: log, group: g}
+	s := &Server{cfg: cfg, log: log, group: g, inherited: cfg.inherited}
+	s.dns = newDNSCache(cfg.DNSTTL, cfg.lookup)
+	if cfg.AccessLog && log.Core().Enabled(zapcore.InfoLevel) {
+		s.access = log.Named("access") // info lines: -log-level warn turns them off
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	backend := g.Loops()[0].Backend()
 	if cfg.Splice {
@@ -83,11 +114,8 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 			log.Warn("-splice needs the io_uring backend; the aio backend forwards through buffers", zap.String("backend", backend))
 		}
 	}
-	for i, m := range cfg.Mappings {
-		ms := &mapState{idx: i, m: m, label: m.String()}
-		if ip, err := netip.ParseAddr(m.Host); err == nil {
-			ms.upAddrs = []netip.Addr{ip.Unmap()}
-		}
+	for _, m := range cfg.Mappings {
+		ms := s.newMapState(m)
 		if err := s.listen(ms); err != nil { // closes its own partial fds
 			s.closeListeners()
 			g.Close()
@@ -95,15 +123,17 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 		}
 		s.maps = append(s.maps, ms)
 	}
-	for i, l := range g.Loops() {
-		w := &worker{s: s, idx: i, loop: l, conns: map[*conn]struct{}{}, ctr: make([]mapCounters, len(s.maps))}
-		for _, ms := range s.maps {
-			for a := range ms.addrs {
-				w.acceptors = append(w.acceptors, &acceptor{w: w, ms: ms, fd: ms.fds[a][i]})
-			}
+	for key, fds := range s.inherited {
+		log.Warn("inherited listening socket matches no mapping; closed", zap.String("addr", key))
+		for _, fd := range fds {
+			unix.Close(fd)
 		}
-		for _, a := range w.acceptors {
-			a.done = a.onAccept
+	}
+	s.inherited = nil
+	for i, l := range g.Loops() {
+		w := &worker{s: s, idx: i, loop: l, conns: map[*conn]struct{}{}}
+		for _, ms := range s.maps {
+			w.addAcceptors(ms)
 		}
 		w.resumeFn = w.resume
 		s.ws = append(s.ws, w)
@@ -111,12 +141,27 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 	return s, nil
 }
 
+func (s *Server) newMapState(m Mapping) *mapState {
+	ms := &mapState{m: m, label: m.Label(), ctr: make([]mapCounters, s.cfg.Loops), unixListen: m.BindUnix != ""}
+	ms.cur.Store(s.newRoute(ms.label, m))
+	return ms
+}
+
+func (s *Server) newRoute(label string, m Mapping) *route {
+	p := newPool(label, m.Targets(), m.Balance, s.dns, s.log)
+	return &route{m: m, r: p, pool: p, stop: make(chan struct{})}
+}
+
 // Backend names the engine backend the loops run on.
 func (s *Server) Backend() string { return s.group.Loops()[0].Backend() }
 
 // Addrs returns the addresses mapping i listens on (with the port the
 // kernel chose for port 0).
-func (s *Server) Addrs(i int) []net.Addr { return s.maps[i].addrs }
+func (s *Server) Addrs(i int) []net.Addr {
+	s.mapsMu.Lock()
+	defer s.mapsMu.Unlock()
+	return s.maps[i].addrs
+}
 
 // Start begins accepting on every listener.
 func (s *Server) Start() {
@@ -124,6 +169,10 @@ func (s *Server) Start() {
 		return
 	}
 	s.started = true
+	for _, ms := range s.maps {
+		rt := ms.cur.Load()
+		rt.pool.startChecks(rt.m.Health, rt.stop, &s.checkWG)
+	}
 	for _, w := range s.ws {
 		w.loop.Post(w.start)
 	}
@@ -141,7 +190,10 @@ func (s *Server) ActiveConns() int {
 // Shutdown stops accepting and closes the listeners, waits up to drain for
 // the open connections to finish by themselves, closes those left, and then
 // stops the loops. It returns how many connections it had to close.
-func (s *Server) Shutdown(drain time.Duration) int {
+func (s *Server) Shutdown(drain time.Duration) int { return s.shutdown(drain, nil) }
+
+// shutdown is Shutdown whose drain also ends when abort is closed.
+func (s *Server) shutdown(drain time.Duration, abort <-chan struct{}) int {
 	if s.closed {
 		return 0
 	}
@@ -155,9 +207,19 @@ func (s *Server) Shutdown(drain time.Duration) int {
 	} else {
 		s.onLoops(func(w *worker) { w.stopAccepting() })
 	}
-	deadline := time.Now().Add(drain)
-	for s.ActiveConns() > 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
+	deadline := time.NewTimer(drain)
+	defer deadline.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+drain:
+	for s.ActiveConns() > 0 {
+		select {
+		case <-deadline.C:
+			break drain
+		case <-abort:
+			break drain
+		case <-tick.C:
+		}
 	}
 	forced := 0
 	if s.ActiveConns() > 0 {
@@ -181,6 +243,17 @@ func (s *Server) Shutdown(drain time.Duration) int {
 		time.Sleep(time.Millisecond)
 	}
 	s.cancel()
+	s.mapsMu.Lock()
+	for _, ms := range s.maps {
+		if !ms.removed.Load() {
+			close(ms.cur.Load().stop)
+			if ms.unixListen && !ms.inherited && !s.handedOver.Load() {
+				os.Remove(ms.m.BindUnix)
+			}
+		}
+	}
+	s.mapsMu.Unlock()
+	s.checkWG.Wait()
 	s.group.Close()
 	// Whatever is still open (a loop that was wedged) goes now.
 	s.closeListeners()
@@ -309,16 +382,46 @@ func Run(ctx context.Context, cfg Config) error {
 	return runWith(ctx, cfg, log, file)
 }
 
-// RunWithLogger is Run with the caller's logger; SIGHUP is acknowledged
-// only, since the caller owns the logger's output.
+// reloadFile is SIGHUP's reload: the command line and config file read
+// again, and Reload; a config with mistakes is refused and logged, and the
+// running one stays.
+func (s *Server) reloadFile(cfg Config) {
+	if cfg.ConfigFile == "" {
+		return
+	}
+	notifyReloading()
+	defer notify("READY=1")
+	next, err := cfg.Reread()
+	if err == nil {
+		err = s.Reload(next)
+	}
+	if err != nil {
+		s.log.Error("reload refused; the running configuration stays", zap.String("config", cfg.ConfigFile), zap.Error(err))
+	}
+}
+
+// RunWithLogger is Run with the caller's logger; SIGHUP reloads -config
+// but reopens nothing, since the caller owns the logger's output.
 func RunWithLogger(ctx context.Context, cfg Config, log *zap.Logger) error {
 	return runWith(ctx, cfg, log, nil)
 }
 
 func runWith(ctx context.Context, cfg Config, log *zap.Logger, logFile *LogFile) error {
+	inherited, fromSystemd, err := inheritedListeners(log)
+	if err != nil {
+		return err
+	}
+	cfg.inherited, cfg.systemdSockets = inherited, fromSystemd
 	s, err := New(cfg, log)
 	if err != nil {
 		return err
+	}
+	if cfg.User != "" {
+		if err := dropPrivileges(cfg.User); err != nil {
+			s.Shutdown(0)
+			return err
+		}
+		log.Info("dropped privileges", zap.String("user", cfg.User), zap.Int("uid", os.Getuid()), zap.Int("gid", os.Getgid()))
 	}
 	var metricsSrv *metricsServer
 	if cfg.MetricsAddr != "" {
@@ -327,31 +430,70 @@ func runWith(ctx context.Context, cfg Config, log *zap.Logger, logFile *LogFile)
 			return err
 		}
 	}
+	// SIGHUP and SIGUSR2 are handled before anyone can know we listen:
+	// their default action would kill the process.
+	stopHup := watchHUP(log, logFile, func() { s.reloadFile(cfg) })
+	defer stopHup()
+	ctx, handedOver := context.WithCancel(ctx)
+	defer handedOver()
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(usr2)
+	go func() {
+		for {
+			select {
+			case <-usr2:
+				log.Info("SIGUSR2: starting a new process to hand the listening sockets to")
+				pid, err := s.handOver()
+				if err != nil {
+					log.Error("hand-over failed; still serving", zap.Error(err))
+					continue
+				}
+				log.Info("listening sockets handed over; draining", zap.Int("new_pid", pid))
+				handedOver()
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
 	s.Start()
 	for _, ms := range s.maps {
-		addrs := make([]string, len(ms.addrs))
-		for i, a := range ms.addrs {
-			addrs[i] = a.String()
-		}
-		log.Info("forwarding", zap.Strings("listen", addrs), zap.String("target", ms.m.Target()))
+		log.Info("forwarding", zap.Strings("listen", addrStrings(ms.addrs)), zap.String("target", ms.m.Target()))
 	}
 	log.Info("uioproxy started", zap.String("backend", s.Backend()), zap.Int("loops", cfg.Loops),
-		zap.Bool("splice", s.splice), zap.Int("buffer", cfg.BufferSize))
-	stopHup := watchHUP(log, logFile)
-	defer stopHup()
+		zap.Bool("splice", s.splice), zap.Int("buffer", cfg.BufferSize), zap.Int("pid", os.Getpid()))
+	signalReady()
 	var stopStats func()
 	if cfg.StatsInterval > 0 {
 		stopStats = s.logStatsEvery(cfg.StatsInterval)
 	}
 	<-ctx.Done()
+	if !s.handedOver.Load() {
+		notify("STOPPING=1")
+	}
 	active := s.ActiveConns()
 	log.Info("stopping: no new connections; draining", zap.Int("open", active), zap.Duration("drain_timeout", cfg.DrainTimeout))
 	if stopStats != nil {
 		stopStats()
 	}
-	forced := s.Shutdown(cfg.DrainTimeout)
+	// A second SIGINT/SIGTERM during the drain means now.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	abort, drained := make(chan struct{}), make(chan struct{})
+	go func() {
+		select {
+		case sig := <-sigs:
+			log.Warn("second stop signal: resetting open connections now", zap.String("signal", sig.String()))
+			close(abort)
+		case <-drained:
+		}
+	}()
+	forced := s.shutdown(cfg.DrainTimeout, abort)
+	close(drained)
+	signal.Stop(sigs)
 	if forced > 0 {
-		log.Warn("drain timeout: closed open connections", zap.Int("closed", forced))
+		log.Warn("drain over: reset open connections", zap.Int("reset", forced))
 	}
 	if metricsSrv != nil {
 		metricsSrv.close()

@@ -3,8 +3,11 @@
 // engine. Run "uioproxy -help" for the flags; package
 // github.com/userland-io/uio/proxy describes the forwarding model.
 //
-// Exit status: 0 after a clean stop (SIGINT/SIGTERM) or -help, 2 for a
-// command-line mistake, 1 when the proxy cannot start.
+// Exit status: 0 after a clean stop (SIGINT/SIGTERM; a second one during
+// the drain resets what is open and exits at once), after -help, or when
+// -check finds the configuration valid; 2 for a mistake on the command
+// line or in the config file (printed as file:line: what is wrong); 1
+// when the proxy cannot start.
 package main
 
 import (
@@ -18,14 +21,23 @@ import (
 )
 
 func main() {
-	cfg, err := proxy.ParseArgs(os.Args[1:], os.Stderr)
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	cfg, err := proxy.ParseArgs(args, os.Stderr)
 	if err != nil {
-		os.Exit(proxy.ExitCode(err))
+		return proxy.ExitCode(err)
+	}
+	if cfg.Check {
+		fmt.Fprintf(os.Stderr, "uioproxy: %s: configuration is valid (%d mappings)\n", cfg.ConfigFile, len(cfg.Mappings))
+		return 0
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := proxy.Run(ctx, cfg); err != nil {
 		fmt.Fprintf(os.Stderr, "uioproxy: %v\n", err)
-		os.Exit(1)
+		return 1
 	}
+	return 0
 }
