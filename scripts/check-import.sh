@@ -69,6 +69,9 @@ if ! "$GO" build -o "$WORK/uio-import-check" . ; then
 fi
 "$WORK/uio-import-check"
 mkdir "$WORK/bin"
+# tidy kept only the sums the scratch main needs; the commands need the
+# rest of uio's own (as `go install .../cmd/uioproxy@latest` would use).
+sort -u "$ROOT/go.sum" go.sum -o go.sum
 if ! "$GO" build -o "$WORK/bin/" github.com/userland-io/uio/cmd/... ; then
 	echo "check-import: FAIL: the commands under cmd/ do not build from a dependent module without flags" >&2
 	exit 1
