@@ -4,11 +4,12 @@
 #   2. checkpatch.pl --strict (from Debian's linux-source package)
 #   3. compile check against the newest Debian kernel (sid, in a debootstrap chroot)
 #   4. qemu VM tests on Debian 6.1 and 6.12 (vmtest/run.sh), and the blockdev
-#      server over ublk on the same kernels (vmtest/ublk-test.sh)
+#      server over ublk on the same kernels (vmtest/ublk-test.sh), and its NBD
+#      client against nbdkit in the guest, over ABUSE and ublk (vmtest/nbd-test.sh)
 #   5. dkms build of kmod/dkms.conf against the Debian 6.1 and 6.12 headers
 # Installs what it needs; caches under /var/cache/abuse-kmod. Exit 0 only
 # if every step passed.
-# Environment: SKIP_VM=1 (the ublk checks too), SKIP_SID=1, SKIP_CHECKPATCH=1,
+# Environment: SKIP_VM=1 (the ublk and NBD checks too), SKIP_SID=1, SKIP_CHECKPATCH=1,
 # SKIP_DKMS=1, FLAVOURS="6.1 6.12",
 # SID_REFRESH=1 (apt-get upgrade the sid chroot), LOGDIR=/var/tmp/abuse-test,
 # VMLAB=/var/tmp/abuse-vmtest (the VMs' scratch dirs, one per flavour)
@@ -143,6 +144,7 @@ if [ "${SKIP_VM:-0}" != 1 ]; then
 	# the same daemon over the kernel's own ublk (Debian's 6.1 lacks
 	# ublk_drv: its guest reports SKIP and passes)
 	for f in $FLAVOURS; do LAB=$VMLAB/ublk-$f step "vm-ublk-$f" "$HERE/vmtest/ublk-test.sh" "$f"; done
+	for f in $FLAVOURS; do LAB=$VMLAB/nbd-$f step "vm-nbd-$f" "$HERE/vmtest/nbd-test.sh" "$f"; done
 fi
 # after the VM steps, which install the 6.1 and 6.12 kernels and headers
 [ "${SKIP_DKMS:-0}" = 1 ] || step dkms-build dkms_build

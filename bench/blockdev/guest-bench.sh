@@ -1,11 +1,16 @@
 #!/bin/sh
 # guest-bench.sh - runs inside the qemu guest (see run.sh): the same fio jobs
-# on four block devices, one device at a time, each backed by RAM:
-#   loop   the kernel loop driver on a tmpfs file (the in-kernel floor)
-#   nbd    nbd.ko served by bench/blockdev/nbdserver (blockdev.RAM)
-#   aio    /dev/abuseN served by uio-ramdisk on the AIO engine
-#   uring  /dev/abuseN served by uio-ramdisk on the io_uring engine
-# Prints "BENCH <device> <job> <iops> <KiB/s>" lines.
+# on each block device, one device at a time, each backed by RAM:
+#   loop    the kernel loop driver on a tmpfs file (the in-kernel floor)
+#   brd     the kernel's RAM disk (brd.ko), where the kernel ships it
+#   nbdkit  nbd.ko attached (nbdserver -connect) to nbdkit's memory plugin
+#           on 127.0.0.1: the reference, a server no one here wrote
+#   nbd     nbd.ko served by bench/blockdev/nbdserver (blockdev.RAM)
+#   aio     /dev/abuseN served by uio-ramdisk on the AIO engine
+#   uring   /dev/abuseN served by uio-ramdisk on the io_uring engine
+#   ublk    /dev/ublkbN served by uio-ramdisk -driver ublk, where ublk_drv loads
+#   nbdc    /dev/abuseN served by uio-ramdisk -nbd (our NBD client) from nbdkit
+# Prints "BENCH <device> <job> <iops> <KiB/s>" lines. SIZE is in MiB ("256M").
 
 FAILS=0
 pass() { echo "KMODLAB: PASS $*"; }
@@ -76,17 +81,58 @@ fi
 kill -TERM $SPID
 wait_gone $SPID
 
-# ABUSE + uio-ramdisk, both engine backends
-for e in aio uring; do
+# ramdisk NAME ARGS...: bench a uio-ramdisk device
+ramdisk() {
+	n=$1; shift
 	rm -f /tmp/ab.ready
-	uio-ramdisk -size "$SIZE" -queues 1 -depth 128 -backend $e -log warn -ready /tmp/ab.ready &
+	uio-ramdisk -queues 1 -depth 128 -log warn -ready /tmp/ab.ready "$@" &
 	SPID=$!
 	if wait_ready /tmp/ab.ready; then
-		bench "$e" "$(cat /tmp/ab.ready)"
+		bench "$n" "$(cat /tmp/ab.ready)"
 	else
-		fail "uio-ramdisk $e start"
+		fail "uio-ramdisk $n start"
 	fi
 	kill -TERM $SPID
-	wait_gone $SPID || fail "uio-ramdisk $e shutdown"
-done
+	wait_gone $SPID || fail "uio-ramdisk $n shutdown"
+}
+# ABUSE + uio-ramdisk, both engine backends
+for e in aio uring; do ramdisk $e -driver abuse -size "$SIZE" -backend $e; done
+# the same daemon over ublk
+if [ -e /dev/ublk-control ]; then ramdisk ublk -driver ublk -size "$SIZE"; else
+	echo "KMODLAB: SKIP ublk: no ublk_drv in $(uname -r)"; fi
+
+# brd, the kernel's RAM disk, sized like the others
+if rmmod brd 2>/dev/null; modprobe brd rd_nr=1 rd_size=$((${SIZE%M} * 1024)) && [ -e /dev/ram0 ]; then
+	bench brd /dev/ram0
+	rmmod brd
+else
+	echo "KMODLAB: SKIP brd: no brd.ko in $(uname -r)"
+fi
+
+# nbdkit's memory plugin: behind nbd.ko, and behind our NBD client on ABUSE
+ip link set lo up
+nbdkit_start() {
+	rm -f /tmp/nbdkit.pid
+	nbdkit -f -i 127.0.0.1 -p 10809 -P /tmp/nbdkit.pid memory "$SIZE" &
+	NPID=$!
+	wait_ready /tmp/nbdkit.pid || { fail "nbdkit start"; return 1; }
+}
+if nbdkit_start; then
+	rm -f /tmp/nbd.ready
+	nbdserver -dev /dev/nbd1 -connect 127.0.0.1:10809 -ready /tmp/nbd.ready &
+	SPID=$!
+	if wait_ready /tmp/nbd.ready; then
+		sleep 0.5
+		bench nbdkit /dev/nbd1
+	else
+		fail "nbdserver -connect start"
+	fi
+	kill -TERM $SPID
+	wait_gone $SPID
+	kill -TERM $NPID; wait_gone $NPID
+fi
+if nbdkit_start; then
+	ramdisk nbdc -driver abuse -nbd 127.0.0.1:10809
+	kill -TERM $NPID; wait_gone $NPID
+fi
 exit $FAILS

@@ -21,6 +21,8 @@
 #   GUEST_SCRIPT=guest.sh  the script /init runs (as /bin/guest.sh)
 #   VM_MEM=1G           guest memory
 #   EXTRA_BINS=         host programs copied in with their shared libraries
+#   EXTRA_FILES=        host files (e.g. dlopen()ed plugins) copied to the same
+#                       path in the guest, with their shared libraries
 #   EXTRA_GO=           more Go main packages (repo-relative), built static into /bin
 #   EXTRA_MODS=         more Debian kernel modules to load (e.g. "nbd loop")
 # Exit: 0 PASS; 1 a guest check failed or the kernel log is dirty; 2 no
@@ -44,6 +46,7 @@ GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 GUEST_SCRIPT=${GUEST_SCRIPT:-$HERE/guest.sh}
 VM_MEM=${VM_MEM:-1G}
 EXTRA_BINS=${EXTRA_BINS:-}
+EXTRA_FILES=${EXTRA_FILES:-}
 EXTRA_GO=${EXTRA_GO:-}
 EXTRA_MODS=${EXTRA_MODS:-}
 
@@ -158,6 +161,15 @@ for b in mke2fs e2fsck badblocks $EXTRA_BINS; do
 	p=$(command -v $b || echo /sbin/$b)
 	cp "$p" "$R/sbin/$b"
 	for l in $(ldd "$p" | awk '/=>/ {print $3} /^\t\/lib/ {print $1}'); do
+		mkdir -p "$R$(dirname "$l")"
+		cp -L "$l" "$R$l"
+	done
+done
+for f in $EXTRA_FILES; do
+	[ -e "$f" ] || die "EXTRA_FILES: no $f"
+	mkdir -p "$R$(dirname "$f")"
+	cp -L "$f" "$R$f"
+	for l in $(ldd "$f" 2>/dev/null | awk '/=>/ {print $3} /^\t\/lib/ {print $1}'); do
 		mkdir -p "$R$(dirname "$l")"
 		cp -L "$l" "$R$l"
 	done

@@ -12,7 +12,13 @@
 // the RAM chunk with writev: no userspace copy, like ABUSE's named
 // addresses).
 //
+// With -connect host:port[/export] it serves nothing itself: it does what
+// nbd-client does for a TCP server (the fixed-newstyle handshake, then the
+// same ioctls with the TCP socket), so nbd.ko can be measured against a
+// server no one here wrote (nbdkit) next to ours.
+//
 //	nbdserver -dev /dev/nbd0 -size 256M [-ready FILE]
+//	nbdserver -dev /dev/nbd0 -connect 127.0.0.1:10809 [-ready FILE]
 package main
 
 import (
@@ -22,12 +28,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"runtime"
 	"syscall"
 
 	"github.com/userland-io/uio/blockdev"
+	"github.com/userland-io/uio/blockdev/nbd"
 	"golang.org/x/sys/unix"
 )
 
@@ -70,22 +78,50 @@ func main() {
 	sizeStr := flag.String("size", "256M", "device size")
 	bs := flag.Int("bs", 4096, "block size")
 	ready := flag.String("ready", "", "write the device path here when serving")
+	connect := flag.String("connect", "", "attach nbd.ko to this NBD server (host:port[/export]) instead of serving RAM")
 	flag.Parse()
-	size, err := blockdev.ParseSize(*sizeStr)
-	if err != nil {
-		die("%v", err)
-	}
-	ram, err := blockdev.NewRAM(size, 0)
-	if err != nil {
-		die("%v", err)
-	}
 	nfd, err := unix.Open(*dev, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		die("open %s: %v (is nbd.ko loaded?)", *dev, err)
 	}
-	sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		die("socketpair: %v", err)
+	var (
+		size  int64
+		flags uintptr = nbdFlagHasFlags | nbdFlagSendFlush | nbdFlagSendTrim
+		sock  int
+		ram   *blockdev.RAM
+		srv   int = -1
+	)
+	if *connect != "" {
+		addr, export, err := blockdev.ParseNBDTarget(*connect)
+		if err != nil {
+			die("-connect: %v", err)
+		}
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			die("-connect: %v", err)
+		}
+		exp, err := nbd.Negotiate(c, export)
+		if err != nil {
+			die("-connect %s: %v", *connect, err)
+		}
+		f, err := c.(*net.TCPConn).File() // a blocking dup of the socket for the kernel
+		if err != nil {
+			die("-connect: %v", err)
+		}
+		c.Close()
+		size, flags, sock = int64(exp.Size)/int64(*bs)*int64(*bs), uintptr(exp.Flags), int(f.Fd())
+	} else {
+		if size, err = blockdev.ParseSize(*sizeStr); err != nil {
+			die("%v", err)
+		}
+		if ram, err = blockdev.NewRAM(size, 0); err != nil {
+			die("%v", err)
+		}
+		sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			die("socketpair: %v", err)
+		}
+		sock, srv = sp[0], sp[1]
 	}
 	for _, c := range []struct {
 		name     string
@@ -93,8 +129,8 @@ func main() {
 	}{
 		{"NBD_SET_BLKSIZE", nbdSetBlksize, uintptr(*bs)},
 		{"NBD_SET_SIZE_BLOCKS", nbdSetSizeBlocks, uintptr(size / int64(*bs))},
-		{"NBD_SET_FLAGS", nbdSetFlags, nbdFlagHasFlags | nbdFlagSendFlush | nbdFlagSendTrim},
-		{"NBD_SET_SOCK", nbdSetSock, uintptr(sp[0])},
+		{"NBD_SET_FLAGS", nbdSetFlags, flags},
+		{"NBD_SET_SOCK", nbdSetSock, uintptr(sock)},
 	} {
 		if err := ioctl(nfd, c.req, c.arg); err != nil {
 			die("%s on %s: %v", c.name, *dev, err)
@@ -106,7 +142,9 @@ func main() {
 		doit <- ioctl(nfd, nbdDoIt, 0) // blocks until disconnect
 	}()
 	served := make(chan error, 1)
-	go func() { served <- serve(sp[1], ram) }()
+	if ram != nil {
+		go func() { served <- serve(srv, ram) }()
+	}
 	fmt.Println(*dev)
 	if *ready != "" {
 		os.WriteFile(*ready+".tmp", []byte(*dev+"\n"), 0o644)
