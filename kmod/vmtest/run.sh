@@ -44,6 +44,9 @@ RACE_N=${RACE_N:-2000}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
 GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 GUEST_SCRIPT=${GUEST_SCRIPT:-$HERE/guest.sh}
+# what the result lines name: the guest script's checks (guest.sh: abuse.ko)
+SUITE=$(basename "$GUEST_SCRIPT" .sh)
+[ "$SUITE" = guest ] && SUITE=abuse.ko
 VM_MEM=${VM_MEM:-1G}
 EXTRA_BINS=${EXTRA_BINS:-}
 EXTRA_FILES=${EXTRA_FILES:-}
@@ -278,15 +281,15 @@ log "qemu exit $QRC after ${T_VM}s; $(grep -c 'KMODLAB: PASS' "$CONSOLE") PASS, 
 if [ "$QRC" = 124 ] || [ "$QRC" = 137 ]; then log "TIMEOUT after ${BOOT_TIMEOUT}s"; fi
 dirty=$(grep -E '\] (BUG:|WARNING:|Oops|general protection)|Call Trace|blocked for more than|Kernel panic' "$CONSOLE" || true)
 if grep -q 'KMODLAB-RESULT: PASS' "$CONSOLE" && [ -z "$dirty" ]; then
-	echo "RESULT: PASS abuse.ko on $KVER ($(grep -c 'KMODLAB: PASS' "$CONSOLE") checks, VM ${T_VM}s, total $(el "$T_START")s)"
+	echo "RESULT: PASS $SUITE on $KVER ($(grep -c 'KMODLAB: PASS' "$CONSOLE") checks, VM ${T_VM}s, total $(el "$T_START")s)"
 	exit 0
 elif grep -q 'KMODLAB-RESULT:' "$CONSOLE"; then
 	grep 'KMODLAB: FAIL' "$CONSOLE" || true
 	[ -n "$dirty" ] && echo "kernel log not clean:" && echo "$dirty"
-	echo "RESULT: FAIL abuse.ko on $KVER"
+	echo "RESULT: FAIL $SUITE on $KVER"
 	exit 1
 else
 	[ -n "$dirty" ] && echo "$dirty"
-	echo "RESULT: FAIL abuse.ko on $KVER (no result from guest: panic, hang or timeout)"
+	echo "RESULT: FAIL $SUITE on $KVER (no result from guest: panic, hang or timeout)"
 	exit 2
 fi
