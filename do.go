@@ -16,12 +16,15 @@ import (
 // result is then -ECANCELED with ctx's error, or the op's real result if it
 // finished first or cannot be stopped (a file read in flight on AIO).
 //
-// A file op (read, write, readv, writev, fsync, fdatasync) whose caller is
-// the only goroutine in Do runs as one plain syscall on the caller's
-// goroutine, unless Config.NoDirect is set: with nothing to batch it with,
-// handing it to the loop's thread and back would add two thread wake-ups
-// to the syscall it needs anyway. Stats counts such ops in Direct. An op
-// with a Timeout always goes through the loop, which can cancel it.
+// A file op (read, write, readv or writev at an offset; fsync, fdatasync,
+// fallocate, ftruncate) whose caller is the only goroutine in Do runs as
+// one plain syscall on the caller's goroutine, unless Config.NoDirect is
+// set: with nothing to batch it with, handing it to the loop's thread and
+// back would add two thread wake-ups to the syscall it needs anyway. Stats
+// counts such ops in Direct. Once started, such an op runs to completion
+// whatever ctx does (as a file read in flight on AIO does); a read or write
+// at an offset on something that is not seekable goes through the loop,
+// and an op with a Timeout always does.
 func (l *Loop) Do(ctx context.Context, op Op) (Result, error) {
 	if err := op.validate(); err != nil {
 		return Result{}, err
@@ -34,8 +37,12 @@ func (l *Loop) Do(ctx context.Context, op Op) (Result, error) {
 	}
 	alone := l.doing.Add(1) == 1
 	defer l.doing.Add(-1)
-	if alone && l.direct && op.Kind.direct() && op.Timeout == 0 {
-		return l.runDirect(&op), nil
+	if alone && l.direct && op.direct() {
+		if r := l.runDirect(&op); r.Res != -int32(unix.ESPIPE) {
+			return r, nil
+		}
+		// Not a seekable file after all (a pipe, a socket): the loop
+		// knows how to wait for those.
 	}
 	w := doWaiters.Get().(*doWaiter)
 	w.l = l
@@ -84,6 +91,7 @@ var doWaiters = sync.Pool{New: func() any {
 	w.submitFn = func() {
 		id, err := w.l.Submit(w.op)
 		if err != nil {
+			w.id = 0
 			w.ch <- doOutcome{r: Result{Kind: w.op.Kind}, err: err}
 			return
 		}
@@ -100,16 +108,24 @@ var doWaiters = sync.Pool{New: func() any {
 }}
 
 func (w *doWaiter) release() {
-	w.l, w.op, w.out = nil, Op{}, doOutcome{}
+	w.l, w.op, w.out, w.id = nil, Op{}, doOutcome{}, 0
 	doWaiters.Put(w)
 }
 
 // direct reports whether Do may run the op as a plain syscall on the
-// caller's goroutine: a file op that the kernel would run synchronously in
-// the caller's stead, which can block but never waits for a peer.
-func (k OpKind) direct() bool {
-	switch k {
-	case OpRead, OpWrite, OpReadv, OpWritev, OpFsync, OpFdatasync, OpOpenat, OpFallocate, OpFtruncate:
+// caller's goroutine: an op on a file that the kernel runs in the caller's
+// stead, which can take as long as the storage takes but never waits for a
+// peer. Reads and writes must name an offset: at the file position (-1)
+// they may be on a pipe or a socket, which can wait forever. An openat can
+// block on a FIFO; a deadline needs the loop's timer.
+func (op *Op) direct() bool {
+	if op.Timeout > 0 {
+		return false
+	}
+	switch op.Kind {
+	case OpRead, OpWrite, OpReadv, OpWritev:
+		return op.Offset >= 0
+	case OpFsync, OpFdatasync, OpFallocate, OpFtruncate:
 		return true
 	}
 	return false

@@ -87,6 +87,9 @@ func (l *Loop) advanceChain(id OpID, ok bool) {
 // cancelled. A lone caller's chain of file ops runs as plain syscalls on
 // the caller's goroutine, one after the other, under the same rules.
 func (l *Loop) DoLinked(ctx context.Context, ops ...Op) ([]Result, error) {
+	if len(ops) == 0 {
+		return nil, nil
+	}
 	for i := range ops {
 		if err := ops[i].validate(); err != nil {
 			return nil, fmt.Errorf("uio: linked op %d of %d: %w", i+1, len(ops), err)
@@ -103,7 +106,11 @@ func (l *Loop) DoLinked(ctx context.Context, ops ...Op) ([]Result, error) {
 	defer l.doing.Add(-1)
 	if alone && l.direct && allDirect(ops) {
 		broken := false
+		var err error
 		for i := range ops {
+			if !broken && ctx.Err() != nil {
+				broken, err = true, ctx.Err()
+			}
 			if broken {
 				res[i] = Result{Kind: ops[i].Kind, Res: -int32(unix.ECANCELED)}
 				continue
@@ -111,7 +118,7 @@ func (l *Loop) DoLinked(ctx context.Context, ops ...Op) ([]Result, error) {
 			res[i] = l.runDirect(&ops[i])
 			broken = !chainHolds(&ops[i], res[i].Res)
 		}
-		return res, nil
+		return res, err
 	}
 	left := len(ops)
 	done := make(chan struct{})
@@ -153,9 +160,12 @@ func (l *Loop) DoLinked(ctx context.Context, ops ...Op) ([]Result, error) {
 	}
 }
 
+// allDirect: a chain runs on the caller's goroutine only if every op of it
+// would (a not-seekable one's ESPIPE would break the chain, not reroute it,
+// so only ops that name no file position, or do at an offset, qualify).
 func allDirect(ops []Op) bool {
 	for i := range ops {
-		if !ops[i].Kind.direct() || ops[i].Timeout > 0 {
+		if !ops[i].direct() {
 			return false
 		}
 	}

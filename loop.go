@@ -66,6 +66,8 @@ type Loop struct {
 	timers   timerHeap
 	closing  bool
 	later    []func() // loop-internal work for the next round
+	// offloading counts ops running as blocking syscalls (offload)
+	offloading int
 
 	// Posting from other goroutines: a mutex-guarded queue, and a doorbell
 	// rung only when the loop is (about to be) asleep.
@@ -202,7 +204,9 @@ func (l *Loop) start(id OpID, s *slot) {
 	if d := s.op.Timeout; d > 0 {
 		s.deadline = l.AfterFunc(d, func() {
 			s.deadline = nil
-			s.timedOut = true
+			if !s.cancel { // a cancel asked for before the deadline stays a cancel
+				s.timedOut = true
+			}
 			l.Cancel(id)
 		})
 	}
@@ -283,10 +287,13 @@ func (l *Loop) finish(id OpID, s *slot, res int32, flags uint32) {
 		s.deadline.Stop()
 		s.deadline = nil
 	}
-	if s.timedOut && res == -int32(unix.ECANCELED) {
-		res = -int32(unix.ETIME)
+	if s.timedOut && res < 0 {
+		res = -int32(unix.ETIME) // however the cancellation came back (ECANCELED, EINTR)
 	}
-	next, ok := s.next, chainHolds(&s.op, res)
+	// A chain holds only if this op was neither cancelled nor timed out:
+	// an op that finished anyway (a file read in flight on AIO, an
+	// offloaded syscall) still ends the chain it was asked to end.
+	next, ok := s.next, chainHolds(&s.op, res) && !s.cancel && !s.timedOut
 	done, kind := s.op.Done, s.op.Kind
 	s.op = Op{} // drop the buffers: the kernel is done with them
 	s.pollOp = Op{}
@@ -372,7 +379,14 @@ func (l *Loop) stage() {
 			continue
 		}
 		if !s.polling && !l.b.native(s.op.Kind) {
-			l.offload(id, s)
+			if l.offloading < maxOffloaded {
+				l.offload(id, s)
+				continue
+			}
+			// As many blocking syscalls as the loop allows are out:
+			// this one waits here, like an op facing a full ring.
+			l.pending[kept] = idx
+			kept++
 			continue
 		}
 		if !full {
@@ -393,19 +407,25 @@ func (l *Loop) stage() {
 	l.pending = l.pending[:kept]
 }
 
+// maxOffloaded bounds the blocking syscalls a loop has out at once (each
+// holds an OS thread); more wait in the engine's queue.
+const maxOffloaded = 16
+
 // offload runs an op its backend has no asynchronous form of as one
 // blocking syscall on a goroutine of its own, and completes it on the loop.
-// It counts as in flight, so the loop does not shut down under it; it
-// cannot be cancelled.
+// It counts as in flight, so the loop does not shut down under it (Close
+// waits for it); it cannot be cancelled.
 func (l *Loop) offload(id OpID, s *slot) {
 	s.state = slotOffloaded
 	l.inflight++
+	l.offloading++
 	op := s.op // the goroutine reads its own copy, never the slot
 	go func() {
 		res := runBlocking(&op)
 		l.stats.offloaded.Add(1)
 		l.postInternal(func() {
 			l.inflight--
+			l.offloading--
 			if s := l.lookup(id); s != nil && s.state == slotOffloaded {
 				l.finish(id, s, res, 0)
 			}
@@ -445,7 +465,11 @@ func (l *Loop) Post(fn func()) error {
 		if h := testHooks.Load(); h != nil && h.beforeWake != nil {
 			h.beforeWake()
 		}
-		return l.b.Wake()
+		// fn is queued: report success, or the caller would treat fn as
+		// never run (and reuse what it uses) while the loop runs it.
+		if err := l.b.Wake(); err != nil {
+			l.log.Error("uio: doorbell", zap.Error(err))
+		}
 	}
 	return nil
 }
@@ -553,8 +577,9 @@ func (l *Loop) flush() {
 }
 
 // Close stops the loop: new submissions fail with ErrClosed, every op in
-// flight is cancelled and its Done runs, then the backend is closed. It
-// waits for the loop to exit, however many goroutines call it at once.
+// flight is cancelled and its Done runs (offloaded ops, which cannot be
+// cancelled, are waited for), then the backend is closed. It waits for the
+// loop to exit, however many goroutines call it at once.
 // Call it from outside the loop.
 func (l *Loop) Close() error {
 	if l.closed.Swap(true) {

@@ -482,3 +482,59 @@ func TestStrayFieldsRefused(t *testing.T) {
 		}
 	}
 }
+
+// Found in review: a lone Do of a read at an offset on a pipe must not
+// fail with the pread's ESPIPE; the loop serves it. A read at the file
+// position (a pipe that may stay empty) never runs on the caller's
+// goroutine, so its context still ends it.
+func TestDirectDoOnPipe(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		var p [2]int
+		if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(p[0])
+		defer unix.Close(p[1])
+		unix.Write(p[1], []byte("hello"))
+		buf := make([]byte, 8)
+		if r := mustDo(t, l, Op{Kind: OpRead, Fd: p[0], Buf: buf, Offset: 0}); r.Res != 5 {
+			t.Fatalf("read of a pipe at offset 0 = %d %v, want 5 bytes", r.Res, r.Err())
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		defer cancel()
+		r, err := l.Do(ctx, Op{Kind: OpRead, Fd: p[0], Buf: buf, Offset: -1})
+		switch {
+		case l.Backend() == BackendAIO && r.Res == -int32(unix.EINVAL):
+			// AIO refuses reads at the file position (offset -1) on
+			// files without one, such as pipes: at once, not a wait.
+		case !errors.Is(err, context.DeadlineExceeded):
+			t.Fatalf("read of an empty pipe with a 50 ms context = %d %v", r.Res, err)
+		}
+	})
+}
+
+// Found in review: cancelling the head of a chain that finishes anyway
+// still ends the chain; an empty DoLinked returns.
+func TestChainEndsOnCancelledHead(t *testing.T) {
+	forEachBackend(t, Config{NoDirect: true}, func(t *testing.T, l *Loop) {
+		f, err := os.Create(filepath.Join(t.TempDir(), "f"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		got := make(chan int32, 2)
+		l.Post(func() {
+			ids, _ := l.SubmitLinked(
+				Op{Kind: OpFtruncate, Fd: int(f.Fd()), Offset: 10, Done: func(r Result) { got <- r.Res }},
+				Op{Kind: OpFsync, Fd: int(f.Fd()), Done: func(r Result) { got <- r.Res }})
+			l.Cancel(ids[0])
+		})
+		<-got // the head: cancelled, or done if it could not be stopped
+		if r := <-got; r != -int32(unix.ECANCELED) {
+			t.Fatalf("the op after a cancelled head = %d, want -ECANCELED", r)
+		}
+		if res, err := l.DoLinked(context.Background()); res != nil || err != nil {
+			t.Fatalf("empty DoLinked = %v %v", res, err)
+		}
+	})
+}

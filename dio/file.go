@@ -640,6 +640,13 @@ func (f *File) Close() error {
 	f.closed = true
 	f.mu.Unlock()
 	f.readers.Wait()
+	// A Sync that released mu before Close may still be in its
+	// fdatasync: the fd must not close (and its number be reused) under it.
+	f.smu.Lock()
+	for f.syncing {
+		f.scond.Wait()
+	}
+	f.smu.Unlock()
 	if err2 := f.waitAllFlights(); err == nil && err2 != nil {
 		err = f.wrap("close", -1, 0, err2)
 	}
