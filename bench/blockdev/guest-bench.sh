@@ -12,20 +12,9 @@
 #   nbdc    /dev/abuseN served by uio-ramdisk -nbd (our NBD client) from nbdkit
 # Prints "BENCH <device> <job> <iops> <KiB/s>" lines. SIZE is in MiB ("256M").
 
-FAILS=0
-pass() { echo "KMODLAB: PASS $*"; }
-fail() { echo "KMODLAB: FAIL $*"; FAILS=$((FAILS + 1)); }
+. /bin/guest-lib.sh # FAILS, pass, fail, up, run, wait_ready, wait_gone
 SIZE=256M
 RT=4
-wait_ready() {
-	i=0
-	while [ ! -s "$1" ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i + 1)); done
-	[ -s "$1" ]
-}
-wait_gone() {
-	timeout 20 sh -c "while kill -0 $1 2>/dev/null; do sleep 0.1; done"
-	wait "$1"
-}
 
 # job name rw bs iodepth
 JOBS="rr4k-qd1:randread:4k:1 rr4k-qd32:randread:4k:32 rw4k-qd1:randwrite:4k:1 rw4k-qd32:randwrite:4k:32 seqr1m:read:1M:4 seqw1m:write:1M:4"

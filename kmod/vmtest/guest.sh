@@ -3,32 +3,7 @@
 # Prints "KMODLAB: PASS|FAIL <check> ..." lines; exit status = number of FAILs.
 # Each step is bounded by busybox timeout; the host bounds the whole VM.
 
-FAILS=0
-pass() { echo "KMODLAB: PASS $*"; }
-fail() { echo "KMODLAB: FAIL $*"; FAILS=$((FAILS + 1)); }
-up() { read -r u _ </proc/uptime; echo "$u"; }
-# run NAME SECS CMD...: run a command with a time limit, PASS/FAIL on its status
-run() {
-	n=$1 t=$2; shift 2
-	t0=$(up)
-	if timeout "$t" "$@" >/tmp/out.$$ 2>&1; then
-		pass "$n ($(awk -v a="$t0" -v b="$(up)" 'BEGIN{printf "%.1fs", b-a}'))"
-		rc=0
-	else
-		rc=$?
-		fail "$n exit=$rc"
-	fi
-	sed "s/^/    [$n] /" /tmp/out.$$ | grep -v '^    \[[^]]*\] KMODLAB' || true
-	grep '^KMODLAB' /tmp/out.$$ | grep -v "^KMODLAB: PASS" || true
-	grep '^KMODLAB: PASS' /tmp/out.$$ | sed 's/^KMODLAB: PASS/    detail:/' || true
-	return $rc
-}
-# wait_ready FILE: wait up to 20 s for a server's ready file
-wait_ready() {
-	i=0
-	while [ ! -s "$1" ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i + 1)); done
-	[ -s "$1" ]
-}
+. /bin/guest-lib.sh # FAILS, pass, fail, up, run, wait_ready, wait_gone
 
 # ------------------------------------------------------------- module
 if insmod /lib/modules/extra/abuse.ko; then pass "insmod abuse.ko"; else
@@ -40,11 +15,6 @@ if [ "$mode" = "600 root root character special file" ]; then pass "abctl-mode /
 fi
 run abctl-nonroot 20 ramserver nonroot
 
-# wait_gone PID: wait up to 20 s for a server to exit; its exit status
-wait_gone() {
-	timeout 20 sh -c "while kill -0 $1 2>/dev/null; do sleep 0.1; done"
-	wait "$1"
-}
 # limits N: the queue limits of /dev/abuseN, one line
 limits() {
 	q=/sys/block/abuse$1/queue

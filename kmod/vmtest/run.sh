@@ -156,6 +156,7 @@ mkdir -p "$R"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,tmp,mnt,lib/modules/ex
 cp /bin/busybox "$R/bin/busybox"
 for b in $GOBINS; do cp "$LAB/$b" "$R/bin/$b"; done
 cp "$GUEST_SCRIPT" "$R/bin/guest.sh"
+cp "$HERE/guest-lib.sh" "$R/bin/guest-lib.sh"
 cp "$MOD/abuse.ko" "$R/lib/modules/extra/"
 printf 'root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$R/etc/passwd"
 printf 'root:x:0:\nnogroup:x:65534:\n' >"$R/etc/group"

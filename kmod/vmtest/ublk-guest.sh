@@ -9,34 +9,7 @@
 # FLUSH/FUA with a file backend, removal refused while mounted.
 # Prints "KMODLAB: PASS|FAIL|SKIP <check>"; exit status = number of FAILs.
 
-FAILS=0
-pass() { echo "KMODLAB: PASS $*"; }
-fail() { echo "KMODLAB: FAIL $*"; FAILS=$((FAILS + 1)); }
-up() { read -r u _ </proc/uptime; echo "$u"; }
-run() {
-	n=$1 t=$2; shift 2
-	t0=$(up)
-	if timeout "$t" "$@" >/tmp/out.$$ 2>&1; then
-		pass "$n ($(awk -v a="$t0" -v b="$(up)" 'BEGIN{printf "%.1fs", b-a}'))"
-		rc=0
-	else
-		rc=$?
-		fail "$n exit=$rc"
-	fi
-	sed "s/^/    [$n] /" /tmp/out.$$ | grep -v '^    \[[^]]*\] KMODLAB' || true
-	grep '^KMODLAB' /tmp/out.$$ | grep -v "^KMODLAB: PASS" || true
-	grep '^KMODLAB: PASS' /tmp/out.$$ | sed 's/^KMODLAB: PASS/    detail:/' || true
-	return $rc
-}
-wait_ready() {
-	i=0
-	while [ ! -s "$1" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
-	[ -s "$1" ]
-}
-wait_gone() {
-	timeout 30 sh -c "while kill -0 $1 2>/dev/null; do sleep 0.1; done"
-	wait "$1"
-}
+. /bin/guest-lib.sh # FAILS, pass, fail, up, run, wait_ready, wait_gone
 limits() {
 	q=/sys/block/$1/queue
 	l="lbs=$(cat $q/logical_block_size) max_hw_kb=$(cat $q/max_hw_sectors_kb) disc=$(cat $q/discard_max_hw_bytes)"
