@@ -143,27 +143,8 @@ func Serve(cfg Config) (*Server, error) {
 		ctl.Close()
 		return nil, err
 	}
-	s := &Server{
-		ctl:        ctl,
-		cfg:        dc,
-		be:         cfg.Backend,
-		log:        log.With(zap.String("dev", fmt.Sprintf("abuse%d", dc.DevID))),
-		engine:     cfg.Engine,
-		done:       make(chan struct{}),
-		anyStop:    make(chan struct{}, dc.NrHWQueues),
-		detachedCh: make(chan struct{}),
-		geo: geometry{
-			size:      int64(dc.Size),
-			blockSize: int64(dc.LogicalBlockSize),
-			maxIO:     int(dc.MaxIOBytes),
-			readOnly:  dc.Flags&abuse.DevReadOnly != 0,
-			flush:     dc.Flags&abuse.DevWriteCache != 0,
-		},
-	}
-	s.geo.discard = backendSupports(cfg.Backend, OpDiscard)
-	s.geo.zeroes = backendSupports(cfg.Backend, OpWriteZeroes)
-	s.async, _ = cfg.Backend.(AsyncBackend)
-	s.mapper, _ = cfg.Backend.(Mapper)
+	s := newServer(cfg, dc, log.With(zap.String("dev", fmt.Sprintf("abuse%d", dc.DevID))), cfg.Engine)
+	s.ctl = ctl
 	if s.engine == "" {
 		s.engine = "auto"
 	}
@@ -430,4 +411,31 @@ func (s *Server) startQueue(i int) (*queue, error) {
 		return nil, err
 	}
 	return q, nil
+}
+
+// newServer is the Server both drivers start from: the device as created
+// (dc), the backend and its optional interfaces, and the geometry requests
+// are checked against.
+func newServer(cfg Config, dc abuse.DevConfig, log *zap.Logger, engine string) *Server {
+	s := &Server{
+		cfg:        dc,
+		be:         cfg.Backend,
+		log:        log,
+		engine:     engine,
+		done:       make(chan struct{}),
+		anyStop:    make(chan struct{}, dc.NrHWQueues),
+		detachedCh: make(chan struct{}),
+		geo: geometry{
+			size:      int64(dc.Size),
+			blockSize: int64(dc.LogicalBlockSize),
+			maxIO:     int(dc.MaxIOBytes),
+			readOnly:  dc.Flags&abuse.DevReadOnly != 0,
+			flush:     dc.Flags&abuse.DevWriteCache != 0,
+			discard:   backendSupports(cfg.Backend, OpDiscard),
+			zeroes:    backendSupports(cfg.Backend, OpWriteZeroes),
+		},
+	}
+	s.async, _ = cfg.Backend.(AsyncBackend)
+	s.mapper, _ = cfg.Backend.(Mapper)
+	return s
 }

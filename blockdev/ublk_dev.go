@@ -291,27 +291,8 @@ func serveUblk(cfg Config, dc abuse.DevConfig, log *zap.Logger) (*Server, error)
 		u.close()
 		return nil, err
 	}
-	s := &Server{
-		u:          u,
-		cfg:        dc,
-		be:         cfg.Backend,
-		log:        log.With(zap.String("dev", ublk.BlockName(int(dc.DevID)))),
-		engine:     uio.BackendUring,
-		done:       make(chan struct{}),
-		anyStop:    make(chan struct{}, dc.NrHWQueues),
-		detachedCh: make(chan struct{}),
-		geo: geometry{
-			size:      int64(dc.Size),
-			blockSize: int64(dc.LogicalBlockSize),
-			maxIO:     int(dc.MaxIOBytes),
-			readOnly:  dc.Flags&abuse.DevReadOnly != 0,
-			flush:     dc.Flags&abuse.DevWriteCache != 0,
-			discard:   discard,
-			zeroes:    zeroes,
-		},
-	}
-	s.async, _ = cfg.Backend.(AsyncBackend)
-	s.mapper, _ = cfg.Backend.(Mapper)
+	s := newServer(cfg, dc, log.With(zap.String("dev", ublk.BlockName(int(dc.DevID)))), uio.BackendUring)
+	s.u = u
 	fail := func(err error) (*Server, error) {
 		if len(s.uqueues) > 0 {
 			u.stop() // aborts the fetched tags
