@@ -12,7 +12,7 @@
 #   nbdc    /dev/abuseN served by uio-ramdisk -nbd (our NBD client) from nbdkit
 # Prints "BENCH <device> <job> <iops> <KiB/s>" lines. SIZE is in MiB ("256M").
 
-. /bin/guest-lib.sh # FAILS, pass, fail, up, run, wait_ready, wait_gone
+. /bin/guest-lib.sh # FAILS, pass, fail, up, run, wait_ready, wait_gone, discard_check, fill_fs
 SIZE=256M
 RT=4
 

@@ -1,7 +1,7 @@
 #!/bin/sh
 # guest-lib.sh - what every guest script shares (guest.sh, ublk-guest.sh,
 # nbd-guest.sh, bench/blockdev/guest-bench.sh): the KMODLAB result lines and
-# bounded waits. run.sh copies it to /bin/guest-lib.sh; scripts source it.
+# bounded waits, the discard and file-system fill steps. run.sh copies it to /bin/guest-lib.sh; scripts source it.
 
 FAILS=0
 pass() { echo "KMODLAB: PASS $*"; }
@@ -33,4 +33,28 @@ wait_ready() {
 wait_gone() {
 	timeout 30 sh -c "while kill -0 $1 2>/dev/null; do sleep 0.1; done"
 	wait "$1"
+}
+# discard_check DEV NAME: 2 MiB of random data, discarded, read back as zeroes
+discard_check() {
+	dd if=/dev/urandom of="$1" bs=1M count=2 conv=fsync 2>/dev/null
+	z=$(dd if=/dev/zero bs=1M count=2 2>/dev/null | md5sum | cut -d' ' -f1)
+	if timeout 30 blkdiscard -o 0 -l $((2 << 20)) "$1" &&
+		[ "$(dd if="$1" bs=1M count=2 2>/dev/null | md5sum | cut -d' ' -f1)" = "$z" ]; then
+		pass "$2"
+	else
+		fail "$2"
+	fi
+}
+# fill_fs: files of 4 KiB to 16 MiB and a binary on the file system mounted
+# at /mnt, their checksums in /tmp/sums (absolute paths: busybox timeout
+# leaves a watcher process in the cwd), synced
+fill_fs() {
+	i=1
+	for kb in 4 64 700 4096 16384; do
+		dd if=/dev/urandom of=/mnt/file$i bs=1k count=$kb 2>/dev/null
+		i=$((i + 1))
+	done
+	mkdir -p /mnt/dir && cp /bin/uio-ramdisk /mnt/dir/
+	md5sum /mnt/file* /mnt/dir/* >/tmp/sums
+	sync
 }

@@ -3,7 +3,7 @@
 # Prints "KMODLAB: PASS|FAIL <check> ..." lines; exit status = number of FAILs.
 # Each step is bounded by busybox timeout; the host bounds the whole VM.
 
-. /bin/guest-lib.sh # FAILS, pass, fail, up, run, wait_ready, wait_gone
+. /bin/guest-lib.sh # FAILS, pass, fail, up, run, wait_ready, wait_gone, discard_check, fill_fs
 
 # ------------------------------------------------------------- module
 if insmod /lib/modules/extra/abuse.ko; then pass "insmod abuse.ko"; else
@@ -28,15 +28,7 @@ ext4check() {
 	run "mkfs.ext4-$2" 120 mkfs.ext4 -F -q "$1"
 	mkdir -p /mnt
 	if timeout 60 mount -t ext4 "$1" /mnt; then
-		i=1
-		for kb in 4 64 700 4096 16384; do
-			dd if=/dev/urandom of=/mnt/file$i bs=1k count=$kb 2>/dev/null
-			i=$((i + 1))
-		done
-		mkdir -p /mnt/dir && cp /bin/uio-ramdisk /mnt/dir/
-		# absolute paths: busybox timeout leaves a watcher process in the cwd
-		md5sum /mnt/file* /mnt/dir/* >/tmp/sums
-		sync
+		fill_fs
 		if [ "$2" = aio ]; then
 			out=$(timeout 10 ramserver remove -id 0 2>&1)
 			rc=$?
@@ -78,14 +70,7 @@ run rwcheck-aio 120 ramserver rwcheck -dev $DEV
 run badblocks-w-aio 600 badblocks -w -b 4096 -c 256 -e 1 $DEV
 
 # discard: the range reads back as zeroes
-dd if=/dev/urandom of=$DEV bs=1M count=2 conv=fsync 2>/dev/null
-z=$(dd if=/dev/zero bs=1M count=2 2>/dev/null | md5sum | cut -d' ' -f1)
-if timeout 30 blkdiscard -o 0 -l $((2 << 20)) $DEV &&
-	[ "$(dd if=$DEV bs=1M count=2 2>/dev/null | md5sum | cut -d' ' -f1)" = "$z" ]; then
-	pass "discard"
-else
-	fail "discard"
-fi
+discard_check $DEV "discard"
 ext4check $DEV aio
 run verify-qd32-daemon-aio 600 ramserver verify -dev $DEV -qd 32 -bytes $((256 << 20)) -engine uring -name verify-qd32-daemon-aio
 kill -TERM $SPID

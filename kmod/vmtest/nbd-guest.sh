@@ -11,7 +11,7 @@
 # the daemon still removes its device on SIGTERM.
 # Prints "KMODLAB: PASS|FAIL|SKIP <check>"; exit status = number of FAILs.
 
-. /bin/guest-lib.sh # FAILS, pass, fail, up, run, wait_ready, wait_gone
+. /bin/guest-lib.sh # FAILS, pass, fail, up, run, wait_ready, wait_gone, discard_check, fill_fs
 PORT=10809
 limits() {
 	q=/sys/block/$1/queue
@@ -82,26 +82,12 @@ suite() {
 		fi
 		run rwcheck-nbd-$d 120 ramserver rwcheck -dev $DEV
 		run badblocks-w-nbd-$d 600 badblocks -w -b 4096 -c 256 -e 1 $DEV
-		dd if=/dev/urandom of=$DEV bs=1M count=2 conv=fsync 2>/dev/null
-		z=$(dd if=/dev/zero bs=1M count=2 2>/dev/null | md5sum | cut -d' ' -f1)
-		if timeout 30 blkdiscard -o 0 -l $((2 << 20)) $DEV &&
-			[ "$(dd if=$DEV bs=1M count=2 2>/dev/null | md5sum | cut -d' ' -f1)" = "$z" ]; then
-			pass "discard-nbd-$d"
-		else
-			fail "discard-nbd-$d"
-		fi
+		discard_check $DEV "discard-nbd-$d"
 		run verify-qd32-nbd-$d 600 ramserver verify -dev $DEV -qd 32 -bytes $((128 << 20)) -engine uring -name verify-qd32-nbd-$d
 		run mkfs.ext4-nbd-$d 120 mkfs.ext4 -F -q -O metadata_csum $DEV
 		mkdir -p /mnt
 		if timeout 60 mount -t ext4 $DEV /mnt; then
-			i=1
-			for kb in 4 64 700 4096 16384; do
-				dd if=/dev/urandom of=/mnt/file$i bs=1k count=$kb 2>/dev/null
-				i=$((i + 1))
-			done
-			mkdir -p /mnt/dir && cp /bin/uio-ramdisk /mnt/dir/
-			md5sum /mnt/file* /mnt/dir/* >/tmp/sums
-			sync
+			fill_fs
 			echo 3 >/proc/sys/vm/drop_caches
 			if timeout 60 umount /mnt && timeout 60 mount -t ext4 $DEV /mnt &&
 				timeout 60 md5sum -c /tmp/sums >/tmp/md5.out 2>&1; then

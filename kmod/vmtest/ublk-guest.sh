@@ -9,7 +9,7 @@
 # FLUSH/FUA with a file backend, removal refused while mounted.
 # Prints "KMODLAB: PASS|FAIL|SKIP <check>"; exit status = number of FAILs.
 
-. /bin/guest-lib.sh # FAILS, pass, fail, up, run, wait_ready, wait_gone
+. /bin/guest-lib.sh # FAILS, pass, fail, up, run, wait_ready, wait_gone, discard_check, fill_fs
 limits() {
 	q=/sys/block/$1/queue
 	l="lbs=$(cat $q/logical_block_size) max_hw_kb=$(cat $q/max_hw_sectors_kb) disc=$(cat $q/discard_max_hw_bytes)"
@@ -20,14 +20,7 @@ ext4check() { # DEV TAG [PID: SIGTERM while mounted must be refused]
 	run "mkfs.ext4-$2" 120 mkfs.ext4 -F -q "$1"
 	mkdir -p /mnt
 	if timeout 60 mount -t ext4 "$1" /mnt; then
-		i=1
-		for kb in 4 64 700 4096 16384; do
-			dd if=/dev/urandom of=/mnt/file$i bs=1k count=$kb 2>/dev/null
-			i=$((i + 1))
-		done
-		mkdir -p /mnt/dir && cp /bin/uio-ramdisk /mnt/dir/
-		md5sum /mnt/file* /mnt/dir/* >/tmp/sums
-		sync
+		fill_fs
 		if [ -n "${3:-}" ]; then
 			kill -TERM "$3"
 			i=0 # the daemon retries for -remove-wait (5 s) before it gives up
@@ -97,14 +90,7 @@ if daemon ram4k -size 64M -bs 4096 -queues 2 -depth 32 -index 0; then
 	fi
 	run rwcheck-ublk 120 ramserver rwcheck -dev $DEV
 	run badblocks-w-ublk 600 badblocks -w -b 4096 -c 256 -e 1 $DEV
-	dd if=/dev/urandom of=$DEV bs=1M count=2 conv=fsync 2>/dev/null
-	z=$(dd if=/dev/zero bs=1M count=2 2>/dev/null | md5sum | cut -d' ' -f1)
-	if timeout 30 blkdiscard -o 0 -l $((2 << 20)) $DEV &&
-		[ "$(dd if=$DEV bs=1M count=2 2>/dev/null | md5sum | cut -d' ' -f1)" = "$z" ]; then
-		pass "discard-ublk"
-	else
-		fail "discard-ublk"
-	fi
+	discard_check $DEV "discard-ublk"
 	run verify-qd32-ublk 600 ramserver verify -dev $DEV -qd 32 -bytes $((256 << 20)) -engine uring -name verify-qd32-ublk
 	ext4check $DEV ublk $SPID
 	kill -TERM $SPID
