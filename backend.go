@@ -60,11 +60,18 @@ type backendCounters struct {
 
 	ReapedUser    uint64 // completions read from the ring in userspace
 	ReapedSyscall uint64 // completions returned by io_getevents
+
+	CQOverflows, DroppedCQEs uint64 // io_uring
+	AIOContexts, AIOEvents   uint64 // AIO
 }
 
 // errBackendFull is returned by backend.Prepare when the backend has no room
 // for another op this round.
 var errBackendFull = errors.New("uio: backend full")
+
+// errSQFull is returned by backend.Prepare when this round's submission
+// queue is full but a Flush makes room (io_uring's SQ).
+var errSQFull = errors.New("uio: submission queue full")
 
 // Backend names accepted by Config.Backend.
 const (

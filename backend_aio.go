@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
 	"github.com/userland-io/uio/aio"
@@ -18,14 +19,26 @@ import (
 // ops AIO lacks (accept, connect, close) run inline with one syscall each,
 // after a POLL has said they will not block.
 type aioBackend struct {
-	ctx      *aio.Context
-	capacity int // engine ops (staged or in the kernel) at most; the doorbell's slots come on top
-	ops      int // engine ops staged or in the kernel
+	// ctxs are the loop's AIO contexts. An AIO ring holds a completion for
+	// every op in flight, so its size bounds them; the first context is
+	// Depth events and the loop adds one (as large as all before it) when
+	// the ops in flight outgrow them, so that waiting ops (polls of idle
+	// sockets) never keep others out. Only the first context is slept on
+	// (io_getevents); iocbs in the others carry IOCB_FLAG_RESFD with the
+	// doorbell's eventfd, so their completions wake that sleep like a Post,
+	// and every Reap reads all the rings in userspace.
+	ctxs []*aioCtx
+	cur  int // the context this round's new ops go to, while it has room
+	// growErr is set once adding a context failed (fs.aio-max-nr): ops
+	// then wait in the engine for room, and the loop logged why, once.
+	growErr error
+	log     *zap.Logger
 
 	slots  chunked[aioSlot]
-	staged []*aio.Iocb
 	ready  readyQueue
 	events []aio.Event
+	// published is ctxs' contexts for Counters (any goroutine).
+	published atomic.Pointer[[]*aio.Context]
 
 	nosignal uint32 // RWF_NOSIGNAL where the kernel has it (6.15+)
 
@@ -63,9 +76,19 @@ const (
 	aioSendOwnFlags = unix.MSG_DONTWAIT | unix.MSG_NOSIGNAL
 )
 
+// aioCtx is one AIO context and the iocbs staged for it.
+type aioCtx struct {
+	ctx      *aio.Context
+	capacity int // engine ops (staged or in the kernel) at most; the doorbell's slots come on top in ctxs[0]
+	ops      int // engine ops staged or in the kernel
+	staged   []*aio.Iocb
+	resfd    bool // its iocbs signal the doorbell eventfd (every context but the first)
+}
+
 type aioSlot struct {
 	cb        aio.Iocb // stays at this address: io_cancel matches on it
 	op        *Op
+	ctx       uint8 // index of its context in aioBackend.ctxs
 	kind      aioSlotKind
 	staged    bool
 	cancelled bool
@@ -82,15 +105,22 @@ const (
 	aioReserved    = 2 // ring slots kept for the doorbell
 )
 
-func newAIOBackend(depth int) (*aioBackend, error) {
+// aioMaxContexts bounds the contexts of one loop: with each as large as
+// all before it, 16 hold 2^15 times the first.
+const aioMaxContexts = 16
+
+func newAIOBackend(depth, maxInFlight int, log *zap.Logger) (*aioBackend, error) {
 	if depth < 8 {
 		depth = 8
+	}
+	if log == nil {
+		log = zap.NewNop()
 	}
 	ctx, err := aio.Setup(depth + aioReserved)
 	if err != nil {
 		return nil, aioSetupError(err, depth+aioReserved)
 	}
-	b := &aioBackend{ctx: ctx, capacity: depth, events: make([]aio.Event, 256)}
+	b := &aioBackend{ctxs: []*aioCtx{{ctx: ctx, capacity: depth}}, events: make([]aio.Event, 256), log: log}
 	b.wakeFd, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
 	b.other.Add(1)
 	if err != nil {
@@ -101,16 +131,82 @@ func newAIOBackend(depth int) (*aioBackend, error) {
 	// The doorbell is the first POLL: a kernel without IOCB_CMD_POLL
 	// refuses it here, not in the middle of the first round.
 	b.armDoorbell(false)
-	if _, err := b.ctx.Submit(b.staged); err != nil {
+	c0 := b.ctxs[0]
+	if _, err := c0.ctx.Submit(c0.staged); err != nil {
 		b.Close()
 		if errors.Is(err, unix.EINVAL) {
 			return nil, &NotSupportedError{Backend: BackendAIO, Feature: "IOCB_CMD_POLL (Linux 4.18)", Err: err}
 		}
 		return nil, fmt.Errorf("uio: aio doorbell: %w", err)
 	}
-	b.staged = b.staged[:0]
+	c0.staged = c0.staged[:0]
 	b.wakeArmed = true
+	b.publish()
+	if maxInFlight > depth {
+		if msg := aioRoomFor(maxInFlight - depth); msg != "" {
+			log.Warn("uio: aio: "+msg, zap.Int("ops_in_flight_expected", maxInFlight))
+		}
+	}
 	return b, nil
+}
+
+// aioRoomFor says, when fs.aio-max-nr leaves no room for n more events
+// system-wide, what the figures are and which sysctl raises it; "" when
+// there is room (or the figures cannot be read).
+func aioRoomFor(n int) string {
+	limit, lerr := readProcInt("/proc/sys/fs/aio-max-nr")
+	used, uerr := readProcInt("/proc/sys/fs/aio-nr")
+	if lerr != nil || uerr != nil || used+n <= limit {
+		return ""
+	}
+	return fmt.Sprintf("fs.aio-max-nr=%d leaves room for %d more AIO events system-wide (%d in use), "+
+		"but this loop may need %d more to carry the ops it is expected to have in flight; "+
+		"past that its ops wait in the engine. Raise it: sysctl -w fs.aio-max-nr=%d (or run fewer loops)",
+		limit, max(limit-used, 0), used, n, used+n+limit/2)
+}
+
+// room returns the context a new op goes to, adding one if all are full;
+// nil when none has room and none can be added.
+func (b *aioBackend) room() *aioCtx {
+	if c := b.ctxs[b.cur]; c.ops < c.capacity {
+		return c
+	}
+	// Ops of one round in as few contexts as possible: each context with
+	// staged iocbs costs an io_submit.
+	for i, c := range b.ctxs {
+		if c.ops < c.capacity {
+			b.cur = i
+			return c
+		}
+	}
+	if b.growErr != nil || len(b.ctxs) == aioMaxContexts {
+		return nil
+	}
+	total := 0
+	for _, c := range b.ctxs {
+		total += c.capacity
+	}
+	ctx, err := aio.Setup(total)
+	b.other.Add(1)
+	if err != nil {
+		b.growErr = aioSetupError(err, total)
+		b.log.Error("uio: aio: cannot add a context for more ops in flight; ops wait in the engine until some complete",
+			zap.Int("in_flight", total), zap.Error(b.growErr))
+		return nil
+	}
+	b.ctxs = append(b.ctxs, &aioCtx{ctx: ctx, capacity: total, resfd: true})
+	b.cur = len(b.ctxs) - 1
+	b.publish()
+	b.log.Debug("uio: aio: context added", zap.Int("contexts", len(b.ctxs)), zap.Int("events", total))
+	return b.ctxs[b.cur]
+}
+
+func (b *aioBackend) publish() {
+	l := make([]*aio.Context, len(b.ctxs))
+	for i, c := range b.ctxs {
+		l[i] = c.ctx
+	}
+	b.published.Store(&l)
 }
 
 // probeNoSignal keeps RWF_NOSIGNAL when the kernel accepts it on a socket
@@ -127,14 +223,15 @@ func (b *aioBackend) probeNoSignal() {
 	cb.PrepPwrite(fds[0], []byte{0}, 0)
 	cb.RWFlags = aio.RWF_NOWAIT | aio.RWF_NOSIGNAL
 	cb.Data = uint64(internalTag | 3)
-	if n, err := b.ctx.Submit([]*aio.Iocb{&cb}); n != 1 || err != nil {
+	ctx := b.ctxs[0].ctx
+	if n, err := ctx.Submit([]*aio.Iocb{&cb}); n != 1 || err != nil {
 		return
 	}
 	ev := make([]aio.Event, 1)
 	for got := 0; got == 0; {
-		got = b.ctx.Reap(ev)
+		got = ctx.Reap(ev)
 		if got == 0 {
-			got, _ = b.ctx.GetEvents(1, ev, time.Second)
+			got, _ = ctx.GetEvents(1, ev, time.Second)
 		}
 	}
 	if ev[0].Res == 1 {
@@ -143,14 +240,15 @@ func (b *aioBackend) probeNoSignal() {
 }
 
 func (b *aioBackend) armDoorbell(drain bool) {
+	c0 := b.ctxs[0]
 	if drain {
 		b.wakeRead.PrepPread(b.wakeFd, b.wakeBuf[:], 0)
 		b.wakeRead.Data = uint64(aioWakeReadTag)
-		b.staged = append(b.staged, &b.wakeRead)
+		c0.staged = append(c0.staged, &b.wakeRead)
 	}
 	b.wakePoll.PrepPoll(b.wakeFd, unix.POLLIN)
 	b.wakePoll.Data = uint64(aioWakePollTag)
-	b.staged = append(b.staged, &b.wakePoll)
+	c0.staged = append(c0.staged, &b.wakePoll)
 }
 
 func (b *aioBackend) Name() string { return BackendAIO }
@@ -159,14 +257,22 @@ func (b *aioBackend) Name() string { return BackendAIO }
 func (b *aioBackend) native(k OpKind) bool {
 	return k != OpOpenat && k != OpFallocate && k != OpFtruncate
 }
-func (b *aioBackend) Staged() int { return len(b.staged) }
+func (b *aioBackend) Staged() int {
+	n := 0
+	for _, c := range b.ctxs {
+		n += len(c.staged)
+	}
+	return n
+}
 
 func (b *aioBackend) Prepare(id OpID, op *Op) error {
-	if b.ops >= b.capacity {
+	c := b.room()
+	if c == nil {
 		return errBackendFull
 	}
 	s := b.slots.at(id.index())
 	s.op, s.kind, s.cancelled, s.staged, s.moved = op, aioRW, false, false, 0
+	s.ctx = uint8(b.cur)
 	cb := &s.cb
 	switch op.Kind {
 	case OpRead:
@@ -233,7 +339,7 @@ func (b *aioBackend) Prepare(id OpID, op *Op) error {
 		return nil
 	}
 	cb.Data = uint64(id)
-	b.ops++
+	c.ops++
 	b.stage(s)
 	return nil
 }
@@ -250,15 +356,23 @@ func (b *aioBackend) callAfterPoll(id OpID, s *aioSlot, kind aioSlotKind, events
 	}
 	s.cb.PrepPoll(s.op.Fd, events)
 	s.cb.Data = uint64(id)
-	b.ops++
+	b.ctxs[s.ctx].ops++
 	b.stage(s)
 	return nil
 }
 
+// stage queues the slot's iocb for its context's next io_submit.
 func (b *aioBackend) stage(s *aioSlot) {
 	s.staged = true
-	b.staged = append(b.staged, &s.cb)
+	c := b.ctxs[s.ctx]
+	if c.resfd {
+		s.cb.SetResfd(b.wakeFd)
+	}
+	c.staged = append(c.staged, &s.cb)
 }
+
+// release gives the slot's room in its context back: its op completed.
+func (b *aioBackend) release(s *aioSlot) { b.ctxs[s.ctx].ops-- }
 
 func errRes(err error) int32 {
 	if err == nil {
@@ -275,28 +389,40 @@ func errRes(err error) int32 {
 // completions make room), or names the error, which completes that one op
 // and lets the rest go on. A round whose ops are all valid and fit makes
 // exactly one io_submit.
+//
+// With more than one context, each with staged iocbs gets its own
+// io_submit (new ops stick to one context while it has room, so a round
+// usually touches one).
 func (b *aioBackend) Flush() (int, error) {
 	total := 0
-	for len(b.staged) > 0 {
-		n, err := b.ctx.Submit(b.staged)
-		for _, cb := range b.staged[:n] {
+	for _, c := range b.ctxs {
+		total += b.flushCtx(c)
+	}
+	return total, nil
+}
+
+func (b *aioBackend) flushCtx(c *aioCtx) int {
+	total := 0
+	for len(c.staged) > 0 {
+		n, err := c.ctx.Submit(c.staged)
+		for _, cb := range c.staged[:n] {
 			b.submitted(cb)
 		}
 		total += n
-		rest := b.staged[n:]
+		rest := c.staged[n:]
 		if err != nil {
 			b.reject(rest[0], err)
 			rest = rest[1:]
 		}
-		b.staged = append(b.staged[:0], rest...)
+		c.staged = append(c.staged[:0], rest...)
 		if n == 0 && err == nil {
 			break // EAGAIN: full
 		}
-		if err == nil && len(b.staged) == 0 {
+		if err == nil && len(c.staged) == 0 {
 			break
 		}
 	}
-	return total, nil
+	return total
 }
 
 func (b *aioBackend) submitted(cb *aio.Iocb) {
@@ -317,15 +443,24 @@ func (b *aioBackend) reject(cb *aio.Iocb, err error) {
 		// nothing can be done about it but to stop relying on it.
 		return
 	}
-	b.slots.at(id.index()).staged = false
-	b.ops--
+	s := b.slots.at(id.index())
+	s.staged = false
+	b.release(s)
 	b.ready.add(id, errnoRes(err))
 }
 
 func (b *aioBackend) Reap(deliver func(OpID, int32, uint32)) int {
 	n := b.ready.deliver(deliver)
+	for _, c := range b.ctxs {
+		n += b.reapCtx(c, deliver)
+	}
+	return n
+}
+
+func (b *aioBackend) reapCtx(c *aioCtx, deliver func(OpID, int32, uint32)) int {
+	n := 0
 	for {
-		got := b.ctx.Reap(b.events)
+		got := c.ctx.Reap(b.events)
 		for _, ev := range b.events[:got] {
 			n += b.complete(ev, deliver)
 		}
@@ -350,7 +485,7 @@ func (b *aioBackend) complete(ev aio.Event, deliver func(OpID, int32, uint32)) i
 	s := b.slots.at(id.index())
 	if s.cancelled && res == 0 && s.kind != aioRW {
 		// io_cancel of a POLL completes it with res 0.
-		b.ops--
+		b.release(s)
 		deliver(id, -int32(unix.ECANCELED), 0)
 		return 1
 	}
@@ -394,7 +529,7 @@ func (b *aioBackend) complete(ev aio.Event, deliver func(OpID, int32, uint32)) i
 			}
 		}
 	}
-	b.ops--
+	b.release(s)
 	deliver(id, res, 0)
 	return 1
 }
@@ -440,7 +575,7 @@ func (b *aioBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uint3
 		return 0, b.ready.deliver(deliver), nil
 	}
 	submitted := 0
-	if len(b.staged) > 0 {
+	if b.Staged() > 0 {
 		// Iocbs staged after the round's flush: the doorbell's re-arm
 		// after it fired, an accept's POLL again after another loop took
 		// the connection. Nothing could wake this sleep for them unless
@@ -453,7 +588,7 @@ func (b *aioBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uint3
 		if len(b.ready) > 0 { // the flush failed an op: deliver, don't sleep
 			return submitted, b.ready.deliver(deliver), nil
 		}
-		if len(b.staged) > 0 && (timeout < 0 || timeout > aioFullRetry) {
+		if b.Staged() > 0 && (timeout < 0 || timeout > aioFullRetry) {
 			// The kernel refused them (EAGAIN: its ring is full, or
 			// its free slots sit in other CPUs' caches). Completions
 			// make room, and wake this sleep; but if none comes, try
@@ -461,7 +596,20 @@ func (b *aioBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uint3
 			timeout = aioFullRetry
 		}
 	}
-	got, err := b.ctx.GetEvents(1, b.events, timeout)
+	if len(b.ctxs) > 1 {
+		// A completion in another context signals the doorbell eventfd;
+		// one that came before the doorbell's drain (flushed just now, or
+		// in the round's Flush) was counted away with it, so look at
+		// their rings once more before sleeping.
+		n := 0
+		for _, c := range b.ctxs[1:] {
+			n += b.reapCtx(c, deliver)
+		}
+		if n > 0 {
+			return submitted, n, nil
+		}
+	}
+	got, err := b.ctxs[0].ctx.GetEvents(1, b.events, timeout)
 	if err != nil {
 		return submitted, 0, err
 	}
@@ -482,14 +630,15 @@ func (b *aioBackend) Cancel(id OpID) error {
 	s.cancelled = true
 	if s.staged {
 		// Not in the kernel yet: take it out of the next io_submit.
-		for i, cb := range b.staged {
+		c := b.ctxs[s.ctx]
+		for i, cb := range c.staged {
 			if cb == &s.cb {
-				b.staged = append(b.staged[:i], b.staged[i+1:]...)
+				c.staged = append(c.staged[:i], c.staged[i+1:]...)
 				break
 			}
 		}
 		s.staged = false
-		b.ops--
+		b.release(s)
 		b.ready.add(id, -int32(unix.ECANCELED))
 		return nil
 	}
@@ -498,7 +647,7 @@ func (b *aioBackend) Cancel(id OpID) error {
 		// a file op finishes with its real result.
 		return nil
 	}
-	return b.ctx.Cancel(&s.cb)
+	return b.ctxs[s.ctx].ctx.Cancel(&s.cb)
 }
 
 func (b *aioBackend) Wake() error {
@@ -512,18 +661,37 @@ func (b *aioBackend) Wake() error {
 }
 
 func (b *aioBackend) Counters() backendCounters {
-	c := b.ctx.Counters()
-	return backendCounters{
-		Submits:       c.Submits,
-		GetEvents:     c.GetEvents,
-		Other:         c.Cancels + b.other.Load(),
-		ReapedUser:    c.ReapedUser,
-		ReapedSyscall: c.ReapedSyscall,
+	bc := backendCounters{Other: b.other.Load()}
+	for _, x := range b.contexts() {
+		c := x.Counters()
+		bc.Submits += c.Submits
+		bc.GetEvents += c.GetEvents
+		bc.Other += c.Cancels
+		bc.ReapedUser += c.ReapedUser
+		bc.ReapedSyscall += c.ReapedSyscall
+		bc.AIOContexts++
+		bc.AIOEvents += uint64(x.Nr())
 	}
+	return bc
+}
+
+// contexts returns the live contexts for Counters, which runs on any
+// goroutine while the loop may be adding one: the list is published with
+// an atomic pointer for it.
+func (b *aioBackend) contexts() []*aio.Context {
+	if p := b.published.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 func (b *aioBackend) Close() error {
-	err := b.ctx.Destroy()
+	var err error
+	for _, c := range b.ctxs {
+		if e := c.ctx.Destroy(); e != nil && err == nil {
+			err = e
+		}
+	}
 	unix.Close(b.wakeFd)
 	return err
 }

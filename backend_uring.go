@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
 	"github.com/userland-io/uio/uring"
@@ -16,9 +17,9 @@ import (
 // DEFER_TASKRUN ring, runs the completions' task work so the CQEs are in the
 // ring when the loop reaps right after it.
 type uringBackend struct {
-	ring     *uring.Ring
-	capacity int
-	inKernel int // submitted ops whose CQE has not been reaped, internal ones included
+	ring *uring.Ring
+	// dropped is the CQ overflow counter last seen: CQEs the kernel lost.
+	dropped uint32
 
 	slots chunked[uringSlot]
 	ready readyQueue
@@ -34,7 +35,10 @@ type uringBackend struct {
 
 	hasOp [opKindEnd]bool // kinds whose opcode the kernel has (native)
 
-	reaped counter
+	reaped    counter
+	overflows    counter       // Reaps that flushed completions the CQ had no room for
+	droppedTotal atomic.Uint64 // CQEs the kernel dropped (it could not hold the overflow)
+	log          *zap.Logger
 
 	other atomic.Uint64
 }
@@ -47,12 +51,15 @@ type uringSlot struct {
 	path []byte       // OPENAT's NUL-terminated path
 }
 
+// uringMaxCQ is IORING_MAX_CQ_ENTRIES (2 * IORING_MAX_ENTRIES).
+const uringMaxCQ = 65536
+
 const (
 	uringWakeTag   = internalTag | 1
 	uringCancelTag = internalTag | 2
 )
 
-func newUringBackend(depth int, sqe128 bool) (*uringBackend, error) {
+func newUringBackend(depth, maxInFlight int, sqe128 bool, log *zap.Logger) (*uringBackend, error) {
 	if depth < 8 {
 		depth = 8
 	}
@@ -60,7 +67,21 @@ func newUringBackend(depth int, sqe128 bool) (*uringBackend, error) {
 	if sqe128 {
 		extra = uring.IORING_SETUP_SQE128
 	}
-	ring, err := uring.NewWithExtra(uint32(depth), extra)
+	// The SQ bounds one round's submissions; the CQ must hold a
+	// completion for every op in flight, and most of those may be waiting
+	// for a long time (an idle socket's recv). So the CQ is sized for the
+	// ops in flight, not for a round: 64 times the SQ, at most the
+	// kernel's maximum (65536 entries, 1 MiB). Beyond it the kernel holds
+	// the overflow (NODROP, checked below), which Reap flushes.
+	cq := 64 * depth
+	if maxInFlight > 0 {
+		cq = depth + maxInFlight
+	}
+	cq = min(cq, uringMaxCQ)
+	ring, err := uring.NewSized(uint32(depth), uint32(cq), extra)
+	if errors.Is(err, unix.ENOMEM) {
+		ring, err = uring.NewWithExtra(uint32(depth), extra) // memlock-accounted kernels (before 5.12)
+	}
 	if err != nil {
 		if errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM) {
 			// No io_uring at all, or turned off (kernel.io_uring_disabled,
@@ -73,10 +94,7 @@ func newUringBackend(depth int, sqe128 bool) (*uringBackend, error) {
 		ring.Close()
 		return nil, err
 	}
-	b := &uringBackend{ring: ring, capacity: int(ring.SQEntries()), cqes: make([]uring.CQE, 256)}
-	if c := int(ring.CQEntries()) / 2; c < b.capacity {
-		b.capacity = c // leave CQ room for cancels and the doorbell
-	}
+	b := &uringBackend{ring: ring, cqes: make([]uring.CQE, 256), log: log}
 	for k := OpKind(1); k < opKindEnd; k++ {
 		b.hasOp[k] = true
 	}
@@ -110,9 +128,12 @@ func (b *uringBackend) Name() string { return BackendUring }
 func (b *uringBackend) native(k OpKind) bool { return b.hasOp[k] }
 func (b *uringBackend) Staged() int          { return int(b.ring.SQReady()) }
 
+// Prepare fills an SQE for op. It fails (errSQFull) only when this round's
+// SQ is full; the loop then flushes and goes on. Nothing bounds the
+// ops in the kernel: the CQ is sized for them, and overflow is flushed.
 func (b *uringBackend) Prepare(id OpID, op *Op) error {
-	if b.inKernel+int(b.ring.SQReady()) >= b.capacity {
-		return errBackendFull
+	if b.ring.SQSpace() == 0 {
+		return errSQFull
 	}
 	s := b.slots.at(id.index())
 	s.op = op
@@ -144,7 +165,7 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 	}
 	sqe := b.ring.GetSQE()
 	if sqe == nil {
-		return errBackendFull
+		return errSQFull
 	}
 	switch op.Kind {
 	case OpRead:
@@ -226,9 +247,7 @@ func (b *uringBackend) Flush() (int, error) {
 		b.armDoorbell()
 	}
 	b.stageCancels()
-	n, err := b.ring.Submit()
-	b.inKernel += n
-	return n, err
+	return b.ring.Submit()
 }
 
 func (b *uringBackend) Reap(deliver func(OpID, int32, uint32)) int {
@@ -239,14 +258,32 @@ func (b *uringBackend) Reap(deliver func(OpID, int32, uint32)) int {
 			n += b.complete(&b.cqes[i], deliver)
 		}
 		b.reaped.add(uint64(got))
-		if got < len(b.cqes) {
-			return n
+		if got == len(b.cqes) {
+			continue
+		}
+		if !b.ring.OverflowPending() {
+			break
+		}
+		// More completions than the CQ holds: the kernel keeps the rest
+		// until an enter with GETEVENTS, which Submit makes when the
+		// overflow flag is up. The CQ is empty now, so they fit.
+		b.overflows.add(1)
+		if _, err := b.ring.Submit(); err != nil {
+			break
 		}
 	}
+	if d := b.ring.Dropped(); d != b.dropped {
+		// Each is an op that will never complete: nothing can be done
+		// for it, but it must not go unseen.
+		b.log.Error("uio: io_uring dropped completions (CQ overflow the kernel could not hold)",
+			zap.Uint32("dropped", d-b.dropped), zap.Uint32("cq_entries", b.ring.CQEntries()))
+		b.dropped = d
+		b.droppedTotal.Store(uint64(d))
+	}
+	return n
 }
 
 func (b *uringBackend) complete(c *uring.CQE, deliver func(OpID, int32, uint32)) int {
-	b.inKernel--
 	id := OpID(c.UserData)
 	if id&internalTag != 0 {
 		if id == uringWakeTag {
@@ -279,7 +316,6 @@ func (b *uringBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uin
 	}
 	b.stageCancels()
 	n, err := b.ring.SubmitAndWait(1, timeout)
-	b.inKernel += n
 	if err != nil {
 		return n, 0, err
 	}
@@ -307,9 +343,11 @@ func (b *uringBackend) Wake() error {
 
 func (b *uringBackend) Counters() backendCounters {
 	return backendCounters{
-		Enters:     b.ring.Enters(),
-		Other:      b.other.Load(),
-		ReapedUser: b.reaped.load(),
+		Enters:      b.ring.Enters(),
+		Other:       b.other.Load(),
+		ReapedUser:  b.reaped.load(),
+		CQOverflows: b.overflows.load(),
+		DroppedCQEs: b.droppedTotal.Load(),
 	}
 }
 

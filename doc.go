@@ -64,9 +64,21 @@
 // finishes). Stream ops (OpRecv, OpSend, OpAccept) never complete with
 // EAGAIN: the engine waits for readiness with a poll and retries.
 //
-// A full ring is backpressure, not an error: ops beyond the backend's
-// capacity (Config.Depth) wait in the engine, in order, and go out as
-// completions make room.
+// Nothing bounds the ops in flight but the kernel's memory: an op that
+// waits a long time (the recv of an idle connection, a poll) never keeps
+// another op out. Config.Depth sizes one round's submissions (the io_uring
+// SQ; a round with more ops makes one more io_uring_enter per Depth ops).
+// The io_uring CQ is sized for the ops in flight (Config.MaxInFlight, or 64
+// x Depth, at most 65536), and completions beyond it, which the kernel holds
+// (NODROP), are moved into it by an extra enter (Stats.CQOverflows). An AIO
+// ring holds a completion per op in flight, so the loop adds AIO contexts as
+// its ops outgrow the ones it has (Stats.AIOContexts): the first is slept
+// on, the others signal its doorbell eventfd (IOCB_FLAG_RESFD), and every
+// round reaps all of their rings in userspace. AIO contexts count against
+// the system-wide fs.aio-max-nr; when it leaves no room, NewLoop (given
+// Config.MaxInFlight) or the first context that cannot be added logs the
+// figures and the sysctl to raise, and ops wait in the engine, in order,
+// until completions make room: backpressure, not an error.
 //
 // # Chains and deadlines
 //

@@ -16,10 +16,21 @@ import (
 type Config struct {
 	// Backend is "auto" (io_uring where usable, else AIO), "aio" or "uring".
 	Backend string
-	// Depth is the most ops the loop keeps in the kernel's hands at once;
-	// more are queued in the engine (backpressure, not an error). It sizes
-	// the AIO ring or the io_uring SQ. Default 1024.
+	// Depth sizes one round's submissions: the io_uring SQ, and the first
+	// AIO context. It does not bound the ops in flight: ops that wait in
+	// the kernel for a long time (an idle socket's recv or poll) must never
+	// keep other ops out. On io_uring the CQ is sized for the ops in flight
+	// (64 x Depth, at most 65536) and overflow beyond it is flushed; on AIO
+	// the loop adds contexts as the ops in flight outgrow the ones it has,
+	// until fs.aio-max-nr says no (logged with the figures, once; ops then
+	// wait in the engine). Default 1024.
 	Depth int
+	// MaxInFlight is how many ops the loop may have in flight at most, as
+	// far as its user knows (a proxy: two per connection it can carry).
+	// 0: unknown. On io_uring it sizes the CQ (Depth + MaxInFlight, at
+	// most 65536; default 64 x Depth); on AIO, NewLoop warns at once when
+	// fs.aio-max-nr leaves no room for that many, naming the sysctl.
+	MaxInFlight int
 	// Logger receives the loop's rare events (backend chosen, submit
 	// errors). Default: no logging.
 	Logger *zap.Logger
@@ -394,7 +405,14 @@ func (l *Loop) stage() {
 			if s.polling {
 				op = &s.pollOp
 			}
-			if err := l.b.Prepare(id, op); err == nil {
+			err := l.b.Prepare(id, op)
+			if err == errSQFull {
+				// More ops this round than the io_uring SQ holds:
+				// hand these to the kernel now and go on.
+				l.flush()
+				err = l.b.Prepare(id, op)
+			}
+			if err == nil {
 				s.state = slotKernel
 				l.inflight++
 				continue

@@ -41,6 +41,20 @@ type Stats struct {
 
 	// Batches is the histogram of ops per flush; see BatchBuckets.
 	Batches [BatchBuckets]uint64
+
+	// CQOverflows counts the times io_uring completions outgrew the CQ
+	// and an extra io_uring_enter moved the kernel's overflow into it (the
+	// CQ is sized for the ops in flight, so this stays 0 unless a loop
+	// carries more than about 65,000 of them). DroppedCQEs counts
+	// completions the kernel could not keep at all: each is an op that
+	// never completes, and the loop logs it as an error.
+	CQOverflows uint64
+	DroppedCQEs uint64
+	// AIOContexts is the number of AIO contexts the loop has set up (a
+	// gauge, not summed by Sub): it starts with one and adds one each time
+	// the ops in flight outgrow them; AIOEvents is their total capacity.
+	AIOContexts uint64
+	AIOEvents   uint64
 }
 
 // Syscalls is the total number of syscalls the engine made.
@@ -72,6 +86,8 @@ func (s Stats) Sub(old Stats) Stats {
 	d.ReapedSyscall -= old.ReapedSyscall
 	d.Flushes -= old.Flushes
 	d.FlushedOps -= old.FlushedOps
+	d.CQOverflows -= old.CQOverflows
+	d.DroppedCQEs -= old.DroppedCQEs
 	for i := range d.Batches {
 		d.Batches[i] -= old.Batches[i]
 	}
@@ -97,6 +113,10 @@ func (s *Stats) add(o Stats) {
 	s.ReapedSyscall += o.ReapedSyscall
 	s.Flushes += o.Flushes
 	s.FlushedOps += o.FlushedOps
+	s.CQOverflows += o.CQOverflows
+	s.DroppedCQEs += o.DroppedCQEs
+	s.AIOContexts += o.AIOContexts
+	s.AIOEvents += o.AIOEvents
 	for i := range s.Batches {
 		s.Batches[i] += o.Batches[i]
 	}
@@ -178,5 +198,7 @@ func (l *Loop) Stats() Stats {
 	c := l.b.Counters()
 	s.Submits, s.GetEvents, s.Enters, s.Other = c.Submits, c.GetEvents, c.Enters, c.Other
 	s.ReapedUser, s.ReapedSyscall = c.ReapedUser, c.ReapedSyscall
+	s.CQOverflows, s.DroppedCQEs = c.CQOverflows, c.DroppedCQEs
+	s.AIOContexts, s.AIOEvents = c.AIOContexts, c.AIOEvents
 	return s
 }

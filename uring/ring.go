@@ -112,11 +112,26 @@ func New(entries uint32) (*Ring, error) {
 // it tries: IORING_SETUP_SQE128 for 128-byte SQEs (URING_CMD payloads of 80
 // bytes, as ublk's control commands need), IORING_SETUP_CQE32.
 func NewWithExtra(entries uint32, extra uint32) (*Ring, error) {
+	return NewSized(entries, 0, extra)
+}
+
+// NewSized is NewWithExtra with a CQ of cqEntries entries
+// (IORING_SETUP_CQSIZE|IORING_SETUP_CLAMP: the kernel rounds it up to a
+// power of two, at least entries, and clamps it to its maximum, 65536 on
+// 6.x); 0 keeps the default of twice the SQ. A CQ sized for the ops in
+// flight rather than for one round's submissions is what lets many ops wait
+// in the kernel (idle sockets' recvs, polls) without overflowing it.
+func NewSized(entries, cqEntries, extra uint32) (*Ring, error) {
 	c := make([]uint32, len(setupCandidates))
 	for i, f := range setupCandidates {
 		c[i] = f | extra
 	}
-	return newFirst(entries, c, NewWithFlags)
+	return newFirst(entries, c, func(n, f uint32) (*Ring, error) {
+		if f&unsupportedSetup != 0 {
+			return NewWithFlags(n, f)
+		}
+		return openRing(n, cqEntries, f)
+	})
 }
 
 func newFirst(entries uint32, candidates []uint32, open func(uint32, uint32) (*Ring, error)) (*Ring, error) {
@@ -147,7 +162,7 @@ func NewWithFlags(entries uint32, flags uint32) (*Ring, error) {
 		return nil, fmt.Errorf("uring: setup flags %s: not supported by this package: %w",
 			SetupFlagsString(flags&unsupportedSetup), unix.EOPNOTSUPP)
 	}
-	return openRing(entries, flags)
+	return openRing(entries, 0, flags)
 }
 
 // entrySizes returns the SQE and CQE sizes a ring with these flags has.
@@ -450,6 +465,27 @@ func (r *Ring) Overflow() bool {
 	}
 	return atomic.LoadUint32(r.sq.flags)&IORING_SQ_CQ_OVERFLOW != 0 ||
 		atomic.LoadUint32(r.cq.overflow) != 0
+}
+
+// OverflowPending reports whether the kernel is holding CQEs that did not
+// fit in the CQ (IORING_SQ_CQ_OVERFLOW, on IORING_FEAT_NODROP kernels):
+// reap the CQ, then Submit (its enter carries GETEVENTS, which moves them
+// into the CQ) and reap again.
+func (r *Ring) OverflowPending() bool {
+	if r.closed {
+		return false
+	}
+	return atomic.LoadUint32(r.sq.flags)&IORING_SQ_CQ_OVERFLOW != 0
+}
+
+// Dropped returns the number of CQEs the kernel could not post at all (the
+// CQ overflow counter; non-zero only without NODROP or when the kernel could
+// not allocate an overflow entry).
+func (r *Ring) Dropped() uint32 {
+	if r.closed {
+		return 0
+	}
+	return atomic.LoadUint32(r.cq.overflow)
 }
 
 // RegisterEventFd makes the kernel signal eventfd fd whenever CQEs are

@@ -398,3 +398,20 @@ func TestTaskrunFlagHint(t *testing.T) {
 		})
 	}
 }
+
+// NewSized gives the CQ the size asked for (rounded up to a power of two)
+// and clamps what is beyond the kernel's maximum.
+func TestNewSizedCQ(t *testing.T) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	for _, tc := range []struct{ sq, cq, want uint32 }{{8, 0, 16}, {8, 1000, 1024}, {8, 1 << 20, 65536}} {
+		r, err := NewSized(tc.sq, tc.cq, 0)
+		if err != nil {
+			t.Fatalf("NewSized(%d, %d): %v", tc.sq, tc.cq, err)
+		}
+		if got := r.CQEntries(); got != tc.want && !(tc.cq == 0 && got == 2*r.SQEntries()) {
+			t.Errorf("NewSized(%d, %d): CQ of %d entries, want %d", tc.sq, tc.cq, got, tc.want)
+		}
+		r.Close()
+	}
+}

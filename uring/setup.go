@@ -26,16 +26,20 @@ type ringMem struct {
 	sqRing, cqRing, sqes region
 }
 
-func openRing(entries, flags uint32) (*Ring, error) {
-	return openRingMapped(entries, flags, false)
+func openRing(entries, cqEntries, flags uint32) (*Ring, error) {
+	return openRingMapped(entries, cqEntries, flags, false)
 }
 
 // openRingMapped sets up a ring; separateCQ maps the CQ ring on its own
 // even when the kernel offers IORING_FEAT_SINGLE_MMAP, which is what kernels
 // before 5.4 require (tests use it to run that path on a new kernel).
-func openRingMapped(entries, flags uint32, separateCQ bool) (*Ring, error) {
+func openRingMapped(entries, cqEntries, flags uint32, separateCQ bool) (*Ring, error) {
 	p := new(params)
 	p.flags = flags
+	if cqEntries > 0 {
+		p.flags |= IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP
+		p.cqEntries = cqEntries
+	}
 	fd, err := ioUringSetup(entries, p)
 	if err != nil {
 		return nil, err

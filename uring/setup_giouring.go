@@ -24,10 +24,14 @@ type ringMem struct {
 	g *giouring.Ring
 }
 
-func openRing(entries, flags uint32) (*Ring, error) {
+func openRing(entries, cqEntries, flags uint32) (*Ring, error) {
 	if layoutErr != nil {
 		return nil, layoutErr
 	}
+	// giouring's Params keeps its fields unexported, so a CQ size cannot
+	// be passed through it: the ring gets the default CQ (twice the SQ),
+	// and overflow beyond it is held by the kernel (IORING_FEAT_NODROP).
+	_ = cqEntries
 	g := giouring.NewRing()
 	if err := g.QueueInit(entries, flags); err != nil {
 		errno := unix.EIO

@@ -24,7 +24,7 @@ func TestMmapLayout(t *testing.T) {
 			}
 			t.Run(name, func(t *testing.T) {
 				runtime.LockOSThread()
-				r, err := openRingMapped(64, flags, separate)
+				r, err := openRingMapped(64, 0, flags, separate)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -1,0 +1,118 @@
+package uio
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Ops that wait in the kernel for a long time (recvs on idle sockets) must
+// not keep others out: with a depth of 8, 200 idle recvs are armed, and a
+// recv on a socket that has data, submitted after them, still completes.
+// Before the in-flight model changed, the 9th op waited behind the idle ones
+// forever (about 2,048 idle connections stopped a proxy of depth 4096).
+func TestIdleOpsDoNotFillTheLoop(t *testing.T) {
+	forEachBackend(t, Config{Depth: 8}, func(t *testing.T, l *Loop) {
+		const idle = 200
+		peers := make([]int, idle)
+		idleDone := make(chan Result, idle)
+		err := runOnLoop(l, func() error {
+			for i := range peers {
+				a, b := socketpair(t)
+				peers[i] = b
+				if _, err := l.Submit(Op{Kind: OpRecv, Fd: a, Buf: make([]byte, 64), Done: func(r Result) { idleDone <- r }}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, b := socketpair(t)
+		if _, err := unix.Write(b, []byte("ready")); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		buf := make([]byte, 16)
+		r, err := l.Do(ctx, Op{Kind: OpRecv, Fd: a, Buf: buf})
+		if err != nil || r.Res != 5 {
+			t.Fatalf("recv with data behind %d idle recvs (depth 8) = %d, %v; want 5 bytes", idle, r.Res, err)
+		}
+		// Data for the idle ones now: every one completes, whichever
+		// context (AIO) or overflow (io_uring) holds it.
+		for _, p := range peers {
+			unix.Write(p, []byte("x"))
+		}
+		for i := 0; i < idle; i++ {
+			select {
+			case r := <-idleDone:
+				if r.Res != 1 {
+					t.Fatalf("idle recv %d = %d, want 1", i, r.Res)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("only %d of %d idle recvs completed after their data came", i, idle)
+			}
+		}
+		if s := l.Stats(); l.Backend() == BackendAIO && s.AIOContexts < 2 {
+			t.Errorf("AIO loop of depth 8 carried %d ops with %d contexts", idle+1, s.AIOContexts)
+		}
+	})
+}
+
+// A completion in an added AIO context wakes a sleeping loop (it signals
+// the doorbell's eventfd), and io_uring completions beyond the CQ are not
+// lost (the kernel's overflow is flushed).
+func TestCompletionsBeyondTheFirstRing(t *testing.T) {
+	forEachBackend(t, Config{Depth: 8, MaxInFlight: 8}, func(t *testing.T, l *Loop) {
+		const n = 300
+		done := make(chan Result, n)
+		a, b := socketpair(t)
+		err := runOnLoop(l, func() error {
+			for i := 0; i < n; i++ {
+				if _, err := l.Submit(Op{Kind: OpPoll, Fd: a, Events: unix.POLLIN, Done: func(r Result) { done <- r }}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond) // the loop is asleep in the first context
+		unix.Write(b, []byte("x"))        // all n polls fire at once
+		for i := 0; i < n; i++ {
+			select {
+			case r := <-done:
+				if r.Res&unix.POLLIN == 0 {
+					t.Fatalf("poll %d = %#x, want POLLIN", i, r.Res)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%d of %d polls completed; stats %v", i, n, l.Stats())
+			}
+		}
+		s := l.Stats()
+		switch l.Backend() {
+		case BackendUring:
+			if s.CQOverflows == 0 || s.DroppedCQEs != 0 {
+				t.Errorf("%d completions on a CQ of %d entries: %d overflow flushes, %d dropped; want > 0 and 0", n, 16, s.CQOverflows, s.DroppedCQEs)
+			}
+		case BackendAIO:
+			if s.AIOContexts < 2 {
+				t.Errorf("%d polls at depth 8 in %d AIO contexts", n, s.AIOContexts)
+			}
+		}
+	})
+}
+
+// runOnLoop runs fn on the loop's goroutine and returns its error.
+func runOnLoop(l *Loop, fn func() error) error {
+	errc := make(chan error, 1)
+	if err := l.Post(func() { errc <- fn() }); err != nil {
+		return err
+	}
+	return <-errc
+}
