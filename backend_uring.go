@@ -35,7 +35,7 @@ type uringBackend struct {
 
 	hasOp [opKindEnd]bool // kinds whose opcode the kernel has (native)
 
-	reaped    counter
+	reaped       counter
 	overflows    counter       // Reaps that flushed completions the CQ had no room for
 	droppedTotal atomic.Uint64 // CQEs the kernel dropped (it could not hold the overflow)
 	log          *zap.Logger
