@@ -45,6 +45,9 @@ type backend interface {
 	// it sleeps in (io_uring_enter can; io_getevents cannot).
 	SubmitsOnWait() bool
 	Cancel(id OpID) error
+	// newPoolRing gives a BufferPool a kernel-side buffer ring (buffer
+	// group index), or errNotNative when the engine must select buffers.
+	newPoolRing(max, index int) (poolRing, error)
 	Wake() error
 	Counters() backendCounters
 	Close() error

@@ -39,6 +39,7 @@ type uringBackend struct {
 	overflows    counter       // Reaps that flushed completions the CQ had no room for
 	droppedTotal atomic.Uint64 // CQEs the kernel dropped (it could not hold the overflow)
 	log          *zap.Logger
+	bufRings     []*uring.BufRing // BufferPools' provided buffer rings
 
 	other atomic.Uint64
 }
@@ -185,6 +186,14 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 	case OpFdatasync:
 		sqe.PrepFsync(op.Fd, uring.IORING_FSYNC_DATASYNC)
 	case OpRecv:
+		if p := op.Pool; p != nil && p.ring != nil {
+			// The kernel picks a buffer of the pool's ring when data
+			// has arrived; none is held while the recv waits.
+			sqe.PrepRecv(op.Fd, nil, 0)
+			sqe.Len = uint32(p.size)
+			sqe.SelectBuffer(p.ring.Group())
+			break
+		}
 		sqe.PrepRecv(op.Fd, clampRW(op.Buf), int(op.Flags))
 	case OpSend:
 		sqe.PrepSend(op.Fd, clampRW(op.Buf), int(op.Flags)|unix.MSG_NOSIGNAL)
@@ -324,6 +333,18 @@ func (b *uringBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uin
 
 func (b *uringBackend) SubmitsOnWait() bool { return true }
 
+// newPoolRing registers a provided buffer ring (5.19+) for a BufferPool:
+// the pool keeps poolRingTarget buffers in it, so that many slots suffice.
+func (b *uringBackend) newPoolRing(_, index int) (poolRing, error) {
+	br, err := b.ring.SetupBufRing(poolRingTarget, uint16(index))
+	b.other.Add(1)
+	if err != nil {
+		return nil, err
+	}
+	b.bufRings = append(b.bufRings, br)
+	return br, nil
+}
+
 // Cancel stages an ASYNC_CANCEL for id. The SQEs of a round are issued in
 // order, so a cancel staged behind its target in the same round still finds
 // it. The cancel's own CQE is the backend's; the target's is the op's one
@@ -352,6 +373,9 @@ func (b *uringBackend) Counters() backendCounters {
 }
 
 func (b *uringBackend) Close() error {
+	for _, br := range b.bufRings {
+		br.Close()
+	}
 	err := b.ring.Close()
 	unix.Close(b.wakeFd)
 	return err

@@ -2,6 +2,7 @@ package uio
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 
@@ -28,6 +29,9 @@ import (
 func (l *Loop) Do(ctx context.Context, op Op) (Result, error) {
 	if err := op.validate(); err != nil {
 		return Result{}, err
+	}
+	if op.Pool != nil {
+		return Result{}, errPoolDo
 	}
 	if err := ctx.Err(); err != nil {
 		return Result{}, err
@@ -70,6 +74,10 @@ func (l *Loop) Do(ctx context.Context, op Op) (Result, error) {
 
 // doWaiter carries one Do to the loop and its result back, with its
 // functions bound once so that a Do allocates nothing.
+// errPoolDo: a pool buffer is given back on the loop's goroutine, which a
+// Do caller is not on.
+var errPoolDo = errors.New("uio: Do of a recv with a BufferPool: its buffer is given back with Put on the loop's goroutine; Submit it from there")
+
 type doWaiter struct {
 	l        *Loop
 	op       Op

@@ -80,6 +80,17 @@
 // figures and the sysctl to raise, and ops wait in the engine, in order,
 // until completions make room: backpressure, not an error.
 //
+// # Buffer pools
+//
+// A recv with Op.Pool instead of Op.Buf takes a buffer of a BufferPool only
+// when data has arrived, and its Result names it (Result.BufferID,
+// BufferPool.Bytes); the caller gives it back with Put once it is done with
+// the bytes. Idle connections then hold no buffer: on io_uring (5.19+) the
+// pool is a provided buffer ring the kernel selects from; on AIO the engine
+// tries the recv with a buffer taken for that attempt, returns it if the
+// socket had nothing, and polls before trying again. A recv that finds every
+// buffer out waits in the engine for a Put.
+//
 // # Chains and deadlines
 //
 // SubmitLinked (and DoLinked from other goroutines) runs ops one after the

@@ -94,6 +94,9 @@ func (l *Loop) DoLinked(ctx context.Context, ops ...Op) ([]Result, error) {
 		if err := ops[i].validate(); err != nil {
 			return nil, fmt.Errorf("uio: linked op %d of %d: %w", i+1, len(ops), err)
 		}
+		if ops[i].Pool != nil {
+			return nil, fmt.Errorf("uio: linked op %d of %d: %w", i+1, len(ops), errPoolDo)
+		}
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err

@@ -79,6 +79,8 @@ type Loop struct {
 	later    []func() // loop-internal work for the next round
 	// offloading counts ops running as blocking syscalls (offload)
 	offloading int
+	// pools with a kernel buffer ring, refilled every round
+	pools []*BufferPool
 
 	// Posting from other goroutines: a mutex-guarded queue, and a doorbell
 	// rung only when the loop is (about to be) asleep.
@@ -105,6 +107,7 @@ const (
 	slotTimer               // an OpTimeout waiting in the timer heap
 	slotOffloaded           // running as a blocking syscall on a goroutine of its own
 	slotLinked              // waiting in a chain for the op before it (SubmitLinked)
+	slotPoolWait            // a pool recv waiting for a buffer to come back (BufferPool)
 )
 
 type slot struct {
@@ -123,6 +126,9 @@ type slot struct {
 	// that cancellation's -ECANCELED into -ETIME.
 	deadline *Timer
 	timedOut bool
+	// poolBuf is 1 + the pool buffer the engine gave this recv for its
+	// attempt (pools without a kernel ring); 0: none.
+	poolBuf uint32
 }
 
 // NewLoop starts a loop on a new goroutine locked to its OS thread and
@@ -185,6 +191,9 @@ func (l *Loop) Submit(op Op) (OpID, error) {
 	}
 	if l.closing {
 		return 0, ErrClosed
+	}
+	if op.Pool != nil && op.Pool.l != l {
+		return 0, fmt.Errorf("uio: recv fd %d: the BufferPool belongs to another loop", op.Fd)
 	}
 	id, s := l.newSlot(op)
 	if op.Kind == OpTimeout {
@@ -252,7 +261,7 @@ func (l *Loop) Cancel(id OpID) {
 		s.timer.Stop()
 		s.timer = nil
 		l.finishLater(id, -int32(unix.ECANCELED))
-	case slotLinked:
+	case slotLinked, slotPoolWait:
 		l.finishLater(id, -int32(unix.ECANCELED))
 	case slotKernel:
 		if err := l.b.Cancel(id); err != nil {
@@ -305,10 +314,13 @@ func (l *Loop) finish(id OpID, s *slot, res int32, flags uint32) {
 	// an op that finished anyway (a file read in flight on AIO, an
 	// offloaded syscall) still ends the chain it was asked to end.
 	next, ok := s.next, chainHolds(&s.op, res) && !s.cancel && !s.timedOut
+	if p := s.op.Pool; p != nil {
+		flags = p.completed(s, res, flags)
+	}
 	done, kind := s.op.Done, s.op.Kind
 	s.op = Op{} // drop the buffers: the kernel is done with them
 	s.pollOp = Op{}
-	s.state, s.polling, s.cancel, s.timedOut, s.next = slotFree, false, false, false, 0
+	s.state, s.polling, s.cancel, s.timedOut, s.next, s.poolBuf = slotFree, false, false, false, 0, 0
 	s.gen = (s.gen + 1) & (1<<31 - 1)
 	l.free = append(l.free, id.index())
 	l.stats.cur.completions++
@@ -339,6 +351,20 @@ func (l *Loop) deliver(id OpID, res int32, flags uint32) {
 		}
 		l.requeue(s, id) // ready now: run the op itself again
 		return
+	}
+	if p := s.op.Pool; p != nil && !s.cancel {
+		if res == -int32(unix.ENOBUFS) && p.ring != nil {
+			// The kernel's ring ran dry this round: go again once the
+			// ring is refilled, or wait for a buffer to come back.
+			l.poolRetry(p, id, s)
+			return
+		}
+		if res == -int32(unix.EAGAIN) && s.poolBuf != 0 {
+			// Nothing to read: the buffer goes back while the engine
+			// waits for readiness (below), so an idle socket holds none.
+			p.release(uint16(s.poolBuf - 1))
+			s.poolBuf, s.op.Buf = 0, nil
+		}
 	}
 	if res == -int32(unix.EAGAIN) && retriesOnEAGAIN(&s.op) {
 		if s.cancel {
@@ -380,6 +406,9 @@ func (l *Loop) requeue(s *slot, id OpID) {
 // completes the cancelled ones wherever they stand in the queue, so a
 // cancel never waits for room in the kernel.
 func (l *Loop) stage() {
+	for _, p := range l.pools {
+		p.refill()
+	}
 	kept, full := 0, false
 	for i := 0; i < len(l.pending); i++ { // a Done may append to l.pending
 		idx := l.pending[i]
@@ -388,6 +417,17 @@ func (l *Loop) stage() {
 		if s.cancel {
 			l.finish(id, s, -int32(unix.ECANCELED), 0)
 			continue
+		}
+		if p := s.op.Pool; p != nil && !s.polling {
+			if p.setup(); p.ring == nil && s.poolBuf == 0 {
+				// The engine selects: a buffer for this attempt, or wait.
+				bid, ok := p.take()
+				if !ok {
+					p.wait(id, s)
+					continue
+				}
+				s.poolBuf, s.op.Buf = uint32(bid)+1, p.Bytes(int(bid))
+			}
 		}
 		if !s.polling && !l.b.native(s.op.Kind) {
 			if l.offloading < maxOffloaded {
@@ -611,7 +651,7 @@ func (l *Loop) Close() error {
 		}
 		for i := uint32(0); i < l.nslots; i++ {
 			s := l.slots.at(i)
-			if s.state == slotKernel || s.state == slotTimer || s.state == slotLinked {
+			if s.state == slotKernel || s.state == slotTimer || s.state == slotLinked || s.state == slotPoolWait {
 				l.Cancel(makeOpID(i, s.gen))
 			}
 		}

@@ -132,6 +132,10 @@ type Op struct {
 	// CmdOp and Cmd are the command and payload of OpUringCmd.
 	CmdOp uint32
 	Cmd   []byte
+	// Pool makes an OpRecv (with Buf nil and no Flags) receive into a
+	// buffer of the pool, taken only when data has arrived; see
+	// BufferPool. The pool must belong to the loop the op is submitted to.
+	Pool *BufferPool
 
 	// Done is called on the loop's goroutine with the op's one and only
 	// completion. It may submit further ops; it must not block.
@@ -268,6 +272,9 @@ func (op *Op) validate() error {
 		return fmt.Errorf("uio: %s fd %d: %s set, but %s uses only %s (besides Fd, Timeout and Done)",
 			op.Kind, op.Fd, stray.names(), op.Kind, opFields[op.Kind].names())
 	}
+	if op.Pool != nil && op.Kind != OpRecv {
+		return fmt.Errorf("uio: %s fd %d: Pool set, but only OpRecv receives into a pool", op.Kind, op.Fd)
+	}
 	if op.Kind == OpSendmsg || op.Kind == OpRecvmsg {
 		if op.Buf != nil && op.Iovecs != nil {
 			return fmt.Errorf("uio: %s fd %d: both Buf and Iovecs set; the data is one or the other", op.Kind, op.Fd)
@@ -300,6 +307,10 @@ func (op *Op) validate() error {
 	case OpUringCmd:
 		if len(op.Cmd) > 80 {
 			return fmt.Errorf("uio: uring_cmd fd %d: payload of %d bytes, at most 80", op.Fd, len(op.Cmd))
+		}
+	case OpRecv:
+		if op.Pool != nil && (op.Buf != nil || op.Flags != 0) {
+			return fmt.Errorf("uio: recv fd %d: Pool set with Buf or Flags; a pool recv takes its buffer from the pool and no MSG_* flags", op.Fd)
 		}
 	case OpFtruncate:
 		if op.Offset < 0 {

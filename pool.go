@@ -1,0 +1,241 @@
+package uio
+
+import (
+	"fmt"
+
+	"golang.org/x/sys/unix"
+)
+
+// BufferPool is a set of equal-size receive buffers owned by one loop. A
+// recv that names a pool (Op.Pool, Op.Buf nil) holds no buffer while it
+// waits: it gets one only when data has arrived, so a connection that is
+// not moving bytes costs no buffer memory. The Result then names the buffer
+// (Result.BufferID); it belongs to the caller until Put gives it back, which
+// is typically when the send of those bytes has completed.
+//
+// On io_uring (5.19+) the pool is a provided buffer ring: the kernel picks
+// the buffer itself when the data arrives (IOSQE_BUFFER_SELECT). On AIO, and
+// on older io_uring kernels, the engine does the same: the recv is tried
+// with a buffer taken just for the attempt, and if the socket has nothing,
+// the buffer goes back and the engine polls for readiness before taking one
+// again. Either way, when every buffer is out the recv waits in the engine
+// for a Put, in order, and other ops go on.
+//
+// Buffers are allocated as they are first needed, in chunks, up to the
+// pool's maximum, and reused most-recently-freed first, so the memory a pool
+// touches follows the data in flight, not the number of connections. A pool
+// and its buffers are used on its loop's goroutine only (Submit, Done,
+// Posted functions, timers), like Submit; NewBufferPool may be called from
+// any goroutine.
+type BufferPool struct {
+	l      *Loop
+	size   int
+	max    int
+	chunks [][]byte // poolChunk buffers each, allocated on demand
+	n      int      // buffers allocated
+	free   []uint16 // most recently freed last
+	out    int      // buffers with the caller (not free, not in the kernel's ring)
+
+	// The kernel's buffer ring (io_uring): set up on first use, on the
+	// loop's thread; ringTried records the attempt, so a kernel without
+	// provided buffer rings falls back to the engine's selection once.
+	ring      poolRing
+	ringTried bool
+	inRing    int // buffers in the kernel's ring
+
+	waiters []OpID // recvs waiting for a buffer, in order
+}
+
+// poolRing is the kernel side of a pool: io_uring's provided buffer ring.
+type poolRing interface {
+	Add(buf []byte, bid uint16)
+	Advance()
+	Group() uint16
+	Close() error
+}
+
+const (
+	poolChunk = 64
+	// poolRingTarget is how many free buffers the engine keeps in the
+	// kernel's ring. The kernel takes them in ring order, so every one of
+	// them gets touched over time: a small target keeps the pool's memory
+	// near the data in flight. A round with more recvs completing than
+	// this has the rest fail with ENOBUFS inside the engine; they wait
+	// for buffers and go out again in the next round.
+	poolRingTarget = 32
+	// MaxPoolBuffers is the most buffers a pool can have (io_uring buffer
+	// ids are 16 bits).
+	MaxPoolBuffers = 1 << 15
+)
+
+// ResultBuffer is set in Result.Flags when the op received into a pool
+// buffer; the buffer's id is Flags >> 16 (the layout of io_uring's CQE
+// flags, IORING_CQE_F_BUFFER, which AIO results imitate).
+const ResultBuffer uint32 = 1 << 0
+
+// NewBufferPool creates a pool of up to count buffers of size bytes each.
+// No memory is allocated until recvs need it.
+func (l *Loop) NewBufferPool(size, count int) (*BufferPool, error) {
+	if size <= 0 || size > maxRW {
+		return nil, fmt.Errorf("uio: NewBufferPool: buffer size %d out of range (1..%d)", size, maxRW)
+	}
+	if count <= 0 || count > MaxPoolBuffers {
+		return nil, fmt.Errorf("uio: NewBufferPool: %d buffers, want 1..%d", count, MaxPoolBuffers)
+	}
+	return &BufferPool{l: l, size: size, max: count}, nil
+}
+
+// Size returns the size of each buffer.
+func (p *BufferPool) Size() int { return p.size }
+
+// Bytes returns buffer id, all Size bytes of it (slice it to the Result's
+// Res). It stays valid until the buffer is Put back.
+func (p *BufferPool) Bytes(id int) []byte {
+	c := p.chunks[id/poolChunk]
+	off := (id % poolChunk) * p.size
+	return c[off : off+p.size : off+p.size]
+}
+
+// Put gives buffer id back to the pool. Loop goroutine only.
+func (p *BufferPool) Put(id int) {
+	if id < 0 || id >= p.n {
+		p.l.log.DPanic("uio: BufferPool.Put of a buffer the pool never gave out")
+		return
+	}
+	p.out--
+	p.release(uint16(id))
+}
+
+// Stats of a pool: buffers allocated, with the caller, and free (in the
+// kernel's ring included).
+func (p *BufferPool) Stats() (allocated, out int) { return p.n, p.out }
+
+// release puts a buffer back on the free list and lets the first waiting
+// recv, if any, go out again.
+func (p *BufferPool) release(bid uint16) {
+	p.free = append(p.free, bid)
+	for len(p.waiters) > 0 {
+		id := p.waiters[0]
+		p.waiters = p.waiters[1:]
+		if s := p.l.lookup(id); s != nil && s.state == slotPoolWait {
+			p.l.requeue(s, id)
+			return
+		}
+	}
+}
+
+// take returns a free buffer, allocating a chunk when none is free and the
+// pool may still grow.
+func (p *BufferPool) take() (uint16, bool) {
+	if n := len(p.free); n > 0 {
+		bid := p.free[n-1]
+		p.free = p.free[:n-1]
+		return bid, true
+	}
+	if p.n == p.max {
+		return 0, false
+	}
+	k := min(poolChunk, p.max-p.n)
+	p.chunks = append(p.chunks, make([]byte, poolChunk*p.size)[:k*p.size])
+	first := p.n
+	p.n += k
+	for i := first + k - 1; i > first; i-- {
+		p.free = append(p.free, uint16(i))
+	}
+	return uint16(first), true
+}
+
+// wait parks a recv until a buffer comes back.
+func (p *BufferPool) wait(id OpID, s *slot) {
+	s.state = slotPoolWait
+	p.waiters = append(p.waiters, id)
+}
+
+// refill keeps poolRingTarget free buffers in the kernel's ring.
+func (p *BufferPool) refill() {
+	if p.ring == nil || p.inRing >= poolRingTarget {
+		return
+	}
+	added := false
+	for p.inRing < poolRingTarget {
+		bid, ok := p.take()
+		if !ok {
+			break
+		}
+		p.ring.Add(p.Bytes(int(bid)), bid)
+		p.inRing++
+		added = true
+	}
+	if added {
+		p.ring.Advance()
+	}
+}
+
+// setup gives the pool its kernel ring, if the backend has one; on the
+// loop's thread, at the pool's first recv.
+func (p *BufferPool) setup() {
+	if p.ringTried {
+		return
+	}
+	p.ringTried = true
+	r, err := p.l.b.newPoolRing(p.max, len(p.l.pools))
+	if err != nil {
+		if err != errNotNative {
+			p.l.log.Debug("uio: no provided buffer ring; the engine selects buffers")
+		}
+		return
+	}
+	p.ring = r
+	p.l.pools = append(p.l.pools, p)
+}
+
+// errNotNative: the backend has no kernel-side form of a feature, and the
+// engine provides it.
+var errNotNative = fmt.Errorf("uio: not native to this backend: %w", unix.EOPNOTSUPP)
+
+// BufferID returns the pool buffer a recv with Op.Pool received into, and
+// whether it did (a recv of 0 bytes or an error returns its buffer to the
+// pool by itself).
+func (r Result) BufferID() (int, bool) {
+	if r.Flags&ResultBuffer == 0 || r.Res <= 0 {
+		return 0, false
+	}
+	return int(r.Flags >> 16), true
+}
+
+// completed settles the buffer of a finished pool recv and returns the
+// Result's flags: ResultBuffer and the buffer id when the caller gets the
+// buffer (Res > 0), none when it went back to the pool.
+func (p *BufferPool) completed(s *slot, res int32, flags uint32) uint32 {
+	var bid uint16
+	has := false
+	switch {
+	case s.poolBuf != 0:
+		bid, has = uint16(s.poolBuf-1), true
+		s.poolBuf = 0
+	case p.ring != nil && flags&ResultBuffer != 0:
+		bid, has = uint16(flags>>16), true
+		p.inRing--
+	}
+	flags &^= ResultBuffer | 0xffff<<16
+	if !has {
+		return flags
+	}
+	if res <= 0 {
+		p.release(bid)
+		return flags
+	}
+	p.out++
+	return flags | ResultBuffer | uint32(bid)<<16
+}
+
+// poolRetry sends a recv that found the kernel's ring empty out again in
+// the next round (when the ring is refilled), or parks it until a buffer
+// comes back.
+func (l *Loop) poolRetry(p *BufferPool, id OpID, s *slot) {
+	if len(p.free) > 0 || p.n < p.max {
+		l.requeue(s, id)
+		return
+	}
+	p.wait(id, s)
+}

@@ -1,0 +1,224 @@
+package uio
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// poolRecv submits a pool recv on fd from the loop; its Result goes to out.
+func poolRecv(l *Loop, p *BufferPool, fd int, out chan<- Result) (OpID, error) {
+	var id OpID
+	err := runOnLoop(l, func() error {
+		var err error
+		id, err = l.Submit(Op{Kind: OpRecv, Fd: fd, Pool: p, Done: func(r Result) { out <- r }})
+		return err
+	})
+	return id, err
+}
+
+func waitResult(t *testing.T, c <-chan Result, what string) Result {
+	t.Helper()
+	select {
+	case r := <-c:
+		return r
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s: no completion within 5 s", what)
+	}
+	return Result{}
+}
+
+// A pool recv gets its buffer when data arrives, names it, and an idle one
+// holds none: 200 idle pool recvs allocate no more than one chunk of
+// buffers (AIO: each attempt's buffer goes back on EAGAIN; io_uring: the
+// kernel's ring holds the pool's few free buffers, shared by all).
+func TestPoolRecv(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		p, err := l.NewBufferPool(128, 1024)
+		if err != nil {
+			t.Fatal(err)
+		}
+		const idle = 200
+		out := make(chan Result, idle)
+		peers := make([]int, idle)
+		fds := make([]int, idle)
+		for i := range peers {
+			fds[i], peers[i] = socketpair(t)
+			if _, err := poolRecv(l, p, fds[i], out); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+		var alloc, held int
+		runOnLoop(l, func() error { alloc, held = p.Stats(); return nil })
+		if alloc > poolChunk || held != 0 {
+			t.Fatalf("%d idle pool recvs: %d buffers allocated, %d held; want at most %d and 0", idle, alloc, held, poolChunk)
+		}
+		for i := 0; i < 10; i++ {
+			unix.Write(peers[i], []byte(strings.Repeat(string(rune('a'+i)), i+1)))
+		}
+		seen := map[int]bool{}
+		for i := 0; i < 10; i++ {
+			r := waitResult(t, out, "pool recv with data")
+			id, ok := r.BufferID()
+			if !ok || r.Res <= 0 || seen[id] {
+				t.Fatalf("pool recv = %d, buffer %d (%v), seen %v", r.Res, id, ok, seen[id])
+			}
+			seen[id] = true
+			data := string(p.Bytes(id)[:r.Res])
+			if data != strings.Repeat(data[:1], len(data)) || len(data) != int(data[0]-'a')+1 {
+				t.Fatalf("pool recv got %q", data)
+			}
+		}
+		runOnLoop(l, func() error { alloc, held = p.Stats(); return nil })
+		if held != 10 {
+			t.Fatalf("10 received, %d buffers held", held)
+		}
+		runOnLoop(l, func() error {
+			for id := range seen {
+				p.Put(id)
+			}
+			_, held = p.Stats()
+			return nil
+		})
+		if held != 0 {
+			t.Fatalf("after Put, %d held", held)
+		}
+		// End of stream: Res 0 and no buffer.
+		unix.Shutdown(peers[idle-1], unix.SHUT_WR)
+		if r := waitResult(t, out, "pool recv at EOF"); r.Res != 0 {
+			t.Fatalf("pool recv at EOF = %d", r.Res)
+		} else if _, ok := r.BufferID(); ok {
+			t.Fatal("a recv of 0 bytes names a buffer")
+		}
+	})
+}
+
+// When every buffer is out, pool recvs wait in the engine, in order, and go
+// out again as buffers come back; other ops are not held up, and a waiting
+// recv can be cancelled.
+func TestPoolExhausted(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		p, err := l.NewBufferPool(64, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := make(chan Result, 8)
+		var peers []int
+		var ids []OpID
+		for i := 0; i < 5; i++ {
+			a, b := socketpair(t)
+			unix.Write(b, []byte{byte('0' + i)})
+			peers = append(peers, b)
+			id, err := poolRecv(l, p, a, out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, id)
+		}
+		var got []Result
+		for i := 0; i < 2; i++ {
+			got = append(got, waitResult(t, out, "pool recv with a buffer free"))
+		}
+		select {
+		case r := <-out:
+			t.Fatalf("a third recv completed with 2 buffers, both held: %+v", r)
+		case <-time.After(50 * time.Millisecond):
+		}
+		// A plain recv is not held up by the waiting ones.
+		a, b := socketpair(t)
+		unix.Write(b, []byte("plain"))
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if r, err := l.Do(ctx, Op{Kind: OpRecv, Fd: a, Buf: make([]byte, 8)}); err != nil || r.Res != 5 {
+			t.Fatalf("plain recv while pool recvs wait = %d, %v", r.Res, err)
+		}
+		// Cancel the last waiting one; give a buffer back: one more runs.
+		runOnLoop(l, func() error { l.Cancel(ids[4]); return nil })
+		if r := waitResult(t, out, "cancelled pool recv"); r.Res != -int32(unix.ECANCELED) || r.ID != ids[4] {
+			t.Fatalf("cancelled waiting pool recv = %+v", r)
+		}
+		for _, r := range got {
+			id, _ := r.BufferID()
+			runOnLoop(l, func() error { p.Put(id); return nil })
+			r2 := waitResult(t, out, "pool recv after a Put")
+			if _, ok := r2.BufferID(); !ok || r2.Res != 1 {
+				t.Fatalf("pool recv after Put = %+v", r2)
+			}
+			got = append(got, r2)
+		}
+	})
+}
+
+func TestPoolMisuse(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		p, _ := l.NewBufferPool(64, 4)
+		a, _ := socketpair(t)
+		if _, err := l.Do(context.Background(), Op{Kind: OpRecv, Fd: a, Pool: p}); !errors.Is(err, errPoolDo) {
+			t.Errorf("Do of a pool recv: %v", err)
+		}
+		l2, err := NewLoop(Config{Backend: l.Backend()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l2.Close()
+		p2, _ := l2.NewBufferPool(64, 4)
+		for _, tc := range []struct {
+			op   Op
+			want string
+		}{
+			{Op{Kind: OpRecv, Fd: a, Pool: p, Buf: make([]byte, 1)}, "Pool set with Buf"},
+			{Op{Kind: OpRecv, Fd: a, Pool: p, Flags: unix.MSG_PEEK}, "Pool set with Buf or Flags"},
+			{Op{Kind: OpSend, Fd: a, Pool: p}, "only OpRecv"},
+			{Op{Kind: OpRecv, Fd: a, Pool: p2}, "another loop"},
+		} {
+			err := runOnLoop(l, func() error { _, err := l.Submit(tc.op); return err })
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Submit(%+v) = %v, want an error saying %q", tc.op, err, tc.want)
+			}
+		}
+	})
+	l, _ := NewLoop(Config{Backend: BackendAIO})
+	defer l.Close()
+	for _, tc := range [][2]int{{0, 1}, {64, 0}, {64, MaxPoolBuffers + 1}, {maxRW + 1, 1}} {
+		if _, err := l.NewBufferPool(tc[0], tc[1]); err == nil {
+			t.Errorf("NewBufferPool(%d, %d) succeeded", tc[0], tc[1])
+		}
+	}
+}
+
+// io_uring uses the kernel's provided buffer ring where it has one; the
+// engine's own selection (AIO's, and io_uring's before 5.19) works there too.
+func TestPoolRingOrEngine(t *testing.T) {
+	l, err := NewLoop(Config{Backend: BackendUring})
+	if err != nil {
+		t.Skip(err)
+	}
+	defer l.Close()
+	for _, engine := range []bool{false, true} {
+		p, _ := l.NewBufferPool(64, 4)
+		if engine {
+			p.ringTried = true // as if SetupBufRing had failed
+		}
+		a, b := socketpair(t)
+		out := make(chan Result, 1)
+		if _, err := poolRecv(l, p, a, out); err != nil {
+			t.Fatal(err)
+		}
+		unix.Write(b, []byte("hi"))
+		r := waitResult(t, out, "pool recv")
+		id, ok := r.BufferID()
+		if !ok || string(p.Bytes(id)[:r.Res]) != "hi" {
+			t.Fatalf("engine selection %v: %+v", engine, r)
+		}
+		var hasRing bool
+		runOnLoop(l, func() error { hasRing = p.ring != nil; p.Put(id); return nil })
+		if hasRing == engine {
+			t.Fatalf("engine selection %v: pool has a kernel ring: %v", engine, hasRing)
+		}
+	}
+}
