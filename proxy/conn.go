@@ -145,11 +145,17 @@ type direction struct {
 	c        *conn
 	idx      int
 	src, dst int
-	buf      []byte
-	n, off   int // bytes in buf, bytes of them sent
-	done     bool
-	busy     bool
-	id       uio.OpID
+	// buf holds the bytes being forwarded: a pool buffer (pooled, bufID)
+	// from the recv that got them until their send completes, or, before
+	// the first recv, the PROXY-header buffer's leftover. Between sends
+	// it is nil: an idle direction holds no buffer.
+	buf    []byte
+	pooled bool
+	bufID  int
+	n, off int // bytes in buf, bytes of them sent
+	done   bool
+	busy   bool
+	id     uio.OpID
 
 	recvDone, sendDone func(uio.Result)
 
@@ -501,9 +507,6 @@ func (c *conn) established() {
 			}
 			d.pollDone, d.spliceInDone, d.spliceOutDone = d.onPoll, d.onSpliceIn, d.onSpliceOut
 		} else {
-			if d.buf == nil {
-				d.buf = c.w.getBuf()
-			}
 			d.recvDone, d.sendDone = d.onRecv, d.onSend
 		}
 	}
@@ -531,6 +534,7 @@ func (c *conn) established() {
 		up.off = 0
 		up.send()
 	} else if c.state == stOpen {
+		up.dropBuf(c.w) // the PROXY-header buffer, if any: recvs use the pool
 		up.start()
 	}
 	if c.state == stOpen {
@@ -747,8 +751,7 @@ func (c *conn) finish() {
 		c.rt.r.released(c.up)
 	}
 	for i := range c.d {
-		c.w.putBuf(c.d[i].buf)
-		c.d[i].buf = nil
+		c.d[i].dropBuf(c.w)
 	}
 	c.w.s.logAccess(c)
 	c.w.s.release()
@@ -776,7 +779,20 @@ func (d *direction) submit(op uio.Op) {
 }
 
 func (d *direction) recv() {
-	d.submit(uio.Op{Kind: uio.OpRecv, Fd: d.src, Buf: d.buf, Done: d.recvDone})
+	d.submit(uio.Op{Kind: uio.OpRecv, Fd: d.src, Pool: d.c.w.pool, Done: d.recvDone})
+}
+
+// dropBuf gives the direction's buffer back: to the pool, or (the
+// PROXY-header buffer) to the worker's spares.
+// (d.c is not set before the connection is established; w always is.)
+func (d *direction) dropBuf(w *worker) {
+	switch {
+	case d.pooled:
+		w.pool.Put(d.bufID)
+	case d.buf != nil:
+		w.putBuf(d.buf)
+	}
+	d.buf, d.pooled = nil, false
 }
 
 func (d *direction) send() {
@@ -817,10 +833,15 @@ func (d *direction) sent() {
 }
 
 func (d *direction) onRecv(r uio.Result) {
+	c := d.c
+	if id, ok := r.BufferID(); ok {
+		// Ours until its bytes are sent, or until the connection's
+		// finish gives it back if it is closing.
+		d.buf, d.pooled, d.bufID = c.w.pool.Bytes(id), true, id
+	}
 	if !d.completed() {
 		return
 	}
-	c := d.c
 	switch {
 	case r.Res > 0:
 		d.n, d.off = int(r.Res), 0
@@ -849,6 +870,7 @@ func (d *direction) onSend(r uio.Result) {
 		d.send() // short send: the rest
 		return
 	}
+	d.dropBuf(d.c.w)
 	d.recv()
 }
 

@@ -33,9 +33,10 @@ type worker struct {
 	loop      *uio.Loop
 	acceptors []*acceptor
 	conns     map[*conn]struct{}
-	freeBufs  [][]byte     // buffers of closed connections, for the next ones
-	parked    []parkedConn // accepted beyond -max-conns, waiting for a slot
-	waiting   bool         // registered in Server.waiting; guarded by Server.mu
+	freeBufs  [][]byte        // PROXY-header buffers of closed connections, for the next ones
+	pool      *uio.BufferPool // receive buffers, taken only while bytes move
+	parked    []parkedConn    // accepted beyond -max-conns, waiting for a slot
+	waiting   bool            // registered in Server.waiting; guarded by Server.mu
 	resumeFn  func()
 
 	openListeners atomic.Int32

@@ -18,11 +18,28 @@ import (
 	"github.com/userland-io/uio"
 )
 
-// engineDepth is the most ops each loop keeps in the kernel at once; more
-// wait in the engine. Four ops per connection at most are ever pending
-// (recv or send per direction, plus connect/close), so this covers ~1000
-// busy connections per loop before any queueing.
+// engineDepth sizes one round's submissions per loop (the io_uring SQ, the
+// first AIO context). It does not bound the ops in flight: idle
+// connections' recvs wait in the kernel without holding anything else up.
 const engineDepth = 4096
+
+// opsInFlight is what a loop may have in flight when the process carries
+// as many connections as its descriptor limit allows: one recv or send per
+// socket, and as many again for the other direction's send, connects and
+// closes. It sizes io_uring's CQ and makes AIO say at start when
+// fs.aio-max-nr is too low for it.
+func opsInFlight(loops int) int {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil || rl.Cur == unix.RLIM_INFINITY {
+		return 0
+	}
+	return int(min(rl.Cur, 1<<20)) * 2 / max(loops, 1)
+}
+
+// poolBuffers is the most receive buffers a loop's pool hands out: at most
+// one per direction of a connection is out (while its bytes are being
+// sent), and they are allocated as they are first needed.
+const poolBuffers = uio.MaxPoolBuffers
 
 // Server is a running uioproxy: its loops, listeners and connections.
 // New opens everything, Start begins accepting, Shutdown drains and stops.
@@ -96,7 +113,7 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	g, err := uio.NewGroup(cfg.Loops, uio.Config{Backend: cfg.Backend, Depth: engineDepth, Logger: log})
+	g, err := uio.NewGroup(cfg.Loops, uio.Config{Backend: cfg.Backend, Depth: engineDepth, MaxInFlight: opsInFlight(cfg.Loops), Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("-backend %s: %w", cfg.Backend, err)
 	}
@@ -131,7 +148,13 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 	}
 	s.inherited = nil
 	for i, l := range g.Loops() {
-		w := &worker{s: s, idx: i, loop: l, conns: map[*conn]struct{}{}}
+		pool, err := l.NewBufferPool(cfg.BufferSize, poolBuffers)
+		if err != nil {
+			s.closeListeners()
+			g.Close()
+			return nil, err
+		}
+		w := &worker{s: s, idx: i, loop: l, conns: map[*conn]struct{}{}, pool: pool}
 		for _, ms := range s.maps {
 			w.addAcceptors(ms)
 		}
