@@ -44,12 +44,16 @@ type uringBackend struct {
 	other atomic.Uint64
 }
 
+// uringSlot is what the kernel reads while a slot's op runs, besides the
+// op's own buffers. The rarely used parts are allocated the first time a
+// slot needs them (and kept for its next ops): a slot per op in flight is
+// memory per idle connection.
 type uringSlot struct {
 	op   *Op
-	sa   uring.Sockaddr // CONNECT reads it when the op runs
+	sa   *uring.Sockaddr // CONNECT reads it when the op runs
 	iov  []unix.Iovec
-	msg  uring.Msghdr // SENDMSG and RECVMSG
-	path []byte       // OPENAT's NUL-terminated path
+	msg  *uring.Msghdr // SENDMSG and RECVMSG
+	path []byte        // OPENAT's NUL-terminated path
 }
 
 // uringMaxCQ is IORING_MAX_CQ_ENTRIES (2 * IORING_MAX_ENTRIES).
@@ -139,6 +143,9 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 	s := b.slots.at(id.index())
 	s.op = op
 	if op.Kind == OpConnect {
+		if s.sa == nil {
+			s.sa = new(uring.Sockaddr)
+		}
 		if err := s.sa.Set(op.Addr); err != nil {
 			b.ready.add(id, -int32(unix.EAFNOSUPPORT))
 			return nil
@@ -156,6 +163,9 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 			if op.Kind == OpSendmsg {
 				to = op.Msg.Addr
 			}
+		}
+		if s.msg == nil {
+			s.msg = new(uring.Msghdr)
 		}
 		if err := s.msg.Set(s.iov, oob, to, op.Kind == OpRecvmsg && op.Msg != nil); err != nil {
 			b.ready.add(id, errnoRes(err))
@@ -202,13 +212,13 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 	case OpAccept:
 		sqe.PrepAccept(op.Fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 	case OpConnect:
-		sqe.PrepConnect(op.Fd, &s.sa)
+		sqe.PrepConnect(op.Fd, s.sa)
 	case OpClose:
 		sqe.PrepClose(op.Fd)
 	case OpSendmsg:
-		sqe.PrepSendmsg(op.Fd, &s.msg, int(op.Flags)|unix.MSG_NOSIGNAL)
+		sqe.PrepSendmsg(op.Fd, s.msg, int(op.Flags)|unix.MSG_NOSIGNAL)
 	case OpRecvmsg:
-		sqe.PrepRecvmsg(op.Fd, &s.msg, int(op.Flags))
+		sqe.PrepRecvmsg(op.Fd, s.msg, int(op.Flags))
 	case OpOpenat:
 		sqe.PrepOpenat(op.Fd, s.path, int(op.Flags), op.Mode)
 	case OpFallocate:

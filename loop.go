@@ -118,7 +118,7 @@ type slot struct {
 	// the op itself found nothing to do); the op is retried when it fires.
 	polling bool
 	cancel  bool
-	pollOp  Op
+	pollOp  *Op // allocated at the slot's first poll, kept for its next ones
 	timer   *Timer
 	// next is the op that waits for this one in a chain (SubmitLinked).
 	next OpID
@@ -319,7 +319,9 @@ func (l *Loop) finish(id OpID, s *slot, res int32, flags uint32) {
 	}
 	done, kind := s.op.Done, s.op.Kind
 	s.op = Op{} // drop the buffers: the kernel is done with them
-	s.pollOp = Op{}
+	if s.pollOp != nil {
+		*s.pollOp = Op{}
+	}
 	s.state, s.polling, s.cancel, s.timedOut, s.next, s.poolBuf = slotFree, false, false, false, 0, 0
 	s.gen = (s.gen + 1) & (1<<31 - 1)
 	l.free = append(l.free, id.index())
@@ -380,7 +382,10 @@ func (l *Loop) deliver(id OpID, res int32, flags uint32) {
 		if s.op.Kind == OpSend || s.op.Kind == OpSendmsg {
 			events = unix.POLLOUT
 		}
-		s.pollOp = Op{Kind: OpPoll, Fd: s.op.Fd, Events: events}
+		if s.pollOp == nil {
+			s.pollOp = new(Op)
+		}
+		*s.pollOp = Op{Kind: OpPoll, Fd: s.op.Fd, Events: events}
 		l.requeue(s, id)
 		return
 	}
@@ -443,7 +448,7 @@ func (l *Loop) stage() {
 		if !full {
 			op := &s.op
 			if s.polling {
-				op = &s.pollOp
+				op = s.pollOp
 			}
 			err := l.b.Prepare(id, op)
 			if err == errSQFull {
