@@ -40,6 +40,7 @@ type uringBackend struct {
 	droppedTotal atomic.Uint64 // CQEs the kernel dropped (it could not hold the overflow)
 	log          *zap.Logger
 	bufRings     []*uring.BufRing // BufferPools' provided buffer rings
+	noMultishot  bool             // the kernel refused IORING_RECV_MULTISHOT (before 6.0)
 
 	other atomic.Uint64
 }
@@ -202,6 +203,9 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 			sqe.PrepRecv(op.Fd, nil, 0)
 			sqe.Len = uint32(p.size)
 			sqe.SelectBuffer(p.ring.Group())
+			if op.Multishot && !b.noMultishot {
+				sqe.IoPrio |= uring.IORING_RECV_MULTISHOT
+			}
 			break
 		}
 		sqe.PrepRecv(op.Fd, clampRW(op.Buf), int(op.Flags))
@@ -313,6 +317,13 @@ func (b *uringBackend) complete(c *uring.CQE, deliver func(OpID, int32, uint32))
 	}
 	res := c.Res
 	s := b.slots.at(id.index())
+	if res == -int32(unix.EINVAL) && s.op.Multishot && !b.noMultishot && s.op.Pool != nil && s.op.Pool.ring != nil {
+		// A kernel before 6.0 refuses IORING_RECV_MULTISHOT: from now on
+		// the engine re-arms each recv, and this one goes again at once
+		// (EAGAIN sends it through a readiness poll).
+		b.noMultishot = true
+		res = -int32(unix.EAGAIN)
+	}
 	switch {
 	case s.op.Kind == OpPoll:
 		res = pollMask(res, s.op.Events)

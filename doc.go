@@ -91,6 +91,11 @@
 // socket had nothing, and polls before trying again. A recv that finds every
 // buffer out waits in the engine for a Put.
 //
+// A pool recv with Op.Multishot runs until end of stream, an error or a
+// cancel, its Done called once per chunk (Result.More): on io_uring 6.0+ one
+// RECV the kernel keeps armed, so a chunk costs no SQE; elsewhere the engine
+// re-arms it.
+//
 // # Chains and deadlines
 //
 // SubmitLinked (and DoLinked from other goroutines) runs ops one after the

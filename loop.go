@@ -391,7 +391,37 @@ func (l *Loop) deliver(id OpID, res int32, flags uint32) {
 		l.requeue(s, id)
 		return
 	}
+	if s.op.Multishot && (res > 0 || flags&ResultMore != 0) {
+		l.shot(id, s, res, flags)
+		return
+	}
 	l.finish(id, s, res, flags)
+}
+
+// shot delivers one completion of a multishot op that goes on: the kernel
+// still has it armed (io_uring's CQE_F_MORE), or the engine arms it again
+// (AIO, and io_uring when the kernel ended it for its own reasons, such as
+// a full CQ), so that for the caller it ends only at end of stream, an
+// error or a cancel.
+func (l *Loop) shot(id OpID, s *slot, res int32, flags uint32) {
+	armed := flags&ResultMore != 0
+	if p := s.op.Pool; p != nil {
+		flags = p.completed(s, res, flags)
+	}
+	if armed {
+		l.inflight++ // still the kernel's
+	}
+	if done := s.op.Done; done != nil {
+		done(Result{ID: id, Kind: s.op.Kind, Res: res, Flags: flags | ResultMore})
+	}
+	if armed || s.state != slotKernel {
+		return // still armed, or the Done cancelled it and that is settled
+	}
+	if s.cancel {
+		l.finish(id, s, -int32(unix.ECANCELED), 0)
+		return
+	}
+	l.requeue(s, id)
 }
 
 func retriesOnEAGAIN(op *Op) bool {

@@ -136,6 +136,14 @@ type Op struct {
 	// buffer of the pool, taken only when data has arrived; see
 	// BufferPool. The pool must belong to the loop the op is submitted to.
 	Pool *BufferPool
+	// Multishot keeps a pool recv going: its Done runs once per chunk of
+	// data, each Result with More() true, until end of stream, an error or
+	// a cancel ends it with a last Result (More() false). On io_uring 6.0+
+	// it is one multishot RECV the kernel keeps armed
+	// (IORING_RECV_MULTISHOT); elsewhere the engine re-arms it. The bytes
+	// arrive in order; the caller must keep up or Cancel it (each chunk
+	// holds a pool buffer until Put).
+	Multishot bool
 
 	// Done is called on the loop's goroutine with the op's one and only
 	// completion. It may submit further ops; it must not block.
@@ -167,6 +175,13 @@ type Result struct {
 	// flags; 0 on AIO).
 	Flags uint32
 }
+
+// ResultMore is set in Result.Flags when more completions of the same
+// multishot op follow (io_uring's IORING_CQE_F_MORE).
+const ResultMore uint32 = 1 << 1
+
+// More reports whether more completions of this (multishot) op follow.
+func (r Result) More() bool { return r.Flags&ResultMore != 0 }
 
 // Err returns the error in Res, or nil when Res is not negative.
 func (r Result) Err() error {
@@ -272,6 +287,9 @@ func (op *Op) validate() error {
 		return fmt.Errorf("uio: %s fd %d: %s set, but %s uses only %s (besides Fd, Timeout and Done)",
 			op.Kind, op.Fd, stray.names(), op.Kind, opFields[op.Kind].names())
 	}
+	if op.Multishot && op.Kind != OpRecv {
+		return fmt.Errorf("uio: %s fd %d: Multishot set, but only OpRecv is multishot", op.Kind, op.Fd)
+	}
 	if op.Pool != nil && op.Kind != OpRecv {
 		return fmt.Errorf("uio: %s fd %d: Pool set, but only OpRecv receives into a pool", op.Kind, op.Fd)
 	}
@@ -309,6 +327,9 @@ func (op *Op) validate() error {
 			return fmt.Errorf("uio: uring_cmd fd %d: payload of %d bytes, at most 80", op.Fd, len(op.Cmd))
 		}
 	case OpRecv:
+		if op.Multishot && op.Pool == nil {
+			return fmt.Errorf("uio: recv fd %d: Multishot needs a Pool (each chunk gets a buffer of its own)", op.Fd)
+		}
 		if op.Pool != nil && (op.Buf != nil || op.Flags != 0) {
 			return fmt.Errorf("uio: recv fd %d: Pool set with Buf or Flags; a pool recv takes its buffer from the pool and no MSG_* flags", op.Fd)
 		}

@@ -172,6 +172,14 @@ const (
 // FSYNC flags (sqe.fsync_flags).
 const IORING_FSYNC_DATASYNC uint32 = 1 << 0
 
+// SEND/RECV ioprio flags (sqe.ioprio for IORING_OP_SEND*, IORING_OP_RECV*).
+const (
+	IORING_RECVSEND_POLL_FIRST uint16 = 1 << 0
+	IORING_RECV_MULTISHOT      uint16 = 1 << 1 // 6.0; needs IOSQE_BUFFER_SELECT
+	IORING_RECVSEND_FIXED_BUF  uint16 = 1 << 2
+	IORING_RECVSEND_BUNDLE     uint16 = 1 << 4 // 6.10
+)
+
 // ACCEPT ioprio flags (sqe.ioprio for IORING_OP_ACCEPT).
 const IORING_ACCEPT_MULTISHOT uint16 = 1 << 0
 
