@@ -356,6 +356,12 @@ func (l *Loop) deliver(id OpID, res int32, flags uint32) {
 		l.requeue(s, id) // ready now: run the op itself again
 		return
 	}
+	if p := s.op.Pool; p != nil && res == -int32(unix.ENOBUFS) && p.ring != nil && s.cancel {
+		// Ran out of buffers after the caller asked for an end: that
+		// is the end it asked for.
+		l.finish(id, s, -int32(unix.ECANCELED), flags)
+		return
+	}
 	if p := s.op.Pool; p != nil && !s.cancel {
 		if res == -int32(unix.ENOBUFS) && p.ring != nil {
 			// The kernel's ring ran dry this round: go again once the

@@ -138,9 +138,14 @@ type attempt struct {
 	done     func(uio.Result)
 }
 
-// direction moves one way: recv from src into buf, send buf to dst (or,
-// with splice, src -> pipe -> dst). At most one op is in flight per
-// direction, which is the whole of its flow control.
+// direction moves one way: a multishot recv from src hands it chunks in
+// pool buffers, sent to dst one at a time, in order (or, with splice, src
+// -> pipe -> dst, one op at a time). Flow control: a chunk that arrives
+// while a send is in flight waits, and the recv is cancelled (the data
+// stays in src's socket, so TCP pushes back on the peer) until what the
+// direction holds is sent; from then on the direction makes one recv per
+// chunk, after the send of the one before. A request/response exchange
+// never queues, so its recv stays armed for the connection's life.
 type direction struct {
 	c        *conn
 	idx      int
@@ -154,8 +159,16 @@ type direction struct {
 	bufID  int
 	n, off int // bytes in buf, bytes of them sent
 	done   bool
-	busy   bool
+	busy   bool // a send (or, with splice, any op) in flight: id
 	id     uio.OpID
+
+	// The multishot recv (buffered mode).
+	recvArmed bool
+	recvID    uio.OpID
+	paused    bool    // we cancelled the recv: a chunk had to wait
+	oneShot   bool    // it did once: one recv per chunk from then on
+	eofSeen   bool    // src's end of stream, passed on once queue is sent
+	queue     []chunk // received chunks waiting for the send in flight
 
 	recvDone, sendDone func(uio.Result)
 
@@ -167,6 +180,9 @@ type direction struct {
 	spliceInDone  func(uio.Result)
 	spliceOutDone func(uio.Result)
 }
+
+// chunk is a received pool buffer waiting to be sent.
+type chunk struct{ id, n int }
 
 var epoch = time.Now()
 
@@ -655,8 +671,12 @@ func (c *conn) abort(reason endReason, rst uint8) {
 		c.w.loop.Cancel(c.hdr.id)
 	}
 	for i := range c.d {
-		if d := &c.d[i]; d.busy {
+		d := &c.d[i]
+		if d.busy {
 			c.w.loop.Cancel(d.id)
+		}
+		if d.recvArmed {
+			c.w.loop.Cancel(d.recvID)
 		}
 	}
 	c.maybeClose()
@@ -779,7 +799,14 @@ func (d *direction) submit(op uio.Op) {
 }
 
 func (d *direction) recv() {
-	d.submit(uio.Op{Kind: uio.OpRecv, Fd: d.src, Pool: d.c.w.pool, Done: d.recvDone})
+	c := d.c
+	id, err := c.w.loop.Submit(uio.Op{Kind: uio.OpRecv, Fd: d.src, Pool: c.w.pool, Multishot: !d.oneShot, Done: d.recvDone})
+	if err != nil {
+		c.abort(endError, rstBoth)
+		return
+	}
+	d.recvID, d.recvArmed, d.paused = id, true, false
+	c.ops++
 }
 
 // dropBuf gives the direction's buffer back: to the pool, or (the
@@ -793,6 +820,10 @@ func (d *direction) dropBuf(w *worker) {
 		w.putBuf(d.buf)
 	}
 	d.buf, d.pooled = nil, false
+	for _, ch := range d.queue {
+		w.pool.Put(ch.id)
+	}
+	d.queue = d.queue[:0]
 }
 
 func (d *direction) send() {
@@ -832,23 +863,52 @@ func (d *direction) sent() {
 	}
 }
 
+// onRecv takes one completion of the multishot recv: a chunk (More), or
+// its end (end of stream, an error, or our own cancel).
 func (d *direction) onRecv(r uio.Result) {
 	c := d.c
-	if id, ok := r.BufferID(); ok {
-		// Ours until its bytes are sent, or until the connection's
-		// finish gives it back if it is closing.
-		d.buf, d.pooled, d.bufID = c.w.pool.Bytes(id), true, id
+	id, has := r.BufferID()
+	if !r.More() {
+		d.recvArmed = false
+		c.ops--
 	}
-	if !d.completed() {
+	if c.state != stOpen {
+		if has {
+			c.w.pool.Put(id)
+		}
+		c.maybeClose()
 		return
 	}
 	switch {
-	case r.Res > 0:
-		d.n, d.off = int(r.Res), 0
+	case has:
 		d.received(r.Res)
-		d.send()
+		if !d.busy {
+			d.buf, d.pooled, d.bufID, d.n, d.off = c.w.pool.Bytes(id), true, id, int(r.Res), 0
+			d.send()
+			return
+		}
+		d.queue = append(d.queue, chunk{id, int(r.Res)})
+		if d.recvArmed && !d.paused {
+			// dst takes bytes more slowly than src sends them: stop
+			// reading until what we hold is sent (what arrives before
+			// the cancel takes effect waits in the queue too), and from
+			// now on receive one chunk per recv: a multishot recv takes
+			// as many buffers as the socket has data for, which a
+			// direction that streams would hold while dst is slow.
+			d.paused, d.oneShot = true, true
+			c.w.loop.Cancel(d.recvID)
+		}
+	case r.More():
+		// an empty chunk: nothing to do
 	case r.Res == 0:
-		d.eof()
+		d.eofSeen = true
+		if !d.busy {
+			d.eof()
+		}
+	case d.paused && r.Res == -int32(unix.ECANCELED):
+		if !d.busy {
+			d.recv() // the queue drained before the cancel came back
+		}
 	default:
 		c.fail(r.Err(), d.src)
 	}
@@ -870,8 +930,34 @@ func (d *direction) onSend(r uio.Result) {
 		d.send() // short send: the rest
 		return
 	}
-	d.dropBuf(d.c.w)
-	d.recv()
+	d.sendNext()
+}
+
+// sendNext gives the sent buffer back and moves on: the next queued chunk,
+// the end of stream that came after them, or a recv armed again.
+func (d *direction) sendNext() {
+	w := d.c.w
+	switch {
+	case d.pooled:
+		w.pool.Put(d.bufID)
+	case d.buf != nil:
+		w.putBuf(d.buf) // the PROXY-header buffer's leftover
+	}
+	d.buf, d.pooled = nil, false
+	if len(d.queue) > 0 {
+		ch := d.queue[0]
+		d.queue = d.queue[:copy(d.queue, d.queue[1:])]
+		d.buf, d.pooled, d.bufID, d.n, d.off = w.pool.Bytes(ch.id), true, ch.id, ch.n, 0
+		d.send()
+		return
+	}
+	if d.eofSeen {
+		d.eof()
+		return
+	}
+	if !d.recvArmed {
+		d.recv() // the first recv after a PROXY-header leftover, or after a pause
+	}
 }
 
 // eof: a recv of 0 from src. That is its FIN, unless src was reset and
