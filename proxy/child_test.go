@@ -22,7 +22,8 @@ import (
 // The subprocess tests re-execute this test binary as the proxy alone: with
 // UIOPROXY_TEST_ARGS set, TestMain runs what cmd/uioproxy's main runs
 // (ParseArgs, then Run until SIGINT/SIGTERM) and exits, so the child process
-// holds nothing but the proxy (the load and the upstream stay in the parent).
+// holds nothing but the proxy (the load and the upstream stay in the parent,
+// or for the scale tests the upstream in a child of its own, echoChildMain).
 const (
 	childArgsEnv      = "UIOPROXY_TEST_ARGS"            // the proxy's arguments, separated by \x1f
 	childNofileEnv    = "UIOPROXY_TEST_NOFILE"          // RLIMIT_NOFILE for the child
@@ -33,6 +34,9 @@ const (
 func TestMain(m *testing.M) {
 	if args, ok := os.LookupEnv(childArgsEnv); ok {
 		os.Exit(childMain(strings.Split(args, "\x1f")))
+	}
+	if os.Getenv(echoChildEnv) != "" {
+		os.Exit(echoChildMain())
 	}
 	os.Exit(m.Run())
 }
