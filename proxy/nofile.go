@@ -76,7 +76,8 @@ func connsAllowed(limit uint64, inUse, perConn int) int {
 }
 
 // logNofile logs the descriptor limit and the number of connections it
-// allows, once the listeners and loops hold theirs; a -max-conns above that
+// allows, once the listeners, loops and metrics listener hold theirs and
+// before any connection is accepted; a -max-conns above that
 // number is warned about, since the connections beyond it would wait for
 // descriptors instead of a -max-conns slot.
 func (s *Server) logNofile(n nofile) {
@@ -92,7 +93,7 @@ func (s *Server) logNofile(n nofile) {
 	}
 	inUse, err := openFds()
 	if err != nil {
-		s.log.Warn("cannot count open descriptors", zap.Error(err))
+		s.log.Warn("cannot count open descriptors", zap.Error(err), zap.Uint64("nofile", n.cur))
 		return
 	}
 	allowed := connsAllowed(n.cur, inUse, perConn)

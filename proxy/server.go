@@ -473,13 +473,13 @@ func runWith(ctx context.Context, cfg Config, log *zap.Logger, logFile *LogFile)
 			}
 		}
 	}()
+	s.logNofile(limit) // before Start: counts the descriptors held without connections
 	s.Start()
 	for _, ms := range s.maps {
 		log.Info("forwarding", zap.Strings("listen", addrStrings(ms.addrs)), zap.String("target", ms.m.Target()))
 	}
 	log.Info("uioproxy started", zap.String("backend", s.Backend()), zap.Int("loops", cfg.Loops),
 		zap.Bool("splice", s.splice), zap.Int("buffer", cfg.BufferSize), zap.Int("pid", os.Getpid()))
-	s.logNofile(limit)
 	signalReady()
 	var stopStats func()
 	if cfg.StatsInterval > 0 {
