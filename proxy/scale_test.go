@@ -56,18 +56,7 @@ func echoChildMain() int {
 		}
 		go func() {
 			defer c.Close()
-			buf := make([]byte, 2<<10) // small: thousands of these wait in Read
-			for {
-				n, err := c.Read(buf)
-				if n > 0 {
-					if _, err := c.Write(buf[:n]); err != nil {
-						return
-					}
-				}
-				if err != nil {
-					return
-				}
-			}
+			echoWith(c, make([]byte, 2<<10)) // small: thousands of these wait in Read
 		}()
 	}
 }
