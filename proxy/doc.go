@@ -66,9 +66,12 @@
 // stalled on a slow reader the sockets' TCP_INFO byte counts); a
 // connect failure resets the client. TCP keepalive is on for both sockets
 // (-keepalive), so peers that vanish are found. -max-conns stops accepting
-// while the limit is reached, and running out of file descriptors
-// (EMFILE/ENFILE) pauses accepting with a growing back-off (100 ms to 1 s)
-// instead of spinning.
+// while the limit is reached. Run raises the soft RLIMIT_NOFILE to the
+// hard limit and logs how many connections it allows (two descriptors
+// each, six with -splice); running out of file descriptors (EMFILE/ENFILE)
+// pauses accepting with a growing back-off (100 ms to 1 s) instead of
+// spinning, while the open connections go on being served, and is logged
+// once, with the limit, per episode.
 //
 // Listening sockets may come from outside (systemd.go): systemd socket
 // activation (LISTEN_FDS) or the uioproxy this one replaces (SIGUSR2 in

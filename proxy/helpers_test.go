@@ -135,8 +135,10 @@ func (u *testServer) close() {
 
 // echoHandler echoes with a plain buffer: io.Copy between TCP conns would
 // splice through a pooled pipe that the leak check counts.
-func echoHandler(c *net.TCPConn) {
-	buf := make([]byte, 32<<10)
+func echoHandler(c *net.TCPConn) { echoWith(c, make([]byte, 32<<10)) }
+
+// echoWith echoes what c sends, buf at a time, until it ends.
+func echoWith(c net.Conn, buf []byte) {
 	for {
 		n, err := c.Read(buf)
 		if n > 0 {

@@ -72,8 +72,9 @@ type Server struct {
 	mu      sync.Mutex
 	waiting []*worker
 
-	// Rate limit for the "out of file descriptors" warning.
-	lastFdWarn atomic.Int64
+	// When the process last ran out of descriptors (UnixNano): warnFds
+	// logs once per episode.
+	lastFdHit atomic.Int64
 
 	started, closed bool
 }
@@ -369,21 +370,12 @@ func (s *Server) release() {
 	}
 }
 
-// warnFds logs running out of descriptors at most once a second.
-func (s *Server) warnFds(ms *mapState, err error, backoff time.Duration) {
-	now := time.Now().UnixNano()
-	last := s.lastFdWarn.Load()
-	if now-last < int64(time.Second) || !s.lastFdWarn.CompareAndSwap(last, now) {
-		return
-	}
-	s.log.Warn("out of file descriptors, backing off",
-		zap.String("mapping", ms.label), zap.Error(err), zap.Duration("backoff", backoff))
-}
-
-// Run is uioproxy: it starts a Server for cfg, logs where it listens, and
-// serves until ctx is cancelled (main cancels it on SIGINT/SIGTERM); then
-// it drains for cfg.DrainTimeout and returns nil. Logs go to stderr or, with
-// cfg.LogFile, to that file, which SIGHUP reopens. With
+// Run is uioproxy: it raises the soft RLIMIT_NOFILE to the hard limit,
+// starts a Server for cfg, logs where it listens and how many connections
+// the descriptor limit allows, and serves until ctx is cancelled (main
+// cancels it on SIGINT/SIGTERM); then it drains for cfg.DrainTimeout and
+// returns nil. Logs go to stderr or, with cfg.LogFile, to that file, which
+// SIGHUP reopens. With
 // cfg.StatsInterval it logs a stats line that often; with cfg.MetricsAddr it
 // serves Prometheus metrics.
 func Run(ctx context.Context, cfg Config) error {
@@ -430,6 +422,7 @@ func RunWithLogger(ctx context.Context, cfg Config, log *zap.Logger) error {
 }
 
 func runWith(ctx context.Context, cfg Config, log *zap.Logger, logFile *LogFile) error {
+	limit := raiseNofile()
 	inherited, fromSystemd, err := inheritedListeners(log)
 	if err != nil {
 		return err
@@ -480,6 +473,7 @@ func runWith(ctx context.Context, cfg Config, log *zap.Logger, logFile *LogFile)
 			}
 		}
 	}()
+	s.logNofile(limit) // before Start: counts the descriptors held without connections
 	s.Start()
 	for _, ms := range s.maps {
 		log.Info("forwarding", zap.Strings("listen", addrStrings(ms.addrs)), zap.String("target", ms.m.Target()))

@@ -6,11 +6,16 @@
 # interleaved rounds: each round starts, measures (every cell) and stops
 # every proxy in turn, in the same order, so drift of the machine is spread
 # over all contenders instead of landing on one; the table shows, per cell
-# and metric, the median over the rounds. Prints the table and writes it
-# into bench/RESULTS.md between the proxy-bench markers.
+# and metric, the median over the rounds. Then, in the same round, the idle
+# cells: for each N of IDLE_CONNS a fresh process of each of IDLE_PROXIES
+# gets N connections that each do one 64-byte echo and stay open and
+# silent, while 16 active connections echo; a second table shows how many
+# idle connections were served, the active req/s and p99, and the proxy's
+# RSS per idle connection. Prints the tables and writes them into
+# bench/RESULTS.md between the proxy-bench markers.
 #
-# Usage: bench/proxy/run.sh            (5 s per cell, 3 rounds, about 12 minutes)
-#        QUICK=1 bench/proxy/run.sh    (1 s per cell, 3 rounds, about 2.5 minutes)
+# Usage: bench/proxy/run.sh            (5 s per cell, 3 rounds, about 20 minutes)
+#        QUICK=1 bench/proxy/run.sh    (1 s per cell, 3 rounds, about 8 minutes)
 #
 # Environment (all optional):
 #   ROUNDS=N           interleaved rounds, medians reported (default 3)
@@ -19,6 +24,9 @@
 #   STRACE_SECONDS=N   seconds of the extra echo x64 run under strace (default 2,
 #                      QUICK 1); once per proxy, in the last round
 #   PROXIES="..."      subset/order of: direct haproxy nginx socat iocopy uioproxy-aio uioproxy-uring
+#   IDLE_PROXIES="..." which of PROXIES also run the idle cells (default: haproxy nginx
+#                      uioproxy-aio uioproxy-uring; "" = none)
+#   IDLE_CONNS="..."   idle connections per idle cell (default: 0 1000 4000 9000)
 #   UIOPROXY=path      uioproxy binary (default: <repo>/bin/uioproxy; rows say n/a if missing)
 #   PIN=0              do not pin; by default the proxy gets the last CPU and the
 #                      load generator plus echo upstream the others, so every
@@ -30,7 +38,11 @@
 #
 # Every run stops by itself: each load generator call has a -duration and a
 # timeout(1) bound, every proxy runs under timeout(1) as well, and the EXIT
-# trap kills every process this script started (and their children).
+# trap kills every process this script started (and their children). A
+# proxy that stops serving in an idle cell shows as figures: the load
+# generator stops opening idle connections at the first one whose dial or
+# echo fails (5 s each), reports how many it got, and the active echoes,
+# which then time out, count 0 req/s.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -38,7 +50,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 
 # The exact command, with the knobs that were set, for RESULTS.md.
 COMMAND_LINE=""
-for v in ROUNDS QUICK CELL_SECONDS STRACE_SECONDS PROXIES UIOPROXY PIN BASE_PORT NO_INSTALL; do
+for v in ROUNDS QUICK CELL_SECONDS STRACE_SECONDS PROXIES IDLE_PROXIES IDLE_CONNS UIOPROXY PIN BASE_PORT NO_INSTALL; do
 	if [[ -n ${!v+x} ]]; then COMMAND_LINE+="$v=${!v} "; fi
 done
 COMMAND_LINE+="bench/proxy/run.sh"
@@ -63,15 +75,31 @@ PIN=${PIN:-1}
 ECHO_CONNS=(1 64 512)
 BULK_STREAMS=(1 8)
 CONNECT_WORKERS=8
+IDLE_ACTIVE=16 # active echo connections beside the idle ones
+# The idle connections come from 127.0.0.2-9: with the proxy's own
+# connections to the upstream (from 127.0.0.1) and the TIME_WAITs of earlier
+# cells, one source address could run out of ephemeral ports.
+IDLE_SOURCES=127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,127.0.0.8,127.0.0.9
+IDLE_PROXIES=${IDLE_PROXIES-"haproxy nginx uioproxy-aio uioproxy-uring"}
+IDLE_CONNS=${IDLE_CONNS:-"0 1000 4000 9000"}
+read -r -a IDLE_LIST <<<"$IDLE_CONNS"
+for n in "${IDLE_LIST[@]}"; do
+	if ! [[ $n =~ ^[0-9]+$ ]] || ((n > 9900)); then
+		echo "run.sh: IDLE_CONNS: '$n' is not a count of 0..9900 (each idle connection takes two of the proxy's 20,000 descriptors)" >&2
+		exit 2
+	fi
+done
 UPSTREAM_PORT=$BASE_PORT
 # Upper bounds on the processes we start, from the worst case of one proxy's
 # cells in one round (each may add 10 s of dial and op timeouts); the trap
-# normally ends them long before. A proxy lives for one round only; the echo
-# upstream for all rounds.
+# normally ends them long before. A proxy lives for one round only (in an
+# idle cell, for that cell only); the echo upstream for all rounds.
+IDLE_CELL_SECONDS=$((CELL_SECONDS + 60)) # warm-up, opening up to 9,900 connections, a stall's 5 s timeouts
 PER_PROXY_SECONDS=$((6 * (CELL_SECONDS + 10) + STRACE_SECONDS + 15))
 MAX_PROXY_SECONDS=$((PER_PROXY_SECONDS + 60))
 read -r -a PROXY_LIST <<<"$PROXIES"
-MAX_RUN_SECONDS=$((ROUNDS * ${#PROXY_LIST[@]} * PER_PROXY_SECONDS + 60))
+read -r -a IDLE_PROXY_LIST <<<"$IDLE_PROXIES"
+MAX_RUN_SECONDS=$((ROUNDS * (${#PROXY_LIST[@]} * PER_PROXY_SECONDS + ${#IDLE_PROXY_LIST[@]} * ${#IDLE_LIST[@]} * (IDLE_CELL_SECONDS + 15)) + 60))
 
 NCPU=$(nproc)
 if [[ $PIN == 1 && $NCPU -ge 2 ]]; then
@@ -170,6 +198,21 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 if [[ $(ulimit -n) != unlimited && $(ulimit -n) -lt 4096 ]]; then
 	log "open file limit is $(ulimit -n); 512-connection cells may fail"
 fi
+# The peers' connection limits, from the descriptors every proxy gets (the
+# hard limit: none may raise it, even as root without CAP_SYS_RESOURCE).
+# HAProxy refuses to start when maxconn needs more than that: it reserves
+# two descriptors per connection and two per splice pipe (maxpipes defaults
+# to maxconn/4), so pipes are capped at 256 (the bulk cells use at most 8
+# streams) and maxconn takes the rest, less a margin for its listeners.
+NOFILE_HARD=$(ulimit -Hn)
+[[ $NOFILE_HARD == unlimited ]] && NOFILE_HARD=1048576
+HAPROXY_MAXPIPES=256
+HAPROXY_MAXCONN=$(((NOFILE_HARD - 2 * HAPROXY_MAXPIPES - 100) / 2))
+for n in "${IDLE_LIST[@]}"; do
+	if ((n + IDLE_ACTIVE > HAPROXY_MAXCONN)); then
+		log "IDLE_CONNS $n: more than the $HAPROXY_MAXCONN connections a $NOFILE_HARD-descriptor limit allows HAProxy"
+	fi
+done
 
 # wait_port PORT: wait until something accepts on 127.0.0.1:PORT (5 s at most).
 wait_port() {
@@ -212,7 +255,8 @@ start_proxy() {
 		cat >"$dir/haproxy.cfg" <<-EOF
 			global
 			    nbthread $PROXY_WORKERS
-			    maxconn 4096
+			    maxconn $HAPROXY_MAXCONN
+			    maxpipes $HAPROXY_MAXPIPES
 			defaults
 			    mode tcp
 			    option splice-auto
@@ -232,10 +276,10 @@ start_proxy() {
 			daemon off;
 			master_process on;
 			worker_processes $PROXY_WORKERS;
-			worker_rlimit_nofile 65536;
+			worker_rlimit_nofile $NOFILE_HARD;
 			pid $dir/nginx.pid;
 			error_log $dir/error.log warn;
-			events { worker_connections 8192; }
+			events { worker_connections 20480; }
 			stream {
 			    server {
 			        listen 127.0.0.1:$port backlog=4096;
@@ -296,11 +340,12 @@ json() {
 	sed -n "s/.*\"$2\":\"\{0,1\}\([^,\"}]*\).*/\1/p" "$1" | head -n 1
 }
 
-# run_loadgen OUTFILE ARGS...: one bounded load generator run on the load CPUs.
+# run_loadgen OUTFILE ARGS...: one bounded load generator run on the load
+# CPUs (LOADGEN_BOUND seconds at most, if set).
 run_loadgen() {
 	local out=$1
 	shift
-	timeout -s KILL $((CELL_SECONDS + STRACE_SECONDS + 30)) taskset -c "$LOAD_CPUS" "$LOADGEN" "$@" >"$out" 2>>"$WORK/loadgen.err" || true
+	timeout -s KILL "${LOADGEN_BOUND:-$((CELL_SECONDS + STRACE_SECONDS + 30))}" taskset -c "$LOAD_CPUS" "$LOADGEN" "$@" >"$out" 2>>"$WORK/loadgen.err" || true
 	[[ -s $out ]] || echo '{"errors":1,"first_error":"loadgen produced no result"}' >"$out"
 }
 
@@ -322,6 +367,7 @@ record() {
 }
 
 fmt0() { awk -v x="${1:-}" 'BEGIN { if (x == "") print "-"; else printf "%.0f", x }'; }
+fmt1() { awk -v x="${1:-}" 'BEGIN { if (x == "") print "-"; else printf "%.1f", x }'; }
 
 # measure PROXY ROUND ADDR RES VALUES: one round of every cell against ADDR
 # (PROXY_PID is the proxy, empty for direct); the loadgen JSON goes to RES,
@@ -333,11 +379,11 @@ measure() {
 		f=$res/echo$c.json
 		if [[ -n $PROXY_PID ]]; then t0=$(cpu_ticks "$PROXY_PID"); fi
 		run_loadgen "$f" -mode echo -addr "$addr" -conns "$c" -duration "${CELL_SECONDS}s" -label "$proxy"
-		if [[ -n $PROXY_PID && $c == 64 ]]; then
+		if [[ -n $PROXY_PID && $c != 1 ]]; then
 			t1=$(cpu_ticks "$PROXY_PID")
 			cpu_per_req=$(awk -v d=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$(json "$f" requests)" \
 				'BEGIN { if (n > 0) printf "%.3f", d * 1e6 / hz / n; else print "-" }')
-			record "$vals" cpu_us "$cpu_per_req"
+			record "$vals" "cpu${c}_us" "$cpu_per_req"
 		fi
 		note_errors "$proxy" "echo x$c ($where)" "$f"
 		record "$vals" "echo${c}_rps" "$(json "$f" rps)"
@@ -382,10 +428,40 @@ measure() {
 	fi
 }
 
+# measure_idle PROXY ROUND RES VALUES: the idle cells of one round, each
+# against a fresh process of PROXY (started on ports from IDLE_PORT up).
+measure_idle() {
+	local proxy=$1 round=$2 res=$3 vals=$4 n f port rss
+	for n in "${IDLE_LIST[@]}"; do
+		port=$IDLE_PORT
+		IDLE_PORT=$((IDLE_PORT + 1))
+		if ! start_proxy "$proxy" "$port"; then
+			ERROR_NOTES+=("$proxy idle x$n (round $round): $NA_REASON")
+			continue
+		fi
+		f=$res/idle$n.json
+		log "round $round: $proxy with $n idle connections"
+		LOADGEN_BOUND=$IDLE_CELL_SECONDS run_loadgen "$f" -mode idle -addr "127.0.0.1:$port" -idle "$n" \
+			-conns "$IDLE_ACTIVE" -duration "${CELL_SECONDS}s" -sources "$IDLE_SOURCES" -rss-pids "$PROXY_PID" -label "$proxy"
+		stop "$PROXY_PID"
+		note_errors "$proxy" "idle x$n (round $round)" "$f"
+		if [[ -n $(json "$f" idle_error) ]]; then
+			ERROR_NOTES+=("$proxy idle x$n (round $round): $(json "$f" idle_served) of $n idle connections served, then: $(json "$f" idle_error)")
+		fi
+		record "$vals" "idle${n}_served" "$(json "$f" idle_served)"
+		record "$vals" "idle${n}_rps" "$(json "$f" rps)"
+		[[ -n $(json "$f" rps) ]] || record "$vals" "idle${n}_rps" 0 # no request answered
+		record "$vals" "idle${n}_p99" "$(json "$f" p99_us)"
+		rss=$(json "$f" rss_per_idle_b)
+		if ((n > 0)); then record "$vals" "idle${n}_rss" "$rss"; fi
+	done
+}
+
 # The rounds. Proxy number i (in PROXIES order) keeps its files under
 # $WORK/results/i-NAME; round r uses port BASE_PORT + (r-1)*#proxies + i, so
 # no round ever binds a port a previous round's proxy just released.
 declare -A NA=() # proxy number -> "n/a (reason)" once it failed to start
+IDLE_PORT=$((BASE_PORT + ROUNDS * ${#PROXY_LIST[@]} + 1)) # the idle cells' ports, one per cell, from here up
 for round in $(seq "$ROUNDS"); do
 	log "round $round of $ROUNDS (${CELL_SECONDS}s cells)"
 	round_start=$SECONDS
@@ -407,19 +483,24 @@ for round in $(seq "$ROUNDS"); do
 		log "round $round: measuring $proxy on $addr"
 		measure "$proxy" "$round" "$addr" "$dir/r$round" "$dir/values"
 		if [[ -n $PROXY_PID ]]; then stop "$PROXY_PID"; fi
+		if [[ " $IDLE_PROXIES " == *" $proxy "* ]]; then
+			measure_idle "$proxy" "$round" "$dir/r$round" "$dir/values"
+		fi
 	done
 	log "round $round of $ROUNDS took $((SECONDS - round_start))s"
 done
 
 # One row per proxy: per cell and metric, the median over the rounds.
-ROWS=() # tab-separated table rows
+ROWS=()      # tab-separated table rows
+IDLE_ROWS=() # and those of the idle table
 i=0
 for proxy in "${PROXY_LIST[@]}"; do
 	i=$((i + 1))
 	if [[ -n ${NA[$i]:-} ]]; then
 		row="$proxy	${NA[$i]}"
-		for _ in $(seq 10); do row+="	-"; done
+		for _ in $(seq 11); do row+="	-"; done
 		ROWS+=("$row")
+		if [[ " $IDLE_PROXIES " == *" $proxy "* ]]; then IDLE_ROWS+=("$proxy	${NA[$i]}"); fi
 		continue
 	fi
 	declare -A M=()
@@ -433,16 +514,27 @@ for proxy in "${PROXY_LIST[@]}"; do
 	done
 	for s in "${BULK_STREAMS[@]}"; do row+="	$(fmt0 "${M[bulk${s}_mbs]:-}")"; done
 	row+="	$(fmt0 "${M[connect_cps]:-}")"
-	row+="	$(awk -v x="${M[cpu_us]:-}" 'BEGIN { if (x == "") print "-"; else printf "%.1f", x }')"
+	row+="	$(fmt1 "${M[cpu64_us]:-}")	$(fmt1 "${M[cpu512_us]:-}")"
 	row+="	$(awk -v x="${M[sys_per_req]:-}" 'BEGIN { if (x == "") print "-"; else printf "%.2f", x }')"
 	ROWS+=("$row")
+	if [[ " $IDLE_PROXIES " == *" $proxy "* ]]; then
+		row=$proxy
+		for n in "${IDLE_LIST[@]}"; do
+			if ((n > 0)); then row+="	$(fmt0 "${M[idle${n}_served]:-}")/$n"; fi
+			row+="	$(fmt0 "${M[idle${n}_rps]:-}")	$(fmt0 "${M[idle${n}_p99]:-}")"
+			if ((n > 0)); then row+="	$(awk -v x="${M[idle${n}_rss]:-}" 'BEGIN { if (x == "") print "-"; else printf "%.1f", x / 1024 }')"; fi
+		done
+		IDLE_ROWS+=("$row")
+	fi
 	unset M
 done
 
 # --- the table -------------------------------------------------------------------
 
-HEADER="proxy	echo x1 req/s	x1 p50/p99 us	echo x64 req/s	x64 p50/p99 us	echo x512 req/s	x512 p50/p99 us	bulk x1 MB/s	bulk x8 MB/s	connect/s	CPU us/req	syscalls/req"
-TABLE=$(printf '%s\n' "$HEADER" "${ROWS[@]}" | awk -F'\t' '
+HEADER="proxy	echo x1 req/s	x1 p50/p99 us	echo x64 req/s	x64 p50/p99 us	echo x512 req/s	x512 p50/p99 us	bulk x1 MB/s	bulk x8 MB/s	connect/s	CPU us/req x64	CPU us/req x512	syscalls/req"
+# markdown TAB-ROWS...: the tab-separated rows (header first) as a markdown table.
+markdown() {
+	printf '%s\n' "$@" | awk -F'\t' '
 	{ for (i = 1; i <= NF; i++) { cell[NR, i] = $i; if (length($i) > w[i]) w[i] = length($i) } if (NF > nf) nf = NF; rows = NR }
 	END {
 		for (r = 1; r <= rows; r++) {
@@ -455,9 +547,27 @@ TABLE=$(printf '%s\n' "$HEADER" "${ROWS[@]}" | awk -F'\t' '
 				print line
 			}
 		}
-	}')
+	}'
+}
+TABLE=$(markdown "$HEADER" "${ROWS[@]}")
+IDLE_TABLE=""
+if ((${#IDLE_ROWS[@]})); then
+	IDLE_HEADER="proxy"
+	for n in "${IDLE_LIST[@]}"; do
+		if ((n == 0)); then
+			IDLE_HEADER+="	no idle: req/s	p99 us"
+		else
+			IDLE_HEADER+="	idle $n: served	req/s	p99 us	RSS KiB/idle"
+		fi
+	done
+	IDLE_TABLE=$(markdown "$IDLE_HEADER" "${IDLE_ROWS[@]}")
+fi
 
 echo "$TABLE"
+if [[ -n $IDLE_TABLE ]]; then
+	echo
+	echo "$IDLE_TABLE"
+fi
 log "$ROUNDS rounds, interleaved; medians; took ${SECONDS}s"
 for n in "${ERROR_NOTES[@]}"; do echo "note: $n"; done
 
@@ -475,11 +585,17 @@ BLOCK=$WORK/block.md
 	echo "- echo: 64-byte request, wait for the 64-byte echo, one in flight per connection; latency p50/p99 in microseconds"
 	echo "- bulk: 64 KiB writes per stream through the proxy to the echo upstream, MB/s (10^6 B) of data echoed back"
 	echo "- connect: $CONNECT_WORKERS workers each connect, do one 64-byte round trip, close"
-	echo "- CPU us/req: proxy utime+stime from /proc/PID/stat (all its processes and threads) over the echo x64 cell, per request (one request plus its echo); median over the rounds"
+	echo "- CPU us/req x64, x512: proxy utime+stime from /proc/PID/stat (all its processes and threads) over the echo x64 and x512 cells, per request (one request plus its echo); median over the rounds"
 	echo "- syscalls/req: strace -f -c on the proxy during a separate ${STRACE_SECONDS} s echo x64 run, once per proxy (last round); strace slows the proxy, only the count per request is meaningful"
 	echo "- peers: haproxy mode tcp with option splice-auto; nginx stream proxy_pass; socat TCP-LISTEN fork; iocopy = goroutines + io.Copy (splices on Linux)"
 	echo
 	echo "$TABLE"
+	if [[ -n $IDLE_TABLE ]]; then
+		echo
+		echo "Idle connections (one fresh proxy process per cell; every proxy has the hard RLIMIT_NOFILE, $NOFILE_HARD descriptors; haproxy maxconn $HAPROXY_MAXCONN with maxpipes $HAPROXY_MAXPIPES, nginx worker_connections 20480): the load generator first makes 256 short connections (connect, 64-byte echo, close) as a warm-up and reads the proxy's RSS (smaps_rollup Rss of the proxy and its child processes), then opens N connections from 127.0.0.2-9, 64 at a time, each doing one 64-byte echo, and keeps them open and silent; it stops opening at the first connection whose dial or echo fails (5 s each), so *served* is how many got their echo. One second later it reads the RSS again: *RSS KiB/idle* is the growth over the warm-up baseline per served idle connection. Then $IDLE_ACTIVE connections echo 64-byte requests for ${CELL_SECONDS} s beside the idle ones: *req/s* and *p99 us* (a proxy that stopped serving shows 0 req/s). Medians over the rounds."
+		echo
+		echo "$IDLE_TABLE"
+	fi
 	if ((${#ERROR_NOTES[@]})); then
 		echo
 		for n in "${ERROR_NOTES[@]}"; do echo "- note: $n"; done

@@ -6,6 +6,7 @@
 //	loadgen -mode echo -addr 127.0.0.1:9000 -conns 64 -duration 5s
 //	loadgen -mode bulk -addr 127.0.0.1:9000 -conns 8 -duration 5s
 //	loadgen -mode connect -addr 127.0.0.1:9000 -conns 8 -duration 5s
+//	loadgen -mode idle -addr 127.0.0.1:9000 -idle 4000 -conns 16 -duration 5s -rss-pids 1234
 //
 // Modes:
 //
@@ -16,6 +17,12 @@
 //	         bytes written (for a discarding upstream); MB/s (10^6 bytes).
 //	connect  each worker connects, does one -size byte round trip and closes;
 //	         connections/s and p50/p99 of the whole exchange.
+//	idle     after -warmup short connections, opens -idle connections with
+//	         one -size byte echo each and keeps them open and silent while
+//	         -conns connections echo as in echo mode; reports how many idle
+//	         connections were served (opening stops at the first that fails),
+//	         the active requests/s and p50/p99, and with -rss-pids the
+//	         resident memory those processes gained per idle connection.
 //
 // Every run ends by itself: the duration bounds the work and every socket
 // operation has a deadline (-op-timeout, and never past the end of the run).
@@ -45,6 +52,10 @@ type options struct {
 	echo      bool
 	opTimeout time.Duration
 	label     string
+	idle      int    // idle mode: connections kept open and silent
+	warmup    int    // idle mode: short connections before the baseline
+	sources   string // source addresses to spread connections over
+	rssPids   string // idle mode: processes whose RSS is measured
 }
 
 // result is the JSON line; fields that a mode does not measure are omitted.
@@ -65,11 +76,18 @@ type result struct {
 	Errors     uint64  `json:"errors"`
 	FirstError string  `json:"first_error,omitempty"`
 	DialFailed int     `json:"dial_failed,omitempty"`
+	// idle mode
+	Idle       int     `json:"idle,omitempty"`
+	IdleServed int     `json:"idle_served"`
+	IdleError  string  `json:"idle_error,omitempty"`
+	RSSBefore  int64   `json:"rss_before,omitempty"`
+	RSSAfter   int64   `json:"rss_after,omitempty"`
+	RSSPerIdle float64 `json:"rss_per_idle_b,omitempty"`
 }
 
 func main() {
 	var o options
-	flag.StringVar(&o.mode, "mode", "echo", "echo, bulk or connect")
+	flag.StringVar(&o.mode, "mode", "echo", "echo, bulk, connect or idle")
 	flag.StringVar(&o.addr, "addr", "127.0.0.1:9000", "address to connect to (the proxy or the echo server)")
 	flag.IntVar(&o.conns, "conns", 1, "connections (echo), streams (bulk) or concurrent workers (connect)")
 	flag.DurationVar(&o.duration, "duration", 5*time.Second, "how long to generate load")
@@ -78,6 +96,10 @@ func main() {
 	flag.BoolVar(&o.echo, "echo", true, "bulk: the upstream echoes, count bytes read back (false: count bytes written)")
 	flag.DurationVar(&o.opTimeout, "op-timeout", 5*time.Second, "deadline for any single dial, read or write")
 	flag.StringVar(&o.label, "label", "", "free text copied into the JSON line (e.g. the proxy name)")
+	flag.IntVar(&o.idle, "idle", 0, "idle: connections opened (one echo each) and kept open and silent")
+	flag.IntVar(&o.warmup, "warmup", 256, "idle: short connections (connect, echo, close) before the RSS baseline")
+	flag.StringVar(&o.sources, "sources", "", "comma-separated source addresses the connections spread over (echo, idle; default: the kernel's choice)")
+	flag.StringVar(&o.rssPids, "rss-pids", "", "idle: comma-separated pids whose resident memory (smaps_rollup Rss, with their descendants') is measured")
 	flag.Parse()
 	if err := o.check(); err != nil {
 		fmt.Fprintf(os.Stderr, "loadgen: %v\n", err)
@@ -98,6 +120,8 @@ func main() {
 		r = runBulk(o, stop)
 	case "connect":
 		r = runConnect(o, stop)
+	case "idle":
+		r = runIdle(o, stop)
 	}
 	r.Mode, r.Label, r.Addr, r.Conns = o.mode, o.label, o.addr, o.conns
 	line, _ := json.Marshal(r)
@@ -109,8 +133,10 @@ func main() {
 
 func (o options) check() error {
 	switch {
-	case o.mode != "echo" && o.mode != "bulk" && o.mode != "connect":
-		return fmt.Errorf("-mode %q: want echo, bulk or connect", o.mode)
+	case o.mode != "echo" && o.mode != "bulk" && o.mode != "connect" && o.mode != "idle":
+		return fmt.Errorf("-mode %q: want echo, bulk, connect or idle", o.mode)
+	case o.idle < 0 || o.warmup < 0:
+		return fmt.Errorf("-idle %d, -warmup %d: must not be negative", o.idle, o.warmup)
 	case o.conns < 1:
 		return fmt.Errorf("-conns %d: want at least 1", o.conns)
 	case o.duration <= 0:
@@ -156,14 +182,14 @@ func expired(err error, end time.Time) bool {
 
 // dialAll opens n connections before the clock starts, so connection setup
 // does not count against the echo or bulk numbers.
-func dialAll(o options, errs *errorCounter) []net.Conn {
+func dialAll(o options, errs *errorCounter, dial func() (net.Conn, error)) []net.Conn {
 	conns := make([]net.Conn, o.conns)
 	var wg sync.WaitGroup
 	for i := range conns {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			c, err := net.DialTimeout("tcp", o.addr, o.opTimeout)
+			c, err := dial()
 			if err != nil {
 				errs.add(err)
 				return
@@ -193,9 +219,22 @@ func watchStop(stop <-chan struct{}, done <-chan struct{}, conns []net.Conn) {
 	}
 }
 
+func plainDial(o options) func() (net.Conn, error) {
+	return func() (net.Conn, error) { return net.DialTimeout("tcp", o.addr, o.opTimeout) }
+}
+
 func runEcho(o options, stop <-chan struct{}) result {
+	d, err := newDialer(o.sources)
+	if err != nil {
+		return result{Errors: 1, FirstError: err.Error()}
+	}
+	return runEchoWith(o, stop, func() (net.Conn, error) { return d.dial(o.addr, time.Now().Add(o.opTimeout)) })
+}
+
+// runEchoWith is the echo mode with dial making the connections.
+func runEchoWith(o options, stop <-chan struct{}, dial func() (net.Conn, error)) result {
 	var errs errorCounter
-	conns := dialAll(o, &errs)
+	conns := dialAll(o, &errs, dial)
 	r := result{DialFailed: o.conns - len(conns)}
 	hists := make([]latencyHistogram, len(conns))
 	done := make(chan struct{})
@@ -247,7 +286,7 @@ func runEcho(o options, stop <-chan struct{}) result {
 
 func runBulk(o options, stop <-chan struct{}) result {
 	var errs errorCounter
-	conns := dialAll(o, &errs)
+	conns := dialAll(o, &errs, plainDial(o))
 	r := result{DialFailed: o.conns - len(conns)}
 	done := make(chan struct{})
 	go watchStop(stop, done, conns)
