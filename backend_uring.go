@@ -41,6 +41,8 @@ type uringBackend struct {
 	log          *zap.Logger
 	bufRings     []*uring.BufRing // BufferPools' provided buffer rings
 	noMultishot  bool             // the kernel refused IORING_RECV_MULTISHOT (before 6.0)
+	// the kernel refused IORING_ACCEPT_MULTISHOT (before 5.19)
+	noMultishotAccept bool
 
 	other atomic.Uint64
 }
@@ -215,6 +217,9 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 		sqe.PrepPollAdd(op.Fd, op.Events)
 	case OpAccept:
 		sqe.PrepAccept(op.Fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		if op.Multishot && !b.noMultishotAccept {
+			sqe.IoPrio |= uring.IORING_ACCEPT_MULTISHOT
+		}
 	case OpConnect:
 		sqe.PrepConnect(op.Fd, s.sa)
 	case OpClose:
@@ -322,6 +327,10 @@ func (b *uringBackend) complete(c *uring.CQE, deliver func(OpID, int32, uint32))
 		// the engine re-arms each recv, and this one goes again at once
 		// (EAGAIN sends it through a readiness poll).
 		b.noMultishot = true
+		res = -int32(unix.EAGAIN)
+	}
+	if res == -int32(unix.EINVAL) && s.op.Kind == OpAccept && s.op.Multishot && !b.noMultishotAccept {
+		b.noMultishotAccept = true // before 5.19: the engine re-arms instead
 		res = -int32(unix.EAGAIN)
 	}
 	switch {

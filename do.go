@@ -33,6 +33,9 @@ func (l *Loop) Do(ctx context.Context, op Op) (Result, error) {
 	if op.Pool != nil {
 		return Result{}, errPoolDo
 	}
+	if op.Multishot {
+		return Result{}, errMultishotDo
+	}
 	if err := ctx.Err(); err != nil {
 		return Result{}, err
 	}
@@ -77,6 +80,9 @@ func (l *Loop) Do(ctx context.Context, op Op) (Result, error) {
 // errPoolDo: a pool buffer is given back on the loop's goroutine, which a
 // Do caller is not on.
 var errPoolDo = errors.New("uio: Do of a recv with a BufferPool: its buffer is given back with Put on the loop's goroutine; Submit it from there")
+
+// errMultishotDo: Do waits for one completion; a multishot op has many.
+var errMultishotDo = errors.New("uio: Do of a multishot op: it completes many times; Submit it from the loop's goroutine")
 
 type doWaiter struct {
 	l        *Loop

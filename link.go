@@ -29,6 +29,9 @@ func (l *Loop) SubmitLinked(ops ...Op) ([]OpID, error) {
 		if ops[i].Kind == OpTimeout {
 			return nil, fmt.Errorf("uio: linked op %d of %d: a timeout cannot be linked; give the op a Timeout", i+1, len(ops))
 		}
+		if ops[i].Multishot {
+			return nil, fmt.Errorf("uio: linked op %d of %d: a multishot op cannot be linked (it has no single end for the next to wait on)", i+1, len(ops))
+		}
 	}
 	if l.closing {
 		return nil, ErrClosed
@@ -96,6 +99,9 @@ func (l *Loop) DoLinked(ctx context.Context, ops ...Op) ([]Result, error) {
 		}
 		if ops[i].Pool != nil {
 			return nil, fmt.Errorf("uio: linked op %d of %d: %w", i+1, len(ops), errPoolDo)
+		}
+		if ops[i].Multishot {
+			return nil, fmt.Errorf("uio: linked op %d of %d: %w", i+1, len(ops), errMultishotDo)
 		}
 	}
 	if err := ctx.Err(); err != nil {

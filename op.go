@@ -136,13 +136,14 @@ type Op struct {
 	// buffer of the pool, taken only when data has arrived; see
 	// BufferPool. The pool must belong to the loop the op is submitted to.
 	Pool *BufferPool
-	// Multishot keeps a pool recv going: its Done runs once per chunk of
-	// data, each Result with More() true, until end of stream, an error or
-	// a cancel ends it with a last Result (More() false). On io_uring 6.0+
-	// it is one multishot RECV the kernel keeps armed
-	// (IORING_RECV_MULTISHOT); elsewhere the engine re-arms it. The bytes
-	// arrive in order; the caller must keep up or Cancel it (each chunk
-	// holds a pool buffer until Put).
+	// Multishot keeps a pool recv or an accept going: its Done runs once
+	// per chunk of data or accepted socket, each Result with More() true,
+	// until end of stream, an error or a cancel ends it with a last Result
+	// (More() false). On io_uring it is one SQE the kernel keeps armed
+	// (IORING_RECV_MULTISHOT, 6.0; IORING_ACCEPT_MULTISHOT, 5.19);
+	// elsewhere the engine re-arms it. The bytes arrive in order; the
+	// caller must keep up or Cancel it (each chunk holds a pool buffer
+	// until Put).
 	Multishot bool
 
 	// Done is called on the loop's goroutine with the op's one and only
@@ -287,8 +288,8 @@ func (op *Op) validate() error {
 		return fmt.Errorf("uio: %s fd %d: %s set, but %s uses only %s (besides Fd, Timeout and Done)",
 			op.Kind, op.Fd, stray.names(), op.Kind, opFields[op.Kind].names())
 	}
-	if op.Multishot && op.Kind != OpRecv {
-		return fmt.Errorf("uio: %s fd %d: Multishot set, but only OpRecv is multishot", op.Kind, op.Fd)
+	if op.Multishot && op.Kind != OpRecv && op.Kind != OpAccept {
+		return fmt.Errorf("uio: %s fd %d: Multishot set, but only OpRecv (with a Pool) and OpAccept are multishot", op.Kind, op.Fd)
 	}
 	if op.Pool != nil && op.Kind != OpRecv {
 		return fmt.Errorf("uio: %s fd %d: Pool set, but only OpRecv receives into a pool", op.Kind, op.Fd)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -199,4 +200,62 @@ func TestUringCmd(t *testing.T) {
 	if r := mustDo(t, l, Op{Kind: OpUringCmd, Fd: rx, CmdOp: siocinq}); !errors.Is(r.Err(), unix.EOPNOTSUPP) {
 		t.Fatalf("AIO uring_cmd = %d %v, want EOPNOTSUPP", r.Res, r.Err())
 	}
+}
+
+// A multishot accept hands over every connection, each Result with More,
+// and a cancel ends it. On io_uring it is one armed SQE.
+func TestMultishotAccept(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(lfd)
+		unix.Bind(lfd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}})
+		unix.Listen(lfd, 64)
+		sa, _ := unix.Getsockname(lfd)
+		out := make(chan Result, 16)
+		var id OpID
+		if err := runOnLoop(l, func() error {
+			id, err = l.Submit(Op{Kind: OpAccept, Fd: lfd, Multishot: true, Done: func(r Result) { out <- r }})
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		var before Stats
+		for i := 0; i < 5; i++ {
+			if i == 1 {
+				before = l.Stats()
+			}
+			c, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(c)
+			if err := unix.Connect(c, sa); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case r := <-out:
+				if r.Res < 0 || !r.More() {
+					t.Fatalf("accept %d = %+v, want an fd with More", i, r)
+				}
+				unix.Close(int(r.Res))
+			case <-time.After(5 * time.Second):
+				t.Fatalf("accept %d: nothing", i)
+			}
+		}
+		if d := l.Stats().Sub(before); l.Backend() == BackendUring && d.OpsSubmitted != 0 {
+			t.Errorf("io_uring multishot accept: %d ops submitted for 4 connections, want 0", d.OpsSubmitted)
+		}
+		runOnLoop(l, func() error { l.Cancel(id); return nil })
+		select {
+		case r := <-out:
+			if r.More() || r.Res != -int32(unix.ECANCELED) {
+				t.Fatalf("cancelled multishot accept = %+v", r)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("cancelled multishot accept never ended")
+		}
+	})
 }

@@ -161,6 +161,12 @@ func TestPoolMisuse(t *testing.T) {
 		if _, err := l.Do(context.Background(), Op{Kind: OpRecv, Fd: a, Pool: p}); !errors.Is(err, errPoolDo) {
 			t.Errorf("Do of a pool recv: %v", err)
 		}
+		if _, err := l.Do(context.Background(), Op{Kind: OpAccept, Fd: a, Multishot: true}); !errors.Is(err, errMultishotDo) {
+			t.Errorf("Do of a multishot accept: %v", err)
+		}
+		if err := runOnLoop(l, func() error { _, err := l.SubmitLinked(Op{Kind: OpAccept, Fd: a, Multishot: true}); return err }); err == nil {
+			t.Error("SubmitLinked of a multishot accept succeeded")
+		}
 		l2, err := NewLoop(Config{Backend: l.Backend()})
 		if err != nil {
 			t.Fatal(err)
@@ -174,6 +180,8 @@ func TestPoolMisuse(t *testing.T) {
 			{Op{Kind: OpRecv, Fd: a, Pool: p, Buf: make([]byte, 1)}, "Pool set with Buf"},
 			{Op{Kind: OpRecv, Fd: a, Pool: p, Flags: unix.MSG_PEEK}, "Pool set with Buf or Flags"},
 			{Op{Kind: OpSend, Fd: a, Pool: p}, "only OpRecv"},
+			{Op{Kind: OpRecv, Fd: a, Multishot: true}, "Multishot needs a Pool"},
+			{Op{Kind: OpSend, Fd: a, Multishot: true}, "only OpRecv (with a Pool) and OpAccept"},
 			{Op{Kind: OpRecv, Fd: a, Pool: p2}, "another loop"},
 		} {
 			err := runOnLoop(l, func() error { _, err := l.Submit(tc.op); return err })

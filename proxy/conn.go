@@ -201,10 +201,8 @@ func (w *worker) newConn(ms *mapState, fd int) {
 	if rt := c.rt; w.s.access != nil || rt.m.Balance == BalanceSourceHash || rt.m.SendProxy != "" {
 		c.clientAddr() // needed anyway: now, before a reset makes it unknowable
 	}
-	if !ms.unixListen {
-		setNoDelay(fd) // keepalive comes from the listening socket
-		w.syscalls.add(1)
-	}
+	// TCP_NODELAY and keepalive come from the listening socket: an
+	// accepted socket inherits them (TestAcceptedSocketOptions).
 	if c.rt.m.AcceptProxy {
 		c.state = stHeader
 		c.readHeader()

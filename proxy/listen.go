@@ -486,8 +486,9 @@ func listenGroup(ip netip.Addr, port, n int, keepalive time.Duration) (fds []int
 	return fds, port, nil
 }
 
-// listenSocket opens one listening socket. TCP_NODELAY is per connection,
-// but keepalive set here is inherited by every accepted socket.
+// listenSocket opens one listening socket. TCP_NODELAY and the keepalive
+// set here are inherited by every accepted socket, so connections need no
+// setsockopt of their own.
 func listenSocket(ip netip.Addr, port int, reusePort bool, keepalive time.Duration) (int, error) {
 	family := unix.AF_INET
 	if ip.Is6() {
@@ -521,6 +522,7 @@ func listenSocket(ip netip.Addr, port int, reusePort bool, keepalive time.Durati
 		}
 	}
 	setKeepalive(fd, keepalive)
+	setNoDelay(fd) // accepted sockets inherit it: no setsockopt per connection
 	if err := unix.Bind(fd, sockaddr(ip, port)); err != nil {
 		return fail(err)
 	}

@@ -105,6 +105,12 @@ func (s *Server) takeInherited(key string) ([]int, error) {
 		return nil, nil
 	}
 	delete(s.inherited, key)
+	// Accepted sockets inherit TCP_NODELAY from their listener, so it is
+	// set here once rather than on every connection (the unit's NoDelay=
+	// may not say so; a Unix socket refuses it, which does no harm).
+	for _, fd := range fds {
+		setNoDelay(fd)
+	}
 	for len(fds) < s.cfg.Loops {
 		fd, err := unix.FcntlInt(uintptr(fds[len(fds)%len(fds)]), unix.F_DUPFD_CLOEXEC, 0)
 		if err != nil {
