@@ -31,7 +31,8 @@ type BufferPool struct {
 	l      *Loop
 	size   int
 	max    int
-	chunks [][]byte // poolChunk buffers each, allocated on demand
+	chunks [][]byte // perChunk buffers each, allocated on demand
+	per    int      // buffers per chunk
 	n      int      // buffers allocated
 	free   []uint16 // most recently freed last
 	out    int      // buffers with the caller (not free, not in the kernel's ring)
@@ -55,7 +56,10 @@ type poolRing interface {
 }
 
 const (
-	poolChunk = 64
+	// poolChunk is the most buffers allocated at once, and
+	// poolChunkBytes the most bytes (large buffers come one at a time).
+	poolChunk      = 64
+	poolChunkBytes = 1 << 20
 	// poolRingTarget is how many free buffers the engine keeps in the
 	// kernel's ring. The kernel takes them in ring order, so every one of
 	// them gets touched over time: a small target keeps the pool's memory
@@ -82,7 +86,7 @@ func (l *Loop) NewBufferPool(size, count int) (*BufferPool, error) {
 	if count <= 0 || count > MaxPoolBuffers {
 		return nil, fmt.Errorf("uio: NewBufferPool: %d buffers, want 1..%d", count, MaxPoolBuffers)
 	}
-	return &BufferPool{l: l, size: size, max: count}, nil
+	return &BufferPool{l: l, size: size, max: count, per: max(1, min(poolChunk, poolChunkBytes/size))}, nil
 }
 
 // Size returns the size of each buffer.
@@ -91,8 +95,8 @@ func (p *BufferPool) Size() int { return p.size }
 // Bytes returns buffer id, all Size bytes of it (slice it to the Result's
 // Res). It stays valid until the buffer is Put back.
 func (p *BufferPool) Bytes(id int) []byte {
-	c := p.chunks[id/poolChunk]
-	off := (id % poolChunk) * p.size
+	c := p.chunks[id/p.per]
+	off := (id % p.per) * p.size
 	return c[off : off+p.size : off+p.size]
 }
 
@@ -135,8 +139,8 @@ func (p *BufferPool) take() (uint16, bool) {
 	if p.n == p.max {
 		return 0, false
 	}
-	k := min(poolChunk, p.max-p.n)
-	p.chunks = append(p.chunks, make([]byte, poolChunk*p.size)[:k*p.size])
+	k := min(p.per, p.max-p.n)
+	p.chunks = append(p.chunks, make([]byte, k*p.size))
 	first := p.n
 	p.n += k
 	for i := first + k - 1; i > first; i-- {
