@@ -622,6 +622,9 @@ func (b *aioBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uint3
 
 func (b *aioBackend) SubmitsOnWait() bool { return false }
 
+// registerBuffers: AIO has no registered buffers (every op pins its pages).
+func (b *aioBackend) registerBuffers([][]byte) error { return nil }
+
 // newPoolRing: AIO has no provided buffers; the engine selects them.
 func (b *aioBackend) newPoolRing(int, int) (poolRing, error) { return nil, errNotNative }
 

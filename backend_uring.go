@@ -41,6 +41,7 @@ type uringBackend struct {
 	log          *zap.Logger
 	bufRings     []*uring.BufRing // BufferPools' provided buffer rings
 	noMultishot  bool             // the kernel refused IORING_RECV_MULTISHOT (before 6.0)
+	fixedOps     int              // reads and writes sent as READ_FIXED/WRITE_FIXED (tests)
 	// the kernel refused IORING_ACCEPT_MULTISHOT (before 5.19)
 	noMultishotAccept bool
 
@@ -183,10 +184,20 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 	}
 	switch op.Kind {
 	case OpRead:
-		sqe.PrepRead(op.Fd, clampRW(op.Buf), op.Offset)
+		if idx, ok := b.ring.FixedBuffer(op.Buf); ok {
+			sqe.PrepReadFixed(op.Fd, clampRW(op.Buf), op.Offset, idx)
+			b.fixedOps++
+		} else {
+			sqe.PrepRead(op.Fd, clampRW(op.Buf), op.Offset)
+		}
 		sqe.OpcodeFlags = op.Flags
 	case OpWrite:
-		sqe.PrepWrite(op.Fd, clampRW(op.Buf), op.Offset)
+		if idx, ok := b.ring.FixedBuffer(op.Buf); ok {
+			sqe.PrepWriteFixed(op.Fd, clampRW(op.Buf), op.Offset, idx)
+			b.fixedOps++
+		} else {
+			sqe.PrepWrite(op.Fd, clampRW(op.Buf), op.Offset)
+		}
 		sqe.OpcodeFlags = op.Flags
 	case OpReadv:
 		sqe.PrepReadv(op.Fd, s.iov, op.Offset)
@@ -362,6 +373,19 @@ func (b *uringBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uin
 }
 
 func (b *uringBackend) SubmitsOnWait() bool { return true }
+
+// registerBuffers replaces the ring's registered buffers.
+func (b *uringBackend) registerBuffers(bufs [][]byte) error {
+	if err := b.ring.UnregisterBuffers(); err != nil {
+		return err
+	}
+	b.other.Add(1)
+	if len(bufs) == 0 {
+		return nil
+	}
+	b.other.Add(1)
+	return b.ring.RegisterBuffers(bufs)
+}
 
 // newPoolRing registers a provided buffer ring (5.19+) for a BufferPool:
 // the pool keeps poolRingTarget buffers in it, so that many slots suffice.

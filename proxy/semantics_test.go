@@ -66,12 +66,16 @@ func TestIdleTimeoutCountsSends(t *testing.T) {
 			}
 		})
 		defer close(stop)
-		p := startProxy(t, b, up.addr(), "-idle-timeout", "300ms", "-buffer", "1M")
+		// 1 MiB sends to a reader taking 200 KB/s complete every ~5 s, far
+		// beyond the idle timeout; 1 s (not less) so that a test process
+		// starved of CPU for a moment on a loaded machine does not look
+		// idle itself.
+		p := startProxy(t, b, up.addr(), "-idle-timeout", "1s", "-buffer", "1M")
 		c := dial(t, p.addr)
 		c.SetReadBuffer(4 << 10)
 		buf := make([]byte, 4<<10)
 		read := 0
-		for start := time.Now(); time.Since(start) < 1500*time.Millisecond; {
+		for start := time.Now(); time.Since(start) < 3*time.Second; {
 			c.SetReadDeadline(time.Now().Add(2 * time.Second))
 			n, err := c.Read(buf)
 			read += n
@@ -80,7 +84,7 @@ func TestIdleTimeoutCountsSends(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
-		t.Logf("read %d bytes slowly for 1.5s under -idle-timeout 300ms", read)
+		t.Logf("read %d bytes slowly for 3s under -idle-timeout 1s", read)
 	})
 }
 

@@ -188,6 +188,8 @@ const SPLICE_F_FD_IN_FIXED uint32 = 1 << 31
 
 // io_uring_register opcodes used here.
 const (
+	IORING_REGISTER_BUFFERS     uint32 = 0
+	IORING_UNREGISTER_BUFFERS   uint32 = 1
 	IORING_REGISTER_EVENTFD     uint32 = 4
 	IORING_UNREGISTER_EVENTFD   uint32 = 5
 	IORING_REGISTER_PROBE       uint32 = 8

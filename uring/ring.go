@@ -82,6 +82,8 @@ type Ring struct {
 	efd int32
 
 	closed bool
+
+	fixed []fixedRegion // registered buffers, by start address
 }
 
 // errClosed is returned by methods called after Close.
