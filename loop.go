@@ -385,15 +385,11 @@ func (l *Loop) deliver(id OpID, res int32, flags uint32) {
 		}
 		// Nothing to read, no room to write, no connection yet: wait for
 		// readiness, then try again. The caller never sees EAGAIN.
-		s.polling = true
 		events := uint32(unix.POLLIN)
 		if s.op.Kind == OpSend || s.op.Kind == OpSendmsg {
 			events = unix.POLLOUT
 		}
-		if s.pollOp == nil {
-			s.pollOp = new(Op)
-		}
-		*s.pollOp = Op{Kind: OpPoll, Fd: s.op.Fd, Events: events}
+		l.pollFirst(s, events)
 		l.requeue(s, id)
 		return
 	}
@@ -427,7 +423,24 @@ func (l *Loop) shot(id OpID, s *slot, res int32, flags uint32) {
 		l.finish(id, s, -int32(unix.ECANCELED), 0)
 		return
 	}
+	if s.op.Kind == OpRecv {
+		// Armed again by the engine: right after a chunk the socket is
+		// most likely empty (a request waits for its answer), so wait
+		// for readiness first rather than try a recv that finds
+		// nothing; a poll of a ready socket completes at once.
+		l.pollFirst(s, unix.POLLIN)
+	}
 	l.requeue(s, id)
+}
+
+// pollFirst makes the op's next trip to the backend a readiness poll; the
+// op itself runs once it fires.
+func (l *Loop) pollFirst(s *slot, events uint32) {
+	s.polling = true
+	if s.pollOp == nil {
+		s.pollOp = new(Op)
+	}
+	*s.pollOp = Op{Kind: OpPoll, Fd: s.op.Fd, Events: events}
 }
 
 func retriesOnEAGAIN(op *Op) bool {
