@@ -120,7 +120,8 @@ func NewWithExtra(entries uint32, extra uint32) (*Ring, error) {
 // NewSized is NewWithExtra with a CQ of cqEntries entries
 // (IORING_SETUP_CQSIZE|IORING_SETUP_CLAMP: the kernel rounds it up to a
 // power of two, at least entries, and clamps it to its maximum, 65536 on
-// 6.x); 0 keeps the default of twice the SQ. A CQ sized for the ops in
+// 6.x); 0 keeps the default of twice the SQ. (The giouring ring setup,
+// -tags giouring, cannot pass a CQ size and keeps the default.) A CQ sized for the ops in
 // flight rather than for one round's submissions is what lets many ops wait
 // in the kernel (idle sockets' recvs, polls) without overflowing it.
 func NewSized(entries, cqEntries, extra uint32) (*Ring, error) {

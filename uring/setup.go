@@ -26,6 +26,9 @@ type ringMem struct {
 	sqRing, cqRing, sqes region
 }
 
+// setupSizesCQ: this ring setup honours NewSized's CQ size.
+const setupSizesCQ = true
+
 func openRing(entries, cqEntries, flags uint32) (*Ring, error) {
 	return openRingMapped(entries, cqEntries, flags, false)
 }

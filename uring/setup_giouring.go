@@ -24,6 +24,9 @@ type ringMem struct {
 	g *giouring.Ring
 }
 
+// setupSizesCQ: giouring's setup cannot be given a CQ size.
+const setupSizesCQ = false
+
 func openRing(entries, cqEntries, flags uint32) (*Ring, error) {
 	if layoutErr != nil {
 		return nil, layoutErr
