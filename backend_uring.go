@@ -219,6 +219,12 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 			if op.Multishot && !b.noMultishot {
 				sqe.IoPrio |= uring.IORING_RECV_MULTISHOT
 			}
+			if op.Bundle && b.ring.Features()&uring.IORING_FEAT_RECVSEND_BUNDLE != 0 {
+				// Len caps a bundle's total; 0 lets it take as many
+				// ring buffers as the data needs.
+				sqe.IoPrio |= uring.IORING_RECVSEND_BUNDLE
+				sqe.Len = 0
+			}
 			break
 		}
 		sqe.PrepRecv(op.Fd, clampRW(op.Buf), int(op.Flags))

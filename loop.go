@@ -317,7 +317,7 @@ func (l *Loop) finish(id OpID, s *slot, res int32, flags uint32) {
 	// offloaded syscall) still ends the chain it was asked to end.
 	next, ok := s.next, chainHolds(&s.op, res) && !s.cancel && !s.timedOut
 	if p := s.op.Pool; p != nil {
-		flags = p.completed(s, res, flags)
+		flags = p.completed(id, s, res, flags)
 	}
 	done, kind := s.op.Done, s.op.Kind
 	s.op = Op{} // drop the buffers: the kernel is done with them
@@ -408,7 +408,7 @@ func (l *Loop) deliver(id OpID, res int32, flags uint32) {
 func (l *Loop) shot(id OpID, s *slot, res int32, flags uint32) {
 	armed := flags&ResultMore != 0
 	if p := s.op.Pool; p != nil {
-		flags = p.completed(s, res, flags)
+		flags = p.completed(id, s, res, flags)
 	}
 	if armed {
 		l.inflight++ // still the kernel's

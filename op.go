@@ -145,6 +145,11 @@ type Op struct {
 	// caller must keep up or Cancel it (each chunk holds a pool buffer
 	// until Put).
 	Multishot bool
+	// Bundle lets a pool recv fill several pool buffers in one completion
+	// (io_uring 6.10+, IORING_RECVSEND_BUNDLE): BufferPool.Bundle lists
+	// them, in order, all full but the last. Elsewhere a completion still
+	// has one buffer, which Bundle lists too.
+	Bundle bool
 
 	// Done is called on the loop's goroutine with the op's one and only
 	// completion. It may submit further ops; it must not block.
@@ -291,6 +296,9 @@ func (op *Op) validate() error {
 	if op.Multishot && op.Kind != OpRecv && op.Kind != OpAccept {
 		return fmt.Errorf("uio: %s fd %d: Multishot set, but only OpRecv (with a Pool) and OpAccept are multishot", op.Kind, op.Fd)
 	}
+	if op.Bundle && op.Kind != OpRecv {
+		return fmt.Errorf("uio: %s fd %d: Bundle set, but only a pool OpRecv takes bundles", op.Kind, op.Fd)
+	}
 	if op.Pool != nil && op.Kind != OpRecv {
 		return fmt.Errorf("uio: %s fd %d: Pool set, but only OpRecv receives into a pool", op.Kind, op.Fd)
 	}
@@ -328,6 +336,9 @@ func (op *Op) validate() error {
 			return fmt.Errorf("uio: uring_cmd fd %d: payload of %d bytes, at most 80", op.Fd, len(op.Cmd))
 		}
 	case OpRecv:
+		if op.Bundle && op.Pool == nil {
+			return fmt.Errorf("uio: recv fd %d: Bundle needs a Pool", op.Fd)
+		}
 		if op.Multishot && op.Pool == nil {
 			return fmt.Errorf("uio: recv fd %d: Multishot needs a Pool (each chunk gets a buffer of its own)", op.Fd)
 		}

@@ -42,7 +42,12 @@ type BufferPool struct {
 	// provided buffer rings falls back to the engine's selection once.
 	ring      poolRing
 	ringTried bool
-	inRing    int // buffers in the kernel's ring
+	inRing    int      // buffers in the kernel's ring
+	ringOrder []uint16 // their ids in the order the kernel takes them
+	// bundle lists the buffers of the completion being delivered (see
+	// Bundle); valid while its Done runs.
+	bundle   []int
+	bundleOp OpID
 
 	waiters []OpID // recvs waiting for a buffer, in order
 }
@@ -167,6 +172,7 @@ func (p *BufferPool) refill() {
 			break
 		}
 		p.ring.Add(p.Bytes(int(bid)), bid)
+		p.ringOrder = append(p.ringOrder, bid)
 		p.inRing++
 		added = true
 	}
@@ -210,27 +216,62 @@ func (r Result) BufferID() (int, bool) {
 // completed settles the buffer of a finished pool recv and returns the
 // Result's flags: ResultBuffer and the buffer id when the caller gets the
 // buffer (Res > 0), none when it went back to the pool.
-func (p *BufferPool) completed(s *slot, res int32, flags uint32) uint32 {
+func (p *BufferPool) completed(id OpID, s *slot, res int32, flags uint32) uint32 {
+	p.bundle = p.bundle[:0]
 	var bid uint16
 	has := false
 	switch {
 	case s.poolBuf != 0:
 		bid, has = uint16(s.poolBuf-1), true
 		s.poolBuf = 0
+		p.bundle = append(p.bundle, int(bid))
 	case p.ring != nil && flags&ResultBuffer != 0:
 		bid, has = uint16(flags>>16), true
-		p.inRing--
+		// The kernel takes ring buffers in the order they were added: a
+		// bundle is the next n of them, all full but the last.
+		n := 1
+		if int(res) > p.size {
+			n = (int(res) + p.size - 1) / p.size
+		}
+		n = min(n, len(p.ringOrder))
+		if n == 0 || p.ringOrder[0] != bid {
+			p.l.log.DPanic("uio: provided buffer ring out of step with the kernel")
+		}
+		for _, b := range p.ringOrder[:n] {
+			p.bundle = append(p.bundle, int(b))
+		}
+		p.ringOrder = p.ringOrder[:copy(p.ringOrder, p.ringOrder[n:])]
+		p.inRing -= n
 	}
 	flags &^= ResultBuffer | 0xffff<<16
 	if !has {
 		return flags
 	}
 	if res <= 0 {
-		p.release(bid)
+		for _, b := range p.bundle {
+			p.release(uint16(b))
+		}
+		p.bundle = p.bundle[:0]
 		return flags
 	}
-	p.out++
+	p.out += len(p.bundle)
+	p.bundleOp = id
 	return flags | ResultBuffer | uint32(bid)<<16
+}
+
+// Bundle lists the pool buffers a recv's Result received into, in order:
+// one, or several for an Op.Bundle recv (each full but the last; the Res
+// bytes span them). Each must be given back with Put. Call it from the
+// recv's Done; the slice is reused after it returns.
+func (p *BufferPool) Bundle(r Result) []int {
+	id, ok := r.BufferID()
+	if !ok {
+		return nil
+	}
+	if r.ID == p.bundleOp && len(p.bundle) > 0 && p.bundle[0] == id {
+		return p.bundle
+	}
+	return []int{id}
 }
 
 // poolRetry sends a recv that found the kernel's ring empty out again in

@@ -3,11 +3,14 @@ package uio
 import (
 	"context"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/userland-io/uio/uring"
 )
 
 // poolRecv submits a pool recv on fd from the loop; its Result goes to out.
@@ -332,6 +335,78 @@ func TestMultishotCancelWhileDry(t *testing.T) {
 				t.Fatalf("cancelled dry multishot recv ended with %d, want -ECANCELED", r.Res)
 			}
 			break
+		}
+	})
+}
+
+// A Bundle recv on io_uring 6.10+ fills several pool buffers in one
+// completion, in order; elsewhere it gets one. Either way Bundle lists
+// exactly the buffers the bytes are in.
+func TestBundleRecv(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		p, _ := l.NewBufferPool(16, 64)
+		a, b := socketpair(t)
+		want := []byte(strings.Repeat("0123456789abcdef", 6) + "tail")
+		unix.Write(b, want)
+		unix.Shutdown(b, unix.SHUT_WR)
+		out := make(chan []byte, 16)
+		var counts []int
+		err := runOnLoop(l, func() error {
+			_, err := l.Submit(Op{Kind: OpRecv, Fd: a, Pool: p, Multishot: true, Bundle: os.Getenv("NOBUNDLE") == "", Done: func(r Result) {
+				ids := p.Bundle(r)
+				counts = append(counts, len(ids))
+				var got []byte
+				left := int(r.Res)
+				for _, id := range ids {
+					k := min(left, p.Size())
+					got = append(got, p.Bytes(id)[:k]...)
+					left -= k
+					p.Put(id)
+				}
+				if r.Res > 0 && left != 0 {
+					t.Errorf("%d bytes in %d buffers of 16", r.Res, len(ids))
+				}
+				if !r.More() {
+					close(out)
+					return
+				}
+				out <- got
+			}})
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []byte
+		timeout := time.After(5 * time.Second)
+	loop:
+		for {
+			select {
+			case b, ok := <-out:
+				if !ok {
+					break loop
+				}
+				got = append(got, b...)
+			case <-timeout:
+				t.Fatal("bundle recv did not end")
+			}
+		}
+		if string(got) != string(want) {
+			t.Fatalf("bundle recv got %q, want %q", got, want)
+		}
+		var most, held int
+		runOnLoop(l, func() error {
+			for _, c := range counts {
+				most = max(most, c)
+			}
+			_, held = p.Stats()
+			return nil
+		})
+		if held != 0 {
+			t.Errorf("%d buffers still held after every Put", held)
+		}
+		if ub, ok := l.b.(*uringBackend); ok && ub.ring.Features()&uring.IORING_FEAT_RECVSEND_BUNDLE != 0 && most < 2 {
+			t.Errorf("io_uring with bundles: at most %d buffer per completion for %d bytes waiting", most, len(want))
 		}
 	})
 }

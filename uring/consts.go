@@ -136,6 +136,9 @@ const (
 	IORING_FEAT_RSRC_TAGS       uint32 = 1 << 10
 	IORING_FEAT_CQE_SKIP        uint32 = 1 << 11
 	IORING_FEAT_LINKED_FILE     uint32 = 1 << 12
+	IORING_FEAT_REG_REG_RING    uint32 = 1 << 13
+	IORING_FEAT_RECVSEND_BUNDLE uint32 = 1 << 14 // 6.10
+	IORING_FEAT_MIN_TIMEOUT     uint32 = 1 << 15
 )
 
 // POLL_ADD / POLL_REMOVE flags (carried in sqe.len).
