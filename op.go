@@ -148,7 +148,11 @@ type Op struct {
 	// Bundle lets a pool recv fill several pool buffers in one completion
 	// (io_uring 6.10+, IORING_RECVSEND_BUNDLE): BufferPool.Bundle lists
 	// them, in order, all full but the last. Elsewhere a completion still
-	// has one buffer, which Bundle lists too.
+	// has one buffer, which Bundle lists too. A bundle takes as many of
+	// the pool's ring buffers as the data fills (up to the 32 the engine
+	// keeps in the ring): nothing caps it per op (on 6.18 a recv's length
+	// did not; measured), so a caller that must bound what it holds, such
+	// as a proxy facing slow readers, should not bundle.
 	Bundle bool
 
 	// Done is called on the loop's goroutine with the op's one and only
