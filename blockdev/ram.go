@@ -9,8 +9,9 @@ import (
 // RAM is a sparse in-memory Backend: memory is allocated in chunks on the
 // first write to them; reads of a chunk never written return zeroes from a
 // shared zero buffer. DISCARD and WRITE_ZEROES free whole chunks and clear
-// partial ones. It implements Mapper, so READs inside one chunk are copied
-// by the kernel straight out of the chunk (or the zero buffer).
+// partial ones. It implements Mapper and WriteMapper, so requests inside
+// one chunk are copied by the kernel straight between the bio and the
+// chunk (READs of unwritten chunks from the zero buffer).
 //
 // It is safe for concurrent use by several queues; as on any disk, the
 // result of overlapping concurrent writes is unspecified.
@@ -175,6 +176,20 @@ func (d *RAM) Discard(off, n int64) error {
 
 // WriteZeroes is Discard: both leave zeroes.
 func (d *RAM) WriteZeroes(off, n int64) error { return d.Discard(off, n) }
+
+// MappedForWrite returns the memory that stores [off, off+n) when it lies
+// in one chunk, allocating the chunk.
+func (d *RAM) MappedForWrite(off int64, n int) []byte {
+	if n <= 0 || d.checkRange(off, int64(n)) != nil {
+		return nil
+	}
+	coff := off & (d.chunk - 1)
+	if coff+int64(n) > d.chunk {
+		return nil
+	}
+	c := d.chunkAlloc(off >> d.shift)
+	return c[coff : coff+int64(n) : coff+int64(n)]
+}
 
 // Mapped returns the memory holding [off, off+n) when it lies in one chunk:
 // the chunk itself, or the shared zero buffer if it was never written.
