@@ -1829,4 +1829,4 @@ module_exit(abuse_exit);
 MODULE_LICENSE("GPL");
 MODULE_AUTHOR("The uio authors");
 MODULE_DESCRIPTION("ABUSE: block devices served from userspace");
-MODULE_VERSION("1.1");
+MODULE_VERSION("1.2");
