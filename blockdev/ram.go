@@ -180,28 +180,31 @@ func (d *RAM) WriteZeroes(off, n int64) error { return d.Discard(off, n) }
 // MappedForWrite returns the memory that stores [off, off+n) when it lies
 // in one chunk, allocating the chunk.
 func (d *RAM) MappedForWrite(off int64, n int) []byte {
+	ci, coff, ok := d.inOneChunk(off, n)
+	if !ok {
+		return nil
+	}
+	return d.chunkAlloc(ci)[coff : coff+int64(n) : coff+int64(n)]
+}
+
+// inOneChunk returns the chunk holding [off, off+n) and the range's offset
+// in it, if the range is non-empty, on the device and inside one chunk.
+func (d *RAM) inOneChunk(off int64, n int) (ci, coff int64, ok bool) {
 	if n <= 0 || d.checkRange(off, int64(n)) != nil {
-		return nil
+		return 0, 0, false
 	}
-	coff := off & (d.chunk - 1)
-	if coff+int64(n) > d.chunk {
-		return nil
-	}
-	c := d.chunkAlloc(off >> d.shift)
-	return c[coff : coff+int64(n) : coff+int64(n)]
+	coff = off & (d.chunk - 1)
+	return off >> d.shift, coff, coff+int64(n) <= d.chunk
 }
 
 // Mapped returns the memory holding [off, off+n) when it lies in one chunk:
 // the chunk itself, or the shared zero buffer if it was never written.
 func (d *RAM) Mapped(off int64, n int) []byte {
-	if n <= 0 || d.checkRange(off, int64(n)) != nil {
+	ci, coff, ok := d.inOneChunk(off, n)
+	if !ok {
 		return nil
 	}
-	coff := off & (d.chunk - 1)
-	if coff+int64(n) > d.chunk {
-		return nil
-	}
-	if c := d.chunkAt(off >> d.shift); c != nil {
+	if c := d.chunkAt(ci); c != nil {
 		return c[coff : coff+int64(n) : coff+int64(n)]
 	}
 	return d.zero[:n:n]
