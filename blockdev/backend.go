@@ -74,6 +74,19 @@ type Mapper interface {
 	Mapped(off int64, n int) []byte
 }
 
+// WriteMapper is a Backend whose data lives in this process's memory and
+// can be written there directly. MappedForWrite returns the memory that
+// holds the n bytes at off (allocating it if need be) when it is one
+// contiguous piece that stays valid while the server holds the slice, or
+// nil. On ABUSE USER_COPY queues a WRITE is then completed with that
+// address: the kernel stores the data straight into it before the request
+// completes, so the data is copied once and is in place when the write is
+// acknowledged. Writes that need a FLUSH or FUA on a write-cache device
+// are not served this way.
+type WriteMapper interface {
+	MappedForWrite(off int64, n int) []byte
+}
+
 // AsyncBackend is a Backend that does its I/O through the engine. The
 // server calls Start instead of the Backend methods for every request;
 // the synchronous methods remain for other users (tests, tools).
@@ -132,7 +145,9 @@ type Request struct {
 	// Buf is the tag's buffer, Len bytes long: for a WRITE it holds the
 	// data; a READ may fill it (then complete with Complete(nil)). It is
 	// page aligned, so it suits O_DIRECT. nil for FLUSH, DISCARD and
-	// WRITE_ZEROES.
+	// WRITE_ZEROES. (On an ABUSE USER_COPY queue, which only synchronous
+	// backends get, it is the queue's scratch buffer, used for requests
+	// that Mapper/WriteMapper do not map.)
 	Buf   []byte
 	Queue int // hardware queue index
 

@@ -20,6 +20,10 @@
 //     with -EINVAL or -EIO, never a panic) and handed to the Backend.
 //  3. A synchronous backend (RAM) answers inline; its completions go into the
 //     next COMMIT_FETCH at once, so a busy queue does one ioctl per batch.
+//     Where the module has the WAIT feature, that COMMIT_FETCH also waits
+//     in the kernel for the next request (Config.FetchWait, default 10 ms,
+//     then back to the poll), so at queue depth 1 a request costs one ioctl
+//     rather than a poll wakeup, a fetch and a commit.
 //     An AsyncBackend (File) starts engine ops and returns; their Done
 //     completes the request, and the first completion of a round schedules
 //     one pump for the next round, which commits all of that round's
@@ -33,6 +37,15 @@
 // Request.Buf or, for a backend that implements Mapper (RAM), completes with
 // the address of its own memory, and the kernel copies straight from there
 // into the bio pages. Unallocated RAM reads name a shared zero buffer.
+//
+// Where the module has USER_COPY queues (Config.AbuseCopy "auto", the
+// default) and the backend is synchronous and implements WriteMapper
+// (RAM), the queue has no per-tag buffers and a WRITE is completed with
+// the address where the data belongs: the kernel copies it
+// there from the bio before the write completes, so every byte is copied
+// once, as in brd. Requests the backend cannot map (across RAM chunks)
+// go through one scratch buffer per queue, with ABUSE_QUEUE_COPY moving
+// the data between it and the request.
 //
 // # Lifetime
 //

@@ -29,6 +29,9 @@ type fakeKQ struct {
 	calls    int
 	maxDone  int // largest batch of completions in one call
 	closed   bool
+	userCopy bool // USER_COPY: no tag buffers, data only where named
+	copies   int  // Copy calls
+	waits    int  // CommitFetchWait calls that waited
 }
 
 type fakeReq struct {
@@ -63,6 +66,9 @@ func (k *fakeKQ) submit(op uint32, off uint64, n uint32, data []byte) *fakeReq {
 
 func (k *fakeKQ) Fd() int { return k.efd }
 func (k *fakeKQ) Buffer(tag uint16) []byte {
+	if k.userCopy {
+		return nil
+	}
 	return k.buf[int(tag)*k.maxIO : (int(tag)+1)*k.maxIO]
 }
 func (k *fakeKQ) Close() error {
@@ -70,6 +76,53 @@ func (k *fakeKQ) Close() error {
 	k.closed = true
 	k.mu.Unlock()
 	return unix.Close(k.efd)
+}
+
+func (k *fakeKQ) UserCopy() bool { return k.userCopy }
+
+func addrSlice(addr uint64, n uint32) []byte {
+	return unsafe.Slice((*byte)(*(*unsafe.Pointer)(unsafe.Pointer(&addr))), n)
+}
+
+// Copy is ABUSE_QUEUE_COPY: a WRITE's data out, a READ's data in.
+func (k *fakeKQ) Copy(seq uint64, tag uint16, off int, p []byte) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.copies++
+	fr, ok := k.inflight[tag]
+	switch {
+	case !k.userCopy:
+		return unix.EINVAL
+	case !ok || fr.r.Seq != seq:
+		return fmt.Errorf("fake: copy for tag %d seq %d not in flight: %w", tag, seq, unix.ENOENT)
+	case off < 0 || off+len(p) > int(fr.r.Len):
+		return unix.EINVAL
+	case fr.r.OpFlags&0xff == abuse.OpWrite:
+		copy(p, fr.data[off:])
+	case fr.r.OpFlags&0xff == abuse.OpRead:
+		if fr.data == nil {
+			fr.data = make([]byte, fr.r.Len)
+		}
+		copy(fr.data[off:], p)
+	default:
+		return unix.EINVAL
+	}
+	return nil
+}
+
+// CommitFetchWait is CommitFetch that, with waitMs > 0, waits that long
+// for a request when none is there.
+func (k *fakeKQ) CommitFetchWait(done []abuse.Completion, waitMs, spinUs int) ([]abuse.Request, error) {
+	reqs, err := k.CommitFetch(done)
+	if err != nil || len(reqs) > 0 || waitMs <= 0 {
+		return reqs, err
+	}
+	k.mu.Lock()
+	k.waits++
+	k.mu.Unlock()
+	pfd := []unix.PollFd{{Fd: int32(k.efd), Events: unix.POLLIN}}
+	unix.Poll(pfd, waitMs)
+	return k.CommitFetch(nil)
 }
 
 func (k *fakeKQ) CommitFetch(done []abuse.Completion) ([]abuse.Request, error) {
@@ -84,11 +137,20 @@ func (k *fakeKQ) CommitFetch(done []abuse.Completion) ([]abuse.Request, error) {
 		}
 		delete(k.inflight, c.Tag)
 		k.free = append(k.free, c.Tag)
-		if c.Result == 0 && fr.r.OpFlags&0xff == abuse.OpRead {
+		op := fr.r.OpFlags & 0xff
+		if c.Addr != 0 && op != abuse.OpRead && !(k.userCopy && op == abuse.OpWrite) {
+			return nil, fmt.Errorf("fake: address in a completion of op %d: %w", op, unix.EINVAL)
+		}
+		switch {
+		case c.Result != 0:
+		case k.userCopy && c.Addr != 0 && op == abuse.OpWrite:
+			copy(addrSlice(c.Addr, fr.r.Len), fr.data)
+		case k.userCopy && c.Addr != 0:
+			fr.data = append([]byte(nil), addrSlice(c.Addr, fr.r.Len)...)
+		case !k.userCopy && op == abuse.OpRead:
 			src := k.Buffer(c.Tag)[:fr.r.Len]
 			if c.Addr != 0 {
-				addr := c.Addr
-				src = unsafe.Slice((*byte)(*(*unsafe.Pointer)(unsafe.Pointer(&addr))), fr.r.Len)
+				src = addrSlice(c.Addr, fr.r.Len)
 			}
 			fr.data = append([]byte(nil), src...)
 		}
@@ -102,7 +164,7 @@ func (k *fakeKQ) CommitFetch(done []abuse.Completion) ([]abuse.Request, error) {
 		k.free = k.free[:len(k.free)-1]
 		k.seq++
 		fr.r.Seq, fr.r.Tag = k.seq, tag
-		if fr.r.OpFlags&0xff == abuse.OpWrite {
+		if fr.r.OpFlags&0xff == abuse.OpWrite && !k.userCopy {
 			copy(k.Buffer(tag), fr.data)
 		}
 		k.inflight[tag] = fr
@@ -123,6 +185,13 @@ func (k *fakeKQ) CommitFetch(done []abuse.Completion) ([]abuse.Request, error) {
 // testServer runs one queue of a server on a fake kernel queue.
 func testServer(t *testing.T, be Backend, engine string, depth, maxIO int, readOnly bool) (*Server, *fakeKQ) {
 	t.Helper()
+	return testServerMode(t, be, engine, depth, maxIO, readOnly, false, 0)
+}
+
+// testServerMode is testServer on a USER_COPY fake queue (userCopy) and
+// with COMMIT_FETCH waits of waitMs (0: none).
+func testServerMode(t *testing.T, be Backend, engine string, depth, maxIO int, readOnly, userCopy bool, waitMs int) (*Server, *fakeKQ) {
+	t.Helper()
 	s := &Server{
 		cfg:        abuse.DevConfig{QueueDepth: uint32(depth), MaxIOBytes: uint32(maxIO), NrHWQueues: 1},
 		be:         be,
@@ -137,7 +206,10 @@ func testServer(t *testing.T, be Backend, engine string, depth, maxIO int, readO
 	s.geo.zeroes = backendSupports(be, OpWriteZeroes)
 	s.async, _ = be.(AsyncBackend)
 	s.mapper, _ = be.(Mapper)
+	s.wmapper, _ = be.(WriteMapper)
+	s.fetchWaitMs = waitMs
 	k := newFakeKQ(t, depth, maxIO)
+	k.userCopy = userCopy
 	q, err := newQueue(s, k, 0)
 	if err != nil {
 		t.Skipf("engine %s: %v", engine, err)

@@ -27,7 +27,17 @@ type queue struct {
 	reqs []Request // by tag
 
 	done []abuse.Completion // finished, not yet committed
-	keep [][]byte           // memory named by READ completions in done
+	keep [][]byte           // memory named by completions in done
+
+	// userCopy: the kernel queue has no per-tag buffers (abuse
+	// USER_COPY); data moves where completions name it, or through
+	// scratch with Copy. Only with a synchronous backend, which serves one
+	// request at a time, so one scratch buffer of max_io bytes suffices.
+	userCopy bool
+	scratch  []byte
+	// waitMs/spinUs > 0: COMMIT_FETCH waits in the kernel for the next
+	// request (synchronous backends only: the loop has nothing else to do).
+	waitMs, spinUs int
 
 	polling    bool // a poll op is in the kernel
 	pumpPosted bool // a pump is posted for the next round
@@ -57,6 +67,13 @@ func newQueue(s *Server, kq kqueue, id int) (*queue, error) {
 	for t := range q.reqs {
 		q.reqs[t] = Request{q: q, tag: uint16(t), Queue: id}
 	}
+	if kq.UserCopy() {
+		q.userCopy = true
+		q.scratch = make([]byte, s.cfg.MaxIOBytes)
+	}
+	if s.async == nil {
+		q.waitMs, q.spinUs = s.fetchWaitMs, s.fetchSpinUs
+	}
 	if err := l.Post(q.pump); err != nil {
 		l.Close()
 		return nil, err
@@ -78,7 +95,7 @@ func (q *queue) pump() {
 			q.schedulePump()
 			break
 		}
-		reqs, err := q.kq.CommitFetch(q.done)
+		reqs, err := q.kq.CommitFetchWait(q.done, q.waitMs, q.spinUs)
 		q.st.Calls++
 		q.done = q.done[:0]
 		clear(q.keep)
@@ -92,7 +109,10 @@ func (q *queue) pump() {
 		for k := range reqs {
 			q.dispatch(&reqs[k])
 		}
-		if len(q.done) == 0 {
+		if q.waitMs > 0 && len(reqs) == 0 {
+			break // waited, nothing came: the queue is idle
+		}
+		if q.waitMs == 0 && len(q.done) == 0 {
 			break // nothing fetched, or all of it in the backend's hands
 		}
 	}
@@ -201,6 +221,10 @@ func (q *queue) dispatch(kr *abuse.Request) {
 		r.Complete(errno)
 		return
 	}
+	if q.userCopy {
+		q.serveUserCopy(r)
+		return
+	}
 	if r.Op == OpRead || r.Op == OpWrite {
 		r.Buf = q.kq.Buffer(kr.Tag)[:r.Len]
 	}
@@ -211,6 +235,35 @@ func (q *queue) dispatch(kr *abuse.Request) {
 		return
 	}
 	serveSync(q.s.be, q.s.mapper, &q.s.geo, r)
+}
+
+// serveUserCopy serves r on a USER_COPY queue (synchronous backend). Data
+// the backend holds in one piece of memory moves once: a READ completes
+// with its address, a WRITE with the address where it belongs (the kernel
+// stores the data there before it ends the request). Anything else goes
+// through the queue's scratch buffer: a WRITE's data is copied out of the
+// request first, a READ's is copied in when it completes (finish).
+func (q *queue) serveUserCopy(r *Request) {
+	s := q.s
+	if r.Op != OpRead && r.Op != OpWrite {
+		serveSync(s.be, s.mapper, &s.geo, r)
+		return
+	}
+	if r.Op == OpWrite && s.wmapper != nil && !(s.geo.flush && r.Flags&(FlagFUA|FlagPreflush) != 0) {
+		if p := s.wmapper.MappedForWrite(r.Offset, r.Len); p != nil {
+			r.finish(0, addrOf(p), p)
+			return
+		}
+	}
+	r.Buf = q.scratch[:r.Len]
+	if r.Op == OpWrite {
+		if err := q.kq.Copy(r.seq, r.tag, 0, r.Buf); err != nil {
+			q.log.Error("blockdev: copying WRITE data out of the request failed", zap.Stringer("req", r), zap.Error(err))
+			r.Complete(unix.EIO)
+			return
+		}
+	}
+	serveSync(s.be, s.mapper, &s.geo, r)
 }
 
 // serveSync runs r on a synchronous backend and completes it.
@@ -265,11 +318,19 @@ func (r *Request) finish(res int32, addr uint64, keep []byte) {
 	if r.async {
 		q.inflight--
 	}
-	if res != 0 {
-		q.log.Debug("blockdev: request failed", zap.Stringer("req", r), zap.Error(unix.Errno(-res)))
-	}
 	if q.dead || q.stopping {
 		return // nobody to tell: the kernel has failed or requeued it
+	}
+	if q.userCopy && res == 0 && r.Op == OpRead && addr == 0 && r.Len > 0 {
+		// the data is in r.Buf (scratch): into the request before it
+		// completes
+		if err := q.kq.Copy(r.seq, r.tag, 0, r.Buf); err != nil {
+			q.log.Error("blockdev: copying READ data into the request failed", zap.Stringer("req", r), zap.Error(err))
+			res = -int32(unix.EIO)
+		}
+	}
+	if res != 0 {
+		q.log.Debug("blockdev: request failed", zap.Stringer("req", r), zap.Error(unix.Errno(-res)))
 	}
 	q.done = append(q.done, abuse.Completion{Seq: r.seq, Tag: r.tag, Result: res, Addr: addr})
 	if keep != nil {

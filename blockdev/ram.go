@@ -9,8 +9,9 @@ import (
 // RAM is a sparse in-memory Backend: memory is allocated in chunks on the
 // first write to them; reads of a chunk never written return zeroes from a
 // shared zero buffer. DISCARD and WRITE_ZEROES free whole chunks and clear
-// partial ones. It implements Mapper, so READs inside one chunk are copied
-// by the kernel straight out of the chunk (or the zero buffer).
+// partial ones. It implements Mapper and WriteMapper, so requests inside
+// one chunk are copied by the kernel straight between the bio and the
+// chunk (READs of unwritten chunks from the zero buffer).
 //
 // It is safe for concurrent use by several queues; as on any disk, the
 // result of overlapping concurrent writes is unspecified.
@@ -176,17 +177,34 @@ func (d *RAM) Discard(off, n int64) error {
 // WriteZeroes is Discard: both leave zeroes.
 func (d *RAM) WriteZeroes(off, n int64) error { return d.Discard(off, n) }
 
+// MappedForWrite returns the memory that stores [off, off+n) when it lies
+// in one chunk, allocating the chunk.
+func (d *RAM) MappedForWrite(off int64, n int) []byte {
+	ci, coff, ok := d.inOneChunk(off, n)
+	if !ok {
+		return nil
+	}
+	return d.chunkAlloc(ci)[coff : coff+int64(n) : coff+int64(n)]
+}
+
+// inOneChunk returns the chunk holding [off, off+n) and the range's offset
+// in it, if the range is non-empty, on the device and inside one chunk.
+func (d *RAM) inOneChunk(off int64, n int) (ci, coff int64, ok bool) {
+	if n <= 0 || d.checkRange(off, int64(n)) != nil {
+		return 0, 0, false
+	}
+	coff = off & (d.chunk - 1)
+	return off >> d.shift, coff, coff+int64(n) <= d.chunk
+}
+
 // Mapped returns the memory holding [off, off+n) when it lies in one chunk:
 // the chunk itself, or the shared zero buffer if it was never written.
 func (d *RAM) Mapped(off int64, n int) []byte {
-	if n <= 0 || d.checkRange(off, int64(n)) != nil {
+	ci, coff, ok := d.inOneChunk(off, n)
+	if !ok {
 		return nil
 	}
-	coff := off & (d.chunk - 1)
-	if coff+int64(n) > d.chunk {
-		return nil
-	}
-	if c := d.chunkAt(off >> d.shift); c != nil {
+	if c := d.chunkAt(ci); c != nil {
 		return c[coff : coff+int64(n) : coff+int64(n)]
 	}
 	return d.zero[:n:n]

@@ -108,6 +108,18 @@ func TestRAMSparse(t *testing.T) {
 			t.Errorf("range %v accepted", c)
 		}
 	}
+	// MappedForWrite: the chunk, allocated; nil across chunks or off the end
+	if m := r.MappedForWrite(600<<20+4096, 4096); m == nil || cap(m) != 4096 || r.Allocated() != 2<<20 {
+		t.Fatalf("MappedForWrite of an unwritten block: %d bytes, allocated %d", len(m), r.Allocated())
+	} else {
+		m[0] = 7
+		if r.ReadAt(p[:4096], 600<<20+4096); p[0] != 7 {
+			t.Fatal("a write through MappedForWrite does not read back")
+		}
+	}
+	if r.MappedForWrite((2<<20)-4096, 8192) != nil || r.MappedForWrite(1<<30-4096, 8192) != nil || r.MappedForWrite(0, 0) != nil {
+		t.Fatal("MappedForWrite across chunks, off the end or empty")
+	}
 	if _, err := NewRAM(1<<20, 3000); err == nil {
 		t.Error("chunk 3000 accepted")
 	}

@@ -69,6 +69,24 @@ type Config struct {
 	// the kernel has it, 6.5+) or "buffers" (the kernel copies through
 	// per-tag buffers, as before 6.5). ABUSE ignores it.
 	UblkCopy string
+	// AbuseCopy is how ABUSE moves data: "auto" (default: USER_COPY
+	// queues where the module has them and the backend is synchronous and
+	// implements WriteMapper, like RAM: its data is then copied once,
+	// straight between the bio and its memory, for writes as for reads) or
+	// "buffers" (the kernel copies WRITE data into per-tag buffers at
+	// fetch time, as modules without USER_COPY do, and as other backends
+	// always get). ublk ignores it.
+	AbuseCopy string
+	// FetchWait is how long an ABUSE queue's COMMIT_FETCH waits in the
+	// kernel for the next request before the queue goes back to polling
+	// (modules with FeatWait, synchronous backends only): at low queue
+	// depth each request then costs one ioctl. 0 means 10 ms; negative
+	// means never wait. At most 1 s.
+	FetchWait time.Duration
+	// FetchSpin is how long that wait polls before it sleeps (0: it
+	// sleeps at once; at most 1 ms). Polling saves a wakeup per request
+	// at the cost of a busy CPU.
+	FetchSpin time.Duration
 	// Logger receives attach/detach events and bad requests; default none.
 	Logger *zap.Logger
 }
@@ -86,11 +104,15 @@ type Server struct {
 	be      Backend
 	async   AsyncBackend
 	mapper  Mapper
-	log     *zap.Logger
-	engine  string
-	queues  []*queue
-	anyStop chan struct{} // a queue stopped (buffered, one per queue)
-	done    chan struct{}
+	wmapper WriteMapper
+	// ABUSE: USER_COPY queues, and COMMIT_FETCH waits (ms, µs; 0: none)
+	userCopy                 bool
+	fetchWaitMs, fetchSpinUs int
+	log                      *zap.Logger
+	engine                   string
+	queues                   []*queue
+	anyStop                  chan struct{} // a queue stopped (buffered, one per queue)
+	done                     chan struct{}
 
 	mu         sync.Mutex
 	detachedCh chan struct{} // closed when detach has finished
@@ -148,6 +170,16 @@ func Serve(cfg Config) (*Server, error) {
 	if s.engine == "" {
 		s.engine = "auto"
 	}
+	// USER_COPY pays off where the backend can name where WRITE data
+	// belongs; for others it would add an ioctl per request
+	s.userCopy = cfg.AbuseCopy != "buffers" && dc.Features&abuse.FeatUserCopy != 0 && s.async == nil && s.wmapper != nil
+	if dc.Features&abuse.FeatWait != 0 && cfg.FetchWait >= 0 {
+		s.fetchWaitMs = int(cfg.FetchWait.Milliseconds())
+		if cfg.FetchWait == 0 {
+			s.fetchWaitMs = 10
+		}
+		s.fetchSpinUs = int(cfg.FetchSpin.Microseconds())
+	}
 	for i := 0; i < int(dc.NrHWQueues); i++ {
 		q, err := s.startQueue(i)
 		if err != nil {
@@ -176,7 +208,9 @@ func Serve(cfg Config) (*Server, error) {
 		zap.Uint32("depth", dc.QueueDepth), zap.Uint32("max_io", dc.MaxIOBytes),
 		zap.Uint32("io_timeout_ms", dc.IOTimeoutMs), zap.Bool("timeout_ends_server", dc.Flags&abuse.DevTimeoutDead != 0),
 		zap.Bool("read_only", s.geo.readOnly), zap.String("engine", s.queues[0].l.Backend()),
-		zap.Bool("async_backend", s.async != nil), zap.Bool("mapped_reads", s.mapper != nil))
+		zap.Bool("async_backend", s.async != nil), zap.Bool("mapped_reads", s.mapper != nil),
+		zap.Bool("user_copy", s.userCopy), zap.Bool("mapped_writes", s.userCopy && s.wmapper != nil),
+		zap.Int("fetch_wait_ms", s.fetchWaitMs), zap.Int("fetch_spin_us", s.fetchSpinUs))
 	return s, nil
 }
 
@@ -219,6 +253,17 @@ func deviceConfig(cfg *Config) (abuse.DevConfig, error) {
 	}
 	if cfg.ReconnectMs < 0 || cfg.ReconnectMs > abuse.MaxReconnectMs {
 		return abuse.DevConfig{}, fmt.Errorf("blockdev: reconnect window %d ms: want 0..%d", cfg.ReconnectMs, abuse.MaxReconnectMs)
+	}
+	switch cfg.AbuseCopy {
+	case "", "auto", "buffers":
+	default:
+		return abuse.DevConfig{}, fmt.Errorf("blockdev: ABUSE copy mode %q: want auto or buffers", cfg.AbuseCopy)
+	}
+	if cfg.FetchWait > time.Duration(abuse.MaxWaitMs)*time.Millisecond || (cfg.FetchWait > 0 && cfg.FetchWait < time.Millisecond) {
+		return abuse.DevConfig{}, fmt.Errorf("blockdev: fetch wait %v: want 1ms..%dms (0: 10ms, negative: none)", cfg.FetchWait, abuse.MaxWaitMs)
+	}
+	if cfg.FetchSpin < 0 || cfg.FetchSpin > time.Duration(abuse.MaxSpinUs)*time.Microsecond {
+		return abuse.DevConfig{}, fmt.Errorf("blockdev: fetch spin %v: want 0..%dµs", cfg.FetchSpin, abuse.MaxSpinUs)
 	}
 	timeoutMs := cfg.IOTimeout.Milliseconds()
 	if cfg.IOTimeout != 0 && (timeoutMs < abuse.MinIOTimeoutMs || timeoutMs > abuse.MaxIOTimeoutMs) {
@@ -396,12 +441,18 @@ func (s *Server) stopQueues() Stats {
 type kqueue interface {
 	Fd() int
 	Buffer(tag uint16) []byte
-	CommitFetch(done []abuse.Completion) ([]abuse.Request, error)
+	CommitFetchWait(done []abuse.Completion, waitMs, spinUs int) ([]abuse.Request, error)
+	UserCopy() bool
+	Copy(seq uint64, tag uint16, off int, p []byte) error
 	Close() error
 }
 
 func (s *Server) startQueue(i int) (*queue, error) {
-	kq, err := s.ctl.OpenQueue(i)
+	open := s.ctl.OpenQueue
+	if s.userCopy {
+		open = s.ctl.OpenUserCopyQueue
+	}
+	kq, err := open(i)
 	if err != nil {
 		return nil, err
 	}
@@ -437,5 +488,6 @@ func newServer(cfg Config, dc abuse.DevConfig, log *zap.Logger, engine string) *
 	}
 	s.async, _ = cfg.Backend.(AsyncBackend)
 	s.mapper, _ = cfg.Backend.(Mapper)
+	s.wmapper, _ = cfg.Backend.(WriteMapper)
 	return s
 }

@@ -161,6 +161,64 @@ func TestServeMappedReads(t *testing.T) {
 	}
 }
 
+// TestServeUserCopy: on a USER_COPY queue with fetch waits, RAM writes and
+// reads inside a chunk name the chunk (no Copy call), requests across
+// chunks go through Copy, and the data reads back; the queue waits in
+// COMMIT_FETCH when idle, then polls, and serves what comes after.
+func TestServeUserCopy(t *testing.T) {
+	const size, chunk, maxIO = 1 << 20, 64 << 10, 128 << 10
+	for _, engine := range []string{"aio", "uring"} {
+		t.Run(engine, func(t *testing.T) {
+			ram, _ := NewRAM(size, chunk)
+			_, k := testServerMode(t, ram, engine, 8, maxIO, false, true, 5)
+			want := make([]byte, size)
+			rand.New(rand.NewSource(2)).Read(want)
+			type piece struct{ off, n int }
+			pieces := []piece{{0, 4096}, {8192, 16384}, {chunk - 4096, 8192}, {3 * chunk, maxIO}, {5*chunk + 512, 4096}}
+			var frs []*fakeReq
+			for _, p := range pieces {
+				frs = append(frs, k.submit(abuse.OpWrite, uint64(p.off), uint32(p.n), want[p.off:p.off+p.n]))
+			}
+			for _, fr := range frs {
+				if r := wait(t, fr); r != 0 {
+					t.Fatalf("write %+v: %d", fr.r, r)
+				}
+			}
+			k.mu.Lock()
+			if k.copies != 2 { // the two writes across chunk boundaries
+				t.Errorf("%d Copy calls for writes, want 2 (the cross-chunk writes)", k.copies)
+			}
+			k.copies = 0
+			k.mu.Unlock()
+			time.Sleep(20 * time.Millisecond) // idle: the wait runs out, the queue polls
+			frs = frs[:0]
+			for _, p := range pieces {
+				frs = append(frs, k.submit(abuse.OpRead, uint64(p.off), uint32(p.n), nil))
+			}
+			for _, fr := range frs {
+				if r := wait(t, fr); r != 0 {
+					t.Fatalf("read %+v: %d", fr.r, r)
+				}
+				if !bytes.Equal(fr.data, want[fr.r.Offset:fr.r.Offset+uint64(fr.r.Len)]) {
+					t.Fatalf("read %d+%d: data differs", fr.r.Offset, fr.r.Len)
+				}
+			}
+			fr := k.submit(abuse.OpRead, 7*chunk, 4096, nil) // never written
+			if wait(t, fr) != 0 || !bytes.Equal(fr.data, make([]byte, 4096)) {
+				t.Fatal("zero read")
+			}
+			k.mu.Lock()
+			defer k.mu.Unlock()
+			if k.copies != 2 {
+				t.Errorf("%d Copy calls for reads, want 2 (the cross-chunk reads)", k.copies)
+			}
+			if k.waits == 0 {
+				t.Error("COMMIT_FETCH never waited")
+			}
+		})
+	}
+}
+
 func TestDeviceConfig(t *testing.T) {
 	ram, _ := NewRAM(64<<20, 0)
 	for _, c := range []struct {

@@ -11,7 +11,10 @@
  * Requests are identified by (queue, tag, sequence number).  WRITE data is
  * copied into a per-tag user buffer when the request is fetched; READ data
  * is copied from a server-named address (or the per-tag buffer) when the
- * request is completed.  That is the only copy the kernel makes.
+ * request is completed.  On a USER_COPY queue the server names the address
+ * for both directions (in its completion, or with ABUSE_QUEUE_COPY), so a
+ * RAM disk's data moves once, between the bio and its final place.  That is
+ * the only copy the kernel makes.
  *
  * Modelled on drivers/block/brd.c and drivers/block/null_blk.
  */
@@ -140,6 +143,7 @@ struct abuse_qfile {
 	struct abuse_dev *dev;
 	struct abuse_queue *q;
 	u32 gen;
+	bool user_copy;			/* ABUSE_QUEUE_F_USER_COPY */
 	u64 buf_addr;
 	u64 buf_len;
 };
@@ -191,40 +195,129 @@ static void abuse_wake(struct abuse_queue *q)
 /* Tries of a data copy whose user pages keep going missing. */
 #define ABUSE_COPY_TRIES	8
 
-/*
- * Copy between the bio pages of @rq and user memory at @uaddr with page
- * faults disabled.  Returns 0, -EFAULT for an address the server may not
- * use, or -EAGAIN when a page is not present: fault it in (abuse_fault_in)
- * with the request released, then try again.
- */
-static int abuse_copy_rq(struct request *rq, u64 uaddr, bool to_user)
-{
-	struct req_iterator iter;
-	struct iov_iter ui;
-	struct bio_vec bv;
-	size_t n;
-	int ret;
+/* User pages a copy pins at a time. */
+#define ABUSE_PIN_BATCH		16
 
-	ret = abuse_import_ubuf(to_user ? ITER_DEST : ITER_SOURCE,
-				u64_to_user_ptr(uaddr), blk_rq_bytes(rq), &ui);
-	if (ret)
-		return ret;
+/* A window of pinned server pages, see abuse_upage(). */
+struct abuse_upages {
+	struct page *pages[ABUSE_PIN_BATCH];
+	unsigned long base;		/* user address of pages[0] */
+	int nr;
+};
+
+static void abuse_upages_put(struct abuse_upages *up, bool dirty)
+{
+	int i;
+
+	for (i = 0; i < up->nr; i++) {
+		if (dirty)
+			set_page_dirty(up->pages[i]);
+		put_page(up->pages[i]);
+	}
+	up->nr = 0;
+}
+
+/*
+ * The server page holding @addr (of a range ending at @end), from the
+ * pinned window or by pinning the next one.  get_user_pages_fast_only()
+ * never faults or sleeps, so this is safe while a request is BUSY; NULL
+ * when the page is not present (or is special, like the zero page): the
+ * caller then copies through the user mapping instead.
+ */
+static struct page *abuse_upage(struct abuse_upages *up, unsigned long addr,
+				unsigned long end, bool write)
+{
+	unsigned long pg = addr & PAGE_MASK;
+	int want;
+
+	if (up->nr && pg >= up->base &&
+	    pg < up->base + ((unsigned long)up->nr << PAGE_SHIFT))
+		return up->pages[(pg - up->base) >> PAGE_SHIFT];
+	abuse_upages_put(up, write);
+	want = min_t(unsigned long, ABUSE_PIN_BATCH,
+		     (PAGE_ALIGN(end) - pg) >> PAGE_SHIFT);
+	up->base = pg;
+	up->nr = get_user_pages_fast_only(pg, want, write ? FOLL_WRITE : 0,
+					  up->pages);
+	if (up->nr <= 0) {
+		up->nr = 0;
+		return NULL;
+	}
+	return up->pages[0];
+}
+
+/*
+ * Copy @len bytes at @off of @rq's data between its bio pages and server
+ * memory at @uaddr (@to_user: from the bio to the server), without page
+ * faults.  The server's pages are pinned and copied kernel to kernel with
+ * memcpy, as ublk's user copy does; a page that cannot be pinned that way
+ * is copied through the user mapping.  Returns 0, -EFAULT for an address
+ * the server may not use, or -EAGAIN when a page is not present: fault it
+ * in (abuse_fault_in) with the request released, then try again.
+ */
+static int abuse_copy_rq(struct request *rq, u32 off, u32 len, u64 uaddr,
+			 bool to_user)
+{
+	struct abuse_upages up = { .nr = 0 };
+	unsigned long ua = uaddr, end = uaddr + len;
+	struct req_iterator iter;
+	struct bio_vec bv;
+	int ret = 0;
+
+	if (!len)
+		return 0;
+	if (!access_ok(u64_to_user_ptr(uaddr), len))
+		return -EFAULT;
 	pagefault_disable();
 	rq_for_each_segment(bv, rq, iter) {
-		if (to_user) {
-			n = copy_page_to_iter(bv.bv_page, bv.bv_offset,
-					      bv.bv_len, &ui);
-		} else {
-			n = copy_page_from_iter(bv.bv_page, bv.bv_offset,
-						bv.bv_len, &ui);
-			flush_dcache_page(bv.bv_page);
+		unsigned int bo = bv.bv_offset, bl = bv.bv_len;
+
+		if (off >= bl) {
+			off -= bl;
+			continue;
 		}
-		if (n != bv.bv_len) {
-			ret = -EAGAIN;
+		bo += off;
+		bl -= off;
+		off = 0;
+		while (bl && ua < end) {
+			unsigned int uo = offset_in_page(ua);
+			unsigned int n = min3(bl, (unsigned int)(end - ua),
+					      (unsigned int)PAGE_SIZE - uo);
+			struct page *upg = abuse_upage(&up, ua, end, to_user);
+			void __user *uptr = (void __user *)ua;
+			char *k = kmap_local_page(bv.bv_page);
+			unsigned long left = 0;
+
+			if (upg) {
+				char *u = kmap_local_page(upg);
+
+				if (to_user)
+					memcpy(u + uo, k + bo, n);
+				else
+					memcpy(k + bo, u + uo, n);
+				kunmap_local(u);
+			} else if (to_user) {
+				left = __copy_to_user_inatomic(uptr, k + bo, n);
+			} else {
+				left = __copy_from_user_inatomic(k + bo, uptr, n);
+			}
+			kunmap_local(k);
+			if (left) {
+				ret = -EAGAIN;
+				goto out;
+			}
+			if (!to_user)
+				flush_dcache_page(bv.bv_page);
+			ua += n;
+			bo += n;
+			bl -= n;
+		}
+		if (ua >= end)
 			break;
-		}
 	}
+out:
 	pagefault_enable();
+	abuse_upages_put(&up, to_user);
 	return ret;
 }
 
@@ -645,7 +738,7 @@ static int abuse_check_config(struct abuse_dev_config *c)
 	for (i = 0; i < ARRAY_SIZE(c->reserved); i++)
 		if (c->reserved[i])
 			return -EINVAL;
-	if (c->reserved0 || c->token)
+	if (c->features || c->token)
 		return -EINVAL;
 	if (c->flags & ~ABUSE_DEV_F_ALL)
 		return -EINVAL;
@@ -811,6 +904,7 @@ static int abuse_add(struct abuse_session *s, struct abuse_dev_config *c,
 	atomic64_set(&dev->wr_acked, 0);
 	atomic64_set(&dev->wr_durable, 0);
 	dev->cfg = *c;
+	dev->cfg.features = ABUSE_FEAT_ALL;	/* reported in every reply */
 	dev->id = -1;
 	do {
 		dev->token = get_random_u64();
@@ -1036,22 +1130,23 @@ static void abuse_end_held(struct abuse_queue *q, struct request *rq,
 }
 
 /*
- * The in-flight request a completion names, with the queue lock held.
- * NULL: it timed out, and this late completion is accepted and ignored.
+ * The in-flight request (@tag, @seq) names, with the queue lock held.
+ * NULL: it timed out; for a completion (@complete) that late completion
+ * is accepted and ignored, and it frees the tag.
  */
 static struct request *abuse_find_inflight(struct abuse_queue *q,
-					   struct abuse_qfile *qf,
-					   const struct abuse_completion *c)
+					   struct abuse_qfile *qf, u16 tag,
+					   u64 seq, bool complete)
 {
-	struct abuse_tag *t = &q->tags[c->tag];
+	struct abuse_tag *t = &q->tags[tag];
 	struct abuse_cmd *cmd;
 
 	if (q->gen != qf->gen || q->state != ABUSE_Q_LIVE)
 		return ERR_PTR(-ENOTCONN);
 	cmd = t->rq ? blk_mq_rq_to_pdu(t->rq) : NULL;
-	if (cmd && cmd->state == ABUSE_CMD_INFLIGHT && cmd->seq == c->seq)
+	if (cmd && cmd->state == ABUSE_CMD_INFLIGHT && cmd->seq == seq)
 		return t->rq;
-	if (t->expired_seq && c->seq == t->expired_seq) {
+	if (complete && t->expired_seq && seq == t->expired_seq) {
 		/* the request timed out: the tag is free again */
 		t->expired_seq = 0;
 		q->nr_expired--;
@@ -1094,7 +1189,7 @@ static int abuse_complete_one(struct abuse_qfile *qf,
 {
 	struct abuse_queue *q = qf->q;
 	struct abuse_dev *dev = q->dev;
-	bool bad_addr = false;
+	bool bad_addr = false, to_user;
 	struct request *rq;
 	blk_status_t sts;
 	u64 addr = 0;
@@ -1106,12 +1201,14 @@ static int abuse_complete_one(struct abuse_qfile *qf,
 
 	for (tries = 0; ; tries++) {
 		spin_lock_irq(&q->lock);
-		rq = abuse_find_inflight(q, qf, c);
+		rq = abuse_find_inflight(q, qf, c->tag, c->seq, true);
 		if (IS_ERR_OR_NULL(rq)) {
 			spin_unlock_irq(&q->lock);
 			return PTR_ERR_OR_ZERO(rq);
 		}
-		if (c->addr && req_op(rq) != REQ_OP_READ) {
+		/* an address only for data: READ, and WRITE on USER_COPY */
+		if (c->addr && req_op(rq) != REQ_OP_READ &&
+		    !(qf->user_copy && req_op(rq) == REQ_OP_WRITE)) {
 			spin_unlock_irq(&q->lock);
 			return -EINVAL;
 		}
@@ -1131,15 +1228,25 @@ static int abuse_complete_one(struct abuse_qfile *qf,
 
 		sts = errno_to_blk_status(c->result);
 		ret = 0;
-		if (c->result || req_op(rq) != REQ_OP_READ)
+		if (c->result)
 			break;
+		if (qf->user_copy) {
+			/* the data moves only where the server names it */
+			if (!c->addr)
+				break;
+			addr = c->addr;
+		} else {
+			if (req_op(rq) != REQ_OP_READ)
+				break;
+			addr = c->addr ? c->addr :
+			       qf->buf_addr + (u64)c->tag * dev->cfg.max_io_bytes;
+		}
+		to_user = req_op(rq) == REQ_OP_WRITE;
 		if (bad_addr) {
 			ret = -EFAULT;
 			break;
 		}
-		addr = c->addr ? c->addr :
-		       qf->buf_addr + (u64)c->tag * dev->cfg.max_io_bytes;
-		ret = abuse_copy_rq(rq, addr, false);
+		ret = abuse_copy_rq(rq, 0, blk_rq_bytes(rq), addr, to_user);
 		if (ret != -EAGAIN)
 			break;
 		if (tries == ABUSE_COPY_TRIES) {
@@ -1149,7 +1256,7 @@ static int abuse_complete_one(struct abuse_qfile *qf,
 		ret = abuse_unhold_inflight(q, qf, rq);
 		if (ret)
 			return ret;
-		bad_addr = !abuse_fault_in(addr, blk_rq_bytes(rq), false);
+		bad_addr = !abuse_fault_in(addr, blk_rq_bytes(rq), to_user);
 	}
 	/* A bad address ends that request with EIO, as a bad WRITE buffer does. */
 	abuse_end_held(q, rq, ret ? BLK_STS_IOERR : sts);
@@ -1184,7 +1291,7 @@ static void abuse_fill_request(struct abuse_qfile *qf, struct request *rq,
 	r->op_flags = abuse_rq_op_flags(rq);
 	r->tag = rq->tag;
 	r->queue_id = q->id;
-	if (req_op(rq) == REQ_OP_WRITE)
+	if (req_op(rq) == REQ_OP_WRITE && !qf->user_copy)
 		r->addr = qf->buf_addr + (u64)r->tag * q->dev->cfg.max_io_bytes;
 }
 
@@ -1220,7 +1327,7 @@ static int abuse_fetch_one(struct abuse_qfile *qf, struct abuse_request __user *
 		abuse_fill_request(qf, rq, &r);
 		ret = 0;
 		if (r.addr)
-			ret = abuse_copy_rq(rq, r.addr, true);
+			ret = abuse_copy_rq(rq, 0, r.len, r.addr, true);
 		if (ret == -EFAULT) {
 			/*
 			 * The server's buffer for this tag is unusable.  Handing
@@ -1296,6 +1403,65 @@ static int abuse_fetch_one(struct abuse_qfile *qf, struct abuse_request __user *
 	}
 }
 
+/* Fetch up to b->max_requests waiting requests into @ur. */
+static int abuse_fetch_batch(struct abuse_qfile *qf,
+			     struct abuse_request __user *ur,
+			     struct abuse_batch *b)
+{
+	int ret = 0;
+
+	while (!ret && b->nr_requests < b->max_requests) {
+		ret = abuse_fetch_one(qf, &ur[b->nr_requests]);
+		if (ret == 1)
+			return 0;
+		if (!ret)
+			b->nr_requests++;
+		cond_resched();
+	}
+	return ret;
+}
+
+/* Has the server something to do: a request to fetch, or a dead queue fd? */
+static bool abuse_queue_ready(struct abuse_qfile *qf)
+{
+	struct abuse_queue *q = qf->q;
+	bool ready;
+
+	spin_lock_irq(&q->lock);
+	ready = q->gen != qf->gen || q->state != ABUSE_Q_LIVE ||
+		abuse_first_ready(q);
+	spin_unlock_irq(&q->lock);
+	return ready;
+}
+
+/*
+ * ABUSE_BATCH_F_WAIT with nothing fetched: poll for up to @spin_us (while
+ * nothing else wants this CPU), then sleep for up to @wait_ms, until
+ * abuse_queue_ready().  A signal ends the wait early.  Returns true if
+ * there is something to fetch (or report).
+ */
+static bool abuse_wait_ready(struct abuse_qfile *qf, u32 wait_ms, u32 spin_us)
+{
+	struct abuse_queue *q = qf->q;
+	u64 end;
+
+	if (spin_us) {
+		end = ktime_get_ns() + (u64)spin_us * NSEC_PER_USEC;
+		do {
+			/* a racy peek; abuse_queue_ready() decides */
+			if ((!list_empty(&q->pending) ||
+			     READ_ONCE(q->gen) != qf->gen) &&
+			    abuse_queue_ready(qf))
+				return true;
+			if (need_resched() || signal_pending(current))
+				break;
+			cpu_relax();
+		} while (ktime_get_ns() < end);
+	}
+	return wait_event_interruptible_timeout(q->wait, abuse_queue_ready(qf),
+						msecs_to_jiffies(wait_ms)) > 0;
+}
+
 static long abuse_queue_commit_fetch(struct abuse_qfile *qf,
 				     struct abuse_batch __user *ub)
 {
@@ -1308,10 +1474,17 @@ static long abuse_queue_commit_fetch(struct abuse_qfile *qf,
 
 	if (copy_from_user(&b, ub, sizeof(b)))
 		return -EFAULT;
-	if (b.flags || b.reserved0 || b.reserved ||
+	if ((b.flags & ~ABUSE_BATCH_F_WAIT) || b.reserved ||
 	    b.nr_completions > ABUSE_MAX_BATCH ||
 	    b.max_requests > ABUSE_MAX_BATCH)
 		return -EINVAL;
+	if (b.flags & ABUSE_BATCH_F_WAIT) {
+		if (!b.wait_ms || b.wait_ms > ABUSE_MAX_WAIT_MS ||
+		    b.spin_us > ABUSE_MAX_SPIN_US || !b.max_requests)
+			return -EINVAL;
+	} else if (b.wait_ms || b.spin_us) {
+		return -EINVAL;
+	}
 	uc = u64_to_user_ptr(b.completions);
 	ur = u64_to_user_ptr(b.requests);
 	b.nr_completed = 0;
@@ -1331,20 +1504,62 @@ static long abuse_queue_commit_fetch(struct abuse_qfile *qf,
 		cond_resched();
 	}
 
-	while (!ret && b.nr_requests < b.max_requests) {
-		ret = abuse_fetch_one(qf, &ur[b.nr_requests]);
-		if (ret == 1) {
-			ret = 0;
-			break;
-		}
-		if (!ret)
-			b.nr_requests++;
-		cond_resched();
-	}
+	if (!ret)
+		ret = abuse_fetch_batch(qf, ur, &b);
+	if (!ret && !b.nr_requests && (b.flags & ABUSE_BATCH_F_WAIT) &&
+	    abuse_wait_ready(qf, b.wait_ms, b.spin_us))
+		ret = abuse_fetch_batch(qf, ur, &b);
 
 	if (copy_to_user(ub, &b, sizeof(b)))
 		return -EFAULT;
 	return ret;
+}
+
+/*
+ * ABUSE_QUEUE_COPY: move part of an in-flight request's data between its
+ * bio and server memory (USER_COPY queues).  The request stays in flight
+ * whatever happens; the server completes it.
+ */
+static long abuse_queue_copy(struct abuse_qfile *qf, struct abuse_copy __user *ua)
+{
+	struct abuse_queue *q = qf->q;
+	struct abuse_copy a;
+	struct request *rq;
+	bool to_user;
+	int tries, ret, err;
+
+	if (copy_from_user(&a, ua, sizeof(a)))
+		return -EFAULT;
+	if (!qf->user_copy || a.flags || a.reserved || !a.len ||
+	    a.tag >= q->dev->cfg.queue_depth)
+		return -EINVAL;
+	for (tries = 0; ; tries++) {
+		spin_lock_irq(&q->lock);
+		rq = abuse_find_inflight(q, qf, a.tag, a.seq, false);
+		if (IS_ERR_OR_NULL(rq)) {
+			spin_unlock_irq(&q->lock);
+			return rq ? PTR_ERR(rq) : -ENOENT;
+		}
+		if ((req_op(rq) != REQ_OP_READ && req_op(rq) != REQ_OP_WRITE) ||
+		    (u64)a.offset + a.len > blk_rq_bytes(rq)) {
+			spin_unlock_irq(&q->lock);
+			return -EINVAL;
+		}
+		abuse_rq_cmd(rq)->state = ABUSE_CMD_BUSY;
+		spin_unlock_irq(&q->lock);
+
+		to_user = req_op(rq) == REQ_OP_WRITE;
+		ret = abuse_copy_rq(rq, a.offset, a.len, a.addr, to_user);
+		if (ret == -EAGAIN && tries == ABUSE_COPY_TRIES)
+			ret = -EFAULT;
+		err = abuse_unhold_inflight(q, qf, rq);
+		if (err)
+			return err;
+		if (ret != -EAGAIN)
+			return ret;
+		if (!abuse_fault_in(a.addr, a.len, to_user))
+			return -EFAULT;
+	}
 }
 
 static long abuse_queue_ioctl(struct file *file, unsigned int cmd,
@@ -1355,6 +1570,8 @@ static long abuse_queue_ioctl(struct file *file, unsigned int cmd,
 	switch (cmd) {
 	case ABUSE_QUEUE_COMMIT_FETCH:
 		return abuse_queue_commit_fetch(qf, (void __user *)arg);
+	case ABUSE_QUEUE_COPY:
+		return abuse_queue_copy(qf, (void __user *)arg);
 	default:
 		return -ENOTTY;
 	}
@@ -1405,16 +1622,22 @@ static int abuse_queue_fd(struct abuse_session *s, struct abuse_queue_setup *qs)
 	u64 need;
 	int fd;
 
-	if (qs->flags || qs->reserved0 || qs->reserved)
+	if ((qs->flags & ~ABUSE_QUEUE_F_USER_COPY) || qs->reserved0 ||
+	    qs->reserved)
 		return -EINVAL;
 	if (!dev)
 		return -ENOTCONN;
 	if (qs->dev_id != dev->id || qs->queue_id >= dev->cfg.nr_hw_queues)
 		return -EINVAL;
 	need = (u64)dev->cfg.queue_depth * dev->cfg.max_io_bytes;
-	if (!PAGE_ALIGNED(qs->buf_addr) || qs->buf_len < need ||
-	    !access_ok(u64_to_user_ptr(qs->buf_addr), need))
+	if (qs->flags & ABUSE_QUEUE_F_USER_COPY) {
+		/* no per-tag buffers: the server names every address */
+		if (qs->buf_addr || qs->buf_len)
+			return -EINVAL;
+	} else if (!PAGE_ALIGNED(qs->buf_addr) || qs->buf_len < need ||
+		   !access_ok(u64_to_user_ptr(qs->buf_addr), need)) {
 		return -EINVAL;
+	}
 	q = &dev->queues[qs->queue_id];
 
 	qf = kzalloc(sizeof(*qf), GFP_KERNEL);
@@ -1423,6 +1646,7 @@ static int abuse_queue_fd(struct abuse_session *s, struct abuse_queue_setup *qs)
 	qf->dev = dev;
 	qf->q = q;
 	qf->gen = s->gen;
+	qf->user_copy = qs->flags & ABUSE_QUEUE_F_USER_COPY;
 	qf->buf_addr = qs->buf_addr;
 	qf->buf_len = qs->buf_len;
 
@@ -1605,4 +1829,4 @@ module_exit(abuse_exit);
 MODULE_LICENSE("GPL");
 MODULE_AUTHOR("The uio authors");
 MODULE_DESCRIPTION("ABUSE: block devices served from userspace");
-MODULE_VERSION("1.1");
+MODULE_VERSION("1.2");

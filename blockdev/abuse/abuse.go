@@ -24,6 +24,15 @@
 // CommitFetch returned). READ data is copied by the kernel from the address
 // in the completion, or from q.Buffer(tag) when that address is 0.
 //
+// Optional features (DevConfig.Features, reported by modules that have
+// them): a USER_COPY queue (OpenUserCopyQueue) has no per-tag buffers; the
+// server names where each request's data lives (a WRITE completion's
+// address is where the kernel stores the data before it completes the
+// request; Queue.Copy moves part of a request's data at any time), so a
+// RAM disk's data is copied once. WAIT (CommitFetchWait) lets one ioctl
+// commit a batch and then wait for the next request, instead of returning
+// empty and needing a poll.
+//
 // Closing (or losing, e.g. by dying) the control fd or any queue fd ends
 // service: the kernel fails I/O with EIO, or holds it for
 // DevConfig.ReconnectMs milliseconds so that a new server can Attach.
@@ -59,7 +68,25 @@ const (
 	MinIOTimeoutMs = 1000
 	MaxIOTimeoutMs = 3600000
 	MaxSize        = 1 << 60
+	MaxWaitMs      = 1000
+	MaxSpinUs      = 1000
 )
+
+// Module features (ABUSE_FEAT_*), in DevConfig.Features after Create or
+// Attach; a module without any reports 0.
+const (
+	FeatUserCopy = 1 << 0 // QueueUserCopy and IoctlQueueCopy
+	FeatWait     = 1 << 1 // BatchWait
+)
+
+// QueueUserCopy (ABUSE_QUEUE_F_USER_COPY) is the QueueSetup flag of a
+// queue without per-tag buffers: the kernel copies data only where the
+// server names an address.
+const QueueUserCopy = 1 << 0
+
+// BatchWait (ABUSE_BATCH_F_WAIT) is the Batch flag that makes a
+// COMMIT_FETCH that found nothing wait (up to Batch.WaitMs) for a request.
+const BatchWait = 1 << 0
 
 // Device flags (ABUSE_DEV_F_*).
 const (
@@ -114,7 +141,7 @@ type DevConfig struct {
 	ReconnectMs           uint32
 	DevID                 int32
 	IOTimeoutMs           uint32 // 0: DefIOTimeoutMs
-	Reserved0             uint32
+	Features              uint32 // out: Feat* of the module (in: 0)
 	Token                 uint64 // out of Create, into Attach and Remove
 	Reserved              [2]uint64
 }
@@ -167,9 +194,21 @@ type Batch struct {
 	MaxRequests   uint32
 	NrCompleted   uint32
 	NrRequests    uint32
-	Flags         uint32
-	Reserved0     uint32
-	Reserved      uint64
+	Flags         uint32 // BatchWait
+	WaitMs        uint32 // BatchWait: 1..MaxWaitMs
+	SpinUs        uint32 // BatchWait: poll this long before sleeping
+	Reserved      uint32
+}
+
+// Copy mirrors struct abuse_copy (32 bytes).
+type Copy struct {
+	Seq      uint64
+	Tag      uint16
+	Flags    uint16
+	Len      uint32
+	Offset   uint32
+	Reserved uint32
+	Addr     uint64
 }
 
 const iocMagic = 0xb9
@@ -186,6 +225,7 @@ var (
 	IoctlCtlRemove        = iowr(0x03, unsafe.Sizeof(DevRemove{}))
 	IoctlCtlQueueFd       = iowr(0x04, unsafe.Sizeof(QueueSetup{}))
 	IoctlQueueCommitFetch = iowr(0x10, unsafe.Sizeof(Batch{}))
+	IoctlQueueCopy        = iowr(0x11, unsafe.Sizeof(Copy{}))
 )
 
 // Op returns the operation code of r.
@@ -199,7 +239,9 @@ func (r *Request) Complete(result int32) Completion {
 }
 
 // CompleteFrom is Complete for a READ whose r.Len bytes are at addr (which
-// must stay valid until the next CommitFetch returns).
+// must stay valid until the next CommitFetch returns). On a USER_COPY
+// queue it also completes a WRITE: the kernel stores its r.Len bytes at
+// addr, then ends the request.
 func (r *Request) CompleteFrom(addr uintptr) Completion {
 	return Completion{Seq: r.Seq, Tag: r.Tag, Addr: uint64(addr)}
 }
@@ -288,13 +330,18 @@ func (c *Ctl) RemoveToken(id int, token uint64, flags uint32) error {
 	return nil
 }
 
+// Features returns the module's optional features (Feat*) as the attached
+// device's configuration reports them.
+func (c *Ctl) Features() uint32 { return c.cfg.Features }
+
 // Queue is the server end of one hardware queue.
 type Queue struct {
-	fd    int
-	id    int
-	maxIO int
-	buf   []byte // queue_depth * max_io_bytes per-tag buffers (mmap)
-	reqs  []Request
+	fd       int
+	id       int
+	maxIO    int
+	buf      []byte // queue_depth * max_io_bytes per-tag buffers (mmap); nil with userCopy
+	userCopy bool
+	reqs     []Request
 }
 
 // OpenQueue registers per-tag buffers for hardware queue qid of the
@@ -324,6 +371,30 @@ func (c *Ctl) OpenQueue(qid int) (*Queue, error) {
 		reqs: make([]Request, min(int(c.cfg.QueueDepth), MaxBatch))}, nil
 }
 
+// OpenUserCopyQueue returns the queue fd of hardware queue qid as a
+// USER_COPY queue: no per-tag buffers; WRITE requests arrive without data
+// (Request.Addr is 0) and the kernel copies a request's data only to or
+// from addresses the server names (CompleteFrom, Copy). The module must
+// list FeatUserCopy.
+func (c *Ctl) OpenUserCopyQueue(qid int) (*Queue, error) {
+	if !c.att {
+		return nil, errors.New("abuse: no device attached")
+	}
+	if c.cfg.Features&FeatUserCopy == 0 {
+		return nil, fmt.Errorf("abuse: queue %d: the module has no USER_COPY (features %#x): %w", qid, c.cfg.Features, unix.EOPNOTSUPP)
+	}
+	qs := QueueSetup{DevID: uint32(c.cfg.DevID), QueueID: uint16(qid), Flags: QueueUserCopy}
+	fd, err := ioctl(c.fd, IoctlCtlQueueFd, unsafe.Pointer(&qs))
+	if err != nil {
+		return nil, fmt.Errorf("abuse: user-copy queue %d: %w", qid, err)
+	}
+	return &Queue{fd: fd, id: qid, maxIO: int(c.cfg.MaxIOBytes), userCopy: true,
+		reqs: make([]Request, min(int(c.cfg.QueueDepth), MaxBatch))}, nil
+}
+
+// UserCopy reports whether q is a USER_COPY queue.
+func (q *Queue) UserCopy() bool { return q.userCopy }
+
 // Fd returns the queue fd: it polls EPOLLIN while requests wait, and
 // EPOLLERR|EPOLLHUP once it no longer serves the device.
 func (q *Queue) Fd() int { return q.fd }
@@ -331,8 +402,12 @@ func (q *Queue) Fd() int { return q.fd }
 // ID returns the hardware queue index.
 func (q *Queue) ID() int { return q.id }
 
-// Buffer returns the per-tag buffer of tag (max_io_bytes long).
+// Buffer returns the per-tag buffer of tag (max_io_bytes long); nil on a
+// USER_COPY queue.
 func (q *Queue) Buffer(tag uint16) []byte {
+	if q.buf == nil {
+		return nil
+	}
 	off := int(tag) * q.maxIO
 	return q.buf[off : off+q.maxIO : off+q.maxIO]
 }
@@ -364,10 +439,22 @@ func (q *Queue) Wait(timeoutMs int) (ready bool, err error) {
 // rejects a completion, the error says so and the completions before it
 // were applied.
 func (q *Queue) CommitFetch(done []Completion) ([]Request, error) {
+	return q.CommitFetchWait(done, 0, 0)
+}
+
+// CommitFetchWait is CommitFetch that, when no request is waiting after
+// the completions, waits for one: it polls for up to spinUs microseconds,
+// then sleeps for up to waitMs milliseconds (1..MaxWaitMs; 0 means do not
+// wait, as CommitFetch). It returns no requests if none came in that time
+// or a signal interrupted the wait. The module must list FeatWait.
+func (q *Queue) CommitFetchWait(done []Completion, waitMs, spinUs int) ([]Request, error) {
 	b := Batch{
 		NrCompletions: uint32(len(done)),
 		MaxRequests:   uint32(len(q.reqs)),
 		Requests:      uint64(uintptr(unsafe.Pointer(&q.reqs[0]))),
+	}
+	if waitMs > 0 {
+		b.Flags, b.WaitMs, b.SpinUs = BatchWait, uint32(waitMs), uint32(spinUs)
 	}
 	if len(done) > 0 {
 		b.Completions = uint64(uintptr(unsafe.Pointer(&done[0])))
@@ -381,10 +468,28 @@ func (q *Queue) CommitFetch(done []Completion) ([]Request, error) {
 	return reqs, nil
 }
 
+// Copy moves len(p) bytes at off of the in-flight request (seq, tag)'s
+// data on a USER_COPY queue: a WRITE's data into p, or p into a READ's
+// data. The request stays in flight; complete it as usual.
+func (q *Queue) Copy(seq uint64, tag uint16, off int, p []byte) error {
+	if len(p) == 0 {
+		return nil
+	}
+	a := Copy{Seq: seq, Tag: tag, Len: uint32(len(p)), Offset: uint32(off), Addr: uint64(uintptr(unsafe.Pointer(&p[0])))}
+	_, err := ioctl(q.fd, IoctlQueueCopy, unsafe.Pointer(&a))
+	runtime.KeepAlive(p)
+	if err != nil {
+		return fmt.Errorf("abuse: copy tag %d seq %d, %d bytes at %d: %w", tag, seq, len(p), off, err)
+	}
+	return nil
+}
+
 // Close closes the queue fd (which ends service of the device) and unmaps
 // the buffers.
 func (q *Queue) Close() error {
 	err := unix.Close(q.fd)
-	unix.Munmap(q.buf)
+	if q.buf != nil {
+		unix.Munmap(q.buf)
+	}
 	return err
 }

@@ -20,6 +20,7 @@ func TestLayoutMatchesCHeader(t *testing.T) {
 		"request":     Request{},
 		"completion":  Completion{},
 		"batch":       Batch{},
+		"copy":        Copy{},
 	}
 	cs := cabi.Structs()
 	if len(cs) != len(goTypes) {
@@ -56,6 +57,7 @@ func TestIoctlNumbersMatchCHeader(t *testing.T) {
 		"ABUSE_CTL_REMOVE":         IoctlCtlRemove,
 		"ABUSE_CTL_QUEUE_FD":       IoctlCtlQueueFd,
 		"ABUSE_QUEUE_COMMIT_FETCH": IoctlQueueCommitFetch,
+		"ABUSE_QUEUE_COPY":         IoctlQueueCopy,
 	}
 	for name, c := range cabi.Ioctls() {
 		if g, ok := goNums[name]; !ok || g != c {
@@ -80,6 +82,13 @@ func TestConstantsMatchCHeader(t *testing.T) {
 		"ABUSE_MIN_IO_TIMEOUT_MS":    MinIOTimeoutMs,
 		"ABUSE_MAX_IO_TIMEOUT_MS":    MaxIOTimeoutMs,
 		"ABUSE_MAX_SIZE":             MaxSize,
+		"ABUSE_MAX_WAIT_MS":          MaxWaitMs,
+		"ABUSE_MAX_SPIN_US":          MaxSpinUs,
+		"ABUSE_FEAT_USER_COPY":       FeatUserCopy,
+		"ABUSE_FEAT_WAIT":            FeatWait,
+		"ABUSE_FEAT_ALL":             FeatUserCopy | FeatWait,
+		"ABUSE_QUEUE_F_USER_COPY":    QueueUserCopy,
+		"ABUSE_BATCH_F_WAIT":         BatchWait,
 		"ABUSE_DEV_F_READ_ONLY":      DevReadOnly,
 		"ABUSE_DEV_F_WRITE_CACHE":    DevWriteCache,
 		"ABUSE_DEV_F_FUA":            DevFUA,

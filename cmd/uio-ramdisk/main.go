@@ -62,6 +62,9 @@ func main() {
 	engine := flag.String("backend", "auto", "engine backend: aio, uring or auto (ublk needs uring)")
 	driver := flag.String("driver", "auto", "kernel interface: abuse (abuse.ko), ublk (ublk_drv) or auto (abuse when /dev/abctl exists, else ublk)")
 	ublkCopy := flag.String("ublk-copy", "auto", "ublk data path: auto (USER_COPY where the kernel has it, 6.5+) or buffers (per-tag buffers the kernel copies through)")
+	abuseCopy := flag.String("abuse-copy", "auto", "ABUSE data path: auto (RAM backend: USER_COPY queues where the module has them, each byte copied once, between the bio and the RAM) or buffers (per-tag buffers the kernel copies WRITE data into; what -file and -nbd always use)")
+	fetchWait := flag.Duration("fetch-wait", 10*time.Millisecond, "ABUSE: how long a queue's fetch waits in the kernel for the next request before it polls (RAM backend; 0: never wait; at most 1s)")
+	fetchSpin := flag.Duration("fetch-spin", 0, "ABUSE: how long that wait busy-polls before it sleeps (at most 1ms; saves a wakeup per request, costs a busy CPU)")
 	index := flag.Int("index", -1, "create /dev/abuseN (/dev/ublkbN) with this N (-1: first free)")
 	attach := flag.Bool("attach", false, "serve the existing device -index (its previous server is gone) instead of creating one (abuse only)")
 	reconnect := flag.Int("reconnect-ms", 0, "hold the device's I/O this long for a new server if this one dies (abuse only)")
@@ -183,11 +186,17 @@ func main() {
 		be = r
 	}
 
+	// the flag's 0 is "never"; the library's 0 is its default
+	fetchWaitCfg := *fetchWait
+	if fetchWaitCfg == 0 {
+		fetchWaitCfg = -1
+	}
 	srv, err := blockdev.Serve(blockdev.Config{
 		Backend: be, Size: size, BlockSize: *bs, Queues: *queues, Depth: *depth, MaxIO: int(maxIO),
 		ReadOnly: *readOnly, WriteCache: writeCache, Index: *index, Attach: *attach,
 		ReconnectMs: *reconnect, IOTimeout: *ioTimeout, TimeoutEndsServer: *timeoutFatal,
 		Token: token, Engine: *engine, Driver: *driver, UblkCopy: *ublkCopy, Logger: log,
+		AbuseCopy: *abuseCopy, FetchWait: fetchWaitCfg, FetchSpin: *fetchSpin,
 	})
 	if err != nil {
 		switch {

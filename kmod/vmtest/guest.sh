@@ -82,7 +82,8 @@ fi
 
 # ----------------------- device 0 again: the daemon on the io_uring engine
 rm -f /tmp/ready0
-uio-ramdisk -size 64M -bs 512 -queues 2 -depth 64 -backend uring -index 0 -ready /tmp/ready0 &
+# (per-tag buffers and no fetch wait: the path of modules without USER_COPY/WAIT)
+uio-ramdisk -size 64M -bs 512 -queues 2 -depth 64 -backend uring -abuse-copy buffers -fetch-wait 0 -index 0 -ready /tmp/ready0 &
 SPID=$!
 if wait_ready /tmp/ready0; then pass "uio-ramdisk-uring created $(cat /tmp/ready0) (pid $SPID)"; else fail "uio-ramdisk-uring create /dev/abuse0"; fi
 run badblocks-w-uring 600 badblocks -w -b 4096 -c 64 -e 1 $DEV
@@ -248,6 +249,7 @@ wait_gone $SPID || fail "queue-clamp server shutdown"
 
 run write-cache-reconnect-rule 120 ramserver wcrule
 run fetch-copy-faults 60 ramserver faults
+run user-copy-wait 60 ramserver usercopy
 run device-ownership 60 ramserver owner
 
 # SIGSTOP of the daemon during I/O: EIO after -io-timeout, no task left in D

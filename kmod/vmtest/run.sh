@@ -13,6 +13,7 @@
 # Environment:
 #   LAB=/var/tmp/abuse-vmtest/FLAVOUR   scratch dir (kept; console.log is there)
 #   BOOT_TIMEOUT=900    wall-clock limit for the VM in seconds
+#   GUEST_TIMEOUT=1500  limit for the guest script inside the VM, in seconds
 #   FUZZ_N=3000         iterations per fuzz target in the guest
 #   RACE_N=2000         devices created by the ADD/ATTACH/REMOVE race check
 #   KVER=               exact kernel release (default: newest installed of FLAVOUR)
@@ -39,6 +40,7 @@ KMOD=$(dirname "$HERE")
 REPO=$(dirname "$KMOD")
 LAB=${LAB:-/var/tmp/abuse-vmtest/$FLAVOUR}
 BOOT_TIMEOUT=${BOOT_TIMEOUT:-900}
+GUEST_TIMEOUT=${GUEST_TIMEOUT:-1500}
 FUZZ_N=${FUZZ_N:-3000}
 RACE_N=${RACE_N:-2000}
 SKIP_INSTALL=${SKIP_INSTALL:-0}
@@ -207,6 +209,7 @@ cat >"$R/init" <<EOF
 #!/bin/busybox sh
 GUEST_MODS="$GUEST_MODS"
 export FUZZ_N=$FUZZ_N RACE_N=$RACE_N
+GUEST_TIMEOUT=$GUEST_TIMEOUT
 EOF
 cat >>"$R/init" <<'EOF'
 /bin/busybox --install -s
@@ -218,7 +221,7 @@ mount -t tmpfs tmpfs /tmp
 echo 10 >/proc/sys/kernel/hung_task_timeout_secs 2>/dev/null
 echo "KMODLAB-INIT uptime=$(cut -d' ' -f1 /proc/uptime) kernel=$(uname -r)"
 for m in $GUEST_MODS; do modprobe "$m" 2>/dev/null; done
-timeout 1500 sh /bin/guest.sh
+timeout "$GUEST_TIMEOUT" sh /bin/guest.sh
 FAILS=$?
 # give the hung-task detector a chance to speak
 sleep 1

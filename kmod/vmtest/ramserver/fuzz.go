@@ -54,7 +54,7 @@ func fuzz(args []string) {
 		return nil
 	}
 	ctlReqs := []uintptr{abuse.IoctlCtlAdd, abuse.IoctlCtlAttach, abuse.IoctlCtlRemove,
-		abuse.IoctlCtlQueueFd, abuse.IoctlQueueCommitFetch}
+		abuse.IoctlCtlQueueFd, abuse.IoctlQueueCommitFetch, abuse.IoctlQueueCopy}
 	randReq := func() uintptr {
 		switch rng.Intn(4) {
 		case 0: // our magic, random nr, size and direction
@@ -137,6 +137,12 @@ func fuzz(args []string) {
 	if _, err := ctl.OpenQueue(1); !errors.Is(err, unix.EBUSY) {
 		fail(name, "second queue fd for queue 1: %v, want EBUSY", err)
 	}
+	// queue 0 without per-tag buffers (USER_COPY): random ABUSE_QUEUE_COPY
+	// arguments for requests that are not in flight
+	uq, err := ctl.OpenUserCopyQueue(0)
+	if err != nil {
+		fail(name, "user-copy queue: %v", err)
+	}
 	for i := 0; i < *n; i++ {
 		rng.Read(arena[:1<<16])
 		b := (*abuse.Batch)(unsafe.Pointer(&arena[0]))
@@ -145,6 +151,9 @@ func fuzz(args []string) {
 				NrCompletions: uint32(rng.Intn(16)), MaxRequests: uint32(rng.Intn(16))}
 			if rng.Intn(4) == 0 {
 				b.Completions = uint64(randPtr())
+			}
+			if rng.Intn(4) == 0 { // a wait, in range or not
+				b.Flags, b.WaitMs, b.SpinUs = abuse.BatchWait, uint32(rng.Intn(4)), uint32(rng.Intn(3)*600)
 			}
 		}
 		req := abuse.IoctlQueueCommitFetch
@@ -156,6 +165,20 @@ func fuzz(args []string) {
 				fail(name, "commit/fetch on an idle queue returned %d/%d", b.NrCompleted, b.NrRequests)
 			}
 		}
+		// random copies on both queues (no request is in flight)
+		rng.Read(arena[:64])
+		c := (*abuse.Copy)(unsafe.Pointer(&arena[0]))
+		if rng.Intn(2) == 0 {
+			*c = abuse.Copy{Seq: uint64(rng.Intn(4)), Tag: uint16(rng.Intn(10)), Len: uint32(rng.Intn(8192)),
+				Offset: uint32(rng.Intn(4096)), Addr: uint64(randPtr())}
+		}
+		cq := uq
+		if rng.Intn(3) == 0 {
+			cq = q
+		}
+		if call(cq.Fd(), abuse.IoctlQueueCopy, ptr(arena)) == nil {
+			fail(name, "ABUSE_QUEUE_COPY succeeded with no request in flight: %+v", *c)
+		}
 		// and the control ioctls on the attached session
 		rng.Read(arena[:4096])
 		cr := ctlReqs[rng.Intn(len(ctlReqs))]
@@ -164,6 +187,7 @@ func fuzz(args []string) {
 		}
 	}
 	q.Close()
+	uq.Close()
 	ctl.Close()
 	c2, err := abuse.Open()
 	if err != nil {
@@ -184,5 +208,5 @@ func fuzz(args []string) {
 		summary += fmt.Sprintf(" %q=%d", k, errs[k])
 	}
 	pass(name, "seed %d, %d ioctls: %d accepted (harmless: idle fetches/valid ADDs %d undone), errors:%s",
-		*seed, 3*(*n)+2*(*n), ok, created, summary)
+		*seed, 4*(*n)+2*(*n), ok, created, summary)
 }

@@ -10,6 +10,7 @@
 //	ramserver wcrule
 //	ramserver owner
 //	ramserver faults
+//	ramserver usercopy
 //	ramserver rwcheck -dev /dev/abuseN
 //	ramserver killtest -pid PID -dev /dev/abuseN
 //	ramserver nonroot
@@ -76,6 +77,8 @@ func main() {
 		owner()
 	case "faults":
 		faults()
+	case "usercopy":
+		usercopy()
 	default:
 		fmt.Fprintln(os.Stderr, "unknown command", cmd)
 		os.Exit(2)

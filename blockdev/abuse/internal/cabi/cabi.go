@@ -16,6 +16,7 @@ static unsigned long abuse_ioc_ctl_attach(void) { return ABUSE_CTL_ATTACH; }
 static unsigned long abuse_ioc_ctl_remove(void) { return ABUSE_CTL_REMOVE; }
 static unsigned long abuse_ioc_ctl_queue_fd(void) { return ABUSE_CTL_QUEUE_FD; }
 static unsigned long abuse_ioc_queue_commit_fetch(void) { return ABUSE_QUEUE_COMMIT_FETCH; }
+static unsigned long abuse_ioc_queue_copy(void) { return ABUSE_QUEUE_COPY; }
 */
 import "C"
 
@@ -43,6 +44,7 @@ func Structs() map[string]Struct {
 	var rq C.struct_abuse_request
 	var cp C.struct_abuse_completion
 	var bt C.struct_abuse_batch
+	var cy C.struct_abuse_copy
 	return map[string]Struct{
 		"dev_config": {unsafe.Sizeof(dc), []Field{
 			f("version", unsafe.Offsetof(dc.version), unsafe.Sizeof(dc.version)),
@@ -57,7 +59,7 @@ func Structs() map[string]Struct {
 			f("reconnect_ms", unsafe.Offsetof(dc.reconnect_ms), unsafe.Sizeof(dc.reconnect_ms)),
 			f("dev_id", unsafe.Offsetof(dc.dev_id), unsafe.Sizeof(dc.dev_id)),
 			f("io_timeout_ms", unsafe.Offsetof(dc.io_timeout_ms), unsafe.Sizeof(dc.io_timeout_ms)),
-			f("reserved0", unsafe.Offsetof(dc.reserved0), unsafe.Sizeof(dc.reserved0)),
+			f("features", unsafe.Offsetof(dc.features), unsafe.Sizeof(dc.features)),
 			f("token", unsafe.Offsetof(dc.token), unsafe.Sizeof(dc.token)),
 			f("reserved", unsafe.Offsetof(dc.reserved), unsafe.Sizeof(dc.reserved)),
 		}},
@@ -101,8 +103,18 @@ func Structs() map[string]Struct {
 			f("nr_completed", unsafe.Offsetof(bt.nr_completed), unsafe.Sizeof(bt.nr_completed)),
 			f("nr_requests", unsafe.Offsetof(bt.nr_requests), unsafe.Sizeof(bt.nr_requests)),
 			f("flags", unsafe.Offsetof(bt.flags), unsafe.Sizeof(bt.flags)),
-			f("reserved0", unsafe.Offsetof(bt.reserved0), unsafe.Sizeof(bt.reserved0)),
+			f("wait_ms", unsafe.Offsetof(bt.wait_ms), unsafe.Sizeof(bt.wait_ms)),
+			f("spin_us", unsafe.Offsetof(bt.spin_us), unsafe.Sizeof(bt.spin_us)),
 			f("reserved", unsafe.Offsetof(bt.reserved), unsafe.Sizeof(bt.reserved)),
+		}},
+		"copy": {unsafe.Sizeof(cy), []Field{
+			f("seq", unsafe.Offsetof(cy.seq), unsafe.Sizeof(cy.seq)),
+			f("tag", unsafe.Offsetof(cy.tag), unsafe.Sizeof(cy.tag)),
+			f("flags", unsafe.Offsetof(cy.flags), unsafe.Sizeof(cy.flags)),
+			f("len", unsafe.Offsetof(cy.len), unsafe.Sizeof(cy.len)),
+			f("offset", unsafe.Offsetof(cy.offset), unsafe.Sizeof(cy.offset)),
+			f("reserved", unsafe.Offsetof(cy.reserved), unsafe.Sizeof(cy.reserved)),
+			f("addr", unsafe.Offsetof(cy.addr), unsafe.Sizeof(cy.addr)),
 		}},
 	}
 }
@@ -115,6 +127,7 @@ func Ioctls() map[string]uintptr {
 		"ABUSE_CTL_REMOVE":         uintptr(C.abuse_ioc_ctl_remove()),
 		"ABUSE_CTL_QUEUE_FD":       uintptr(C.abuse_ioc_ctl_queue_fd()),
 		"ABUSE_QUEUE_COMMIT_FETCH": uintptr(C.abuse_ioc_queue_commit_fetch()),
+		"ABUSE_QUEUE_COPY":         uintptr(C.abuse_ioc_queue_copy()),
 	}
 }
 
@@ -135,6 +148,13 @@ func Constants() map[string]int64 {
 		"ABUSE_MIN_IO_TIMEOUT_MS":    C.ABUSE_MIN_IO_TIMEOUT_MS,
 		"ABUSE_MAX_IO_TIMEOUT_MS":    C.ABUSE_MAX_IO_TIMEOUT_MS,
 		"ABUSE_MAX_SIZE":             C.ABUSE_MAX_SIZE,
+		"ABUSE_MAX_WAIT_MS":          C.ABUSE_MAX_WAIT_MS,
+		"ABUSE_MAX_SPIN_US":          C.ABUSE_MAX_SPIN_US,
+		"ABUSE_FEAT_USER_COPY":       C.ABUSE_FEAT_USER_COPY,
+		"ABUSE_FEAT_WAIT":            C.ABUSE_FEAT_WAIT,
+		"ABUSE_FEAT_ALL":             C.ABUSE_FEAT_ALL,
+		"ABUSE_QUEUE_F_USER_COPY":    C.ABUSE_QUEUE_F_USER_COPY,
+		"ABUSE_BATCH_F_WAIT":         C.ABUSE_BATCH_F_WAIT,
 		"ABUSE_DEV_F_READ_ONLY":      C.ABUSE_DEV_F_READ_ONLY,
 		"ABUSE_DEV_F_WRITE_CACHE":    C.ABUSE_DEV_F_WRITE_CACHE,
 		"ABUSE_DEV_F_FUA":            C.ABUSE_DEV_F_FUA,

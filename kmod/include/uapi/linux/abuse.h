@@ -7,6 +7,10 @@
  * aligned, so they have the same layout on every 64-bit and 32-bit ABI.
  * Reserved fields must be zero; the kernel rejects anything else with
  * -EINVAL.  See kmod/PROTOCOL.md for the full description.
+ *
+ * Later additions are optional features, not new versions: the module
+ * reports the ones it has in abuse_dev_config.features (a module without
+ * any leaves it zero), and a server asks for one only where it is listed.
  */
 #ifndef _UAPI_LINUX_ABUSE_H
 #define _UAPI_LINUX_ABUSE_H
@@ -32,6 +36,13 @@
 #define ABUSE_MIN_IO_TIMEOUT_MS	1000
 #define ABUSE_MAX_IO_TIMEOUT_MS	3600000
 #define ABUSE_MAX_SIZE		(1ULL << 60)
+#define ABUSE_MAX_WAIT_MS	1000
+#define ABUSE_MAX_SPIN_US	1000
+
+/* struct abuse_dev_config.features (out): what this module supports. */
+#define ABUSE_FEAT_USER_COPY	(1U << 0)	/* ABUSE_QUEUE_F_USER_COPY, ABUSE_QUEUE_COPY */
+#define ABUSE_FEAT_WAIT		(1U << 1)	/* ABUSE_BATCH_F_WAIT */
+#define ABUSE_FEAT_ALL		(ABUSE_FEAT_USER_COPY | ABUSE_FEAT_WAIT)
 
 /* struct abuse_dev_config.flags */
 #define ABUSE_DEV_F_READ_ONLY	(1U << 0)
@@ -55,7 +66,7 @@ struct abuse_dev_config {
 	__u32 reconnect_ms;		/* hold I/O this long after server loss */
 	__s32 dev_id;			/* in: wanted index or -1; out: index */
 	__u32 io_timeout_ms;		/* 0 = ABUSE_DEF_IO_TIMEOUT_MS */
-	__u32 reserved0;		/* must be zero */
+	__u32 features;			/* in: zero; out: ABUSE_FEAT_* */
 	__u64 token;			/* ADD out / ATTACH in: ownership token */
 	__u64 reserved[2];		/* must be zero */
 };
@@ -70,13 +81,20 @@ struct abuse_dev_remove {
 	__u64 token;			/* from ADD; 0 = none */
 };
 
+/*
+ * struct abuse_queue_setup.flags.  USER_COPY: the kernel copies no data
+ * on its own; the server names where each request's data lives, in its
+ * completion or with ABUSE_QUEUE_COPY (no per-tag buffers).
+ */
+#define ABUSE_QUEUE_F_USER_COPY	(1U << 0)
+
 /* ABUSE_CTL_QUEUE_FD argument. 40 bytes. */
 struct abuse_queue_setup {
 	__u32 dev_id;			/* device attached to this control fd */
 	__u16 queue_id;			/* 0..nr_hw_queues-1 */
-	__u16 flags;			/* must be zero */
-	__u64 buf_addr;			/* per-tag buffers, page aligned */
-	__u64 buf_len;			/* >= queue_depth * max_io_bytes */
+	__u16 flags;			/* ABUSE_QUEUE_F_* */
+	__u64 buf_addr;			/* per-tag buffers, page aligned (USER_COPY: 0) */
+	__u64 buf_len;			/* >= queue_depth * max_io_bytes (USER_COPY: 0) */
 	__s32 fd;			/* out: the queue fd */
 	__u32 reserved0;		/* must be zero */
 	__u64 reserved;			/* must be zero */
@@ -114,7 +132,7 @@ struct abuse_request {
 	__u16 tag;			/* 0..queue_depth-1 */
 	__u16 queue_id;
 	__u32 reserved;			/* zero */
-	__u64 addr;			/* WRITE: user address holding the data */
+	__u64 addr;			/* WRITE: user address holding the data (USER_COPY: 0) */
 };
 
 /* One completion from the server. 24 bytes. */
@@ -123,8 +141,12 @@ struct abuse_completion {
 	__u16 tag;			/* as received */
 	__u16 flags;			/* must be zero */
 	__s32 result;			/* 0 or -errno */
-	__u64 addr;			/* READ: data source (0: tag buffer) */
+	__u64 addr;			/* READ: data source (0: tag buffer; USER_COPY: none) */
+					/* USER_COPY WRITE: data destination (0: none) */
 };
+
+/* struct abuse_batch.flags */
+#define ABUSE_BATCH_F_WAIT	(1U << 0)	/* nothing to fetch: wait up to wait_ms */
 
 /* ABUSE_QUEUE_COMMIT_FETCH argument. 48 bytes. */
 struct abuse_batch {
@@ -134,9 +156,21 @@ struct abuse_batch {
 	__u32 max_requests;		/* in: 0..ABUSE_MAX_BATCH */
 	__u32 nr_completed;		/* out: completions consumed */
 	__u32 nr_requests;		/* out: requests stored */
-	__u32 flags;			/* must be zero */
-	__u32 reserved0;		/* must be zero */
-	__u64 reserved;			/* must be zero */
+	__u32 flags;			/* ABUSE_BATCH_F_* */
+	__u32 wait_ms;			/* F_WAIT: 1..ABUSE_MAX_WAIT_MS; else 0 */
+	__u32 spin_us;			/* F_WAIT: poll this long before sleeping */
+	__u32 reserved;			/* must be zero */
+};
+
+/* ABUSE_QUEUE_COPY argument (USER_COPY queues). 32 bytes. */
+struct abuse_copy {
+	__u64 seq;			/* of the in-flight request */
+	__u16 tag;
+	__u16 flags;			/* must be zero */
+	__u32 len;			/* bytes, offset + len <= the request's len */
+	__u32 offset;			/* in the request's data */
+	__u32 reserved;			/* must be zero */
+	__u64 addr;			/* server memory: WRITE data to, READ data from */
 };
 
 /* 0xB9: unassigned in Documentation/userspace-api/ioctl/ioctl-number.rst */
@@ -150,5 +184,6 @@ struct abuse_batch {
 
 /* On a queue fd. */
 #define ABUSE_QUEUE_COMMIT_FETCH _IOWR(ABUSE_IOC_MAGIC, 0x10, struct abuse_batch)
+#define ABUSE_QUEUE_COPY	_IOWR(ABUSE_IOC_MAGIC, 0x11, struct abuse_copy)
 
 #endif /* _UAPI_LINUX_ABUSE_H */
