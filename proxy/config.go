@@ -21,7 +21,7 @@ type Config struct {
 	IdleTimeout    time.Duration // 0: connections never time out for idleness
 	DrainTimeout   time.Duration // how long open connections may finish after a stop signal
 	MaxConns       int           // 0: no limit beyond file descriptors
-	BufferSize     int           // bytes per direction per connection
+	BufferSize     int           // bytes per receive buffer (pool buffers, held only while bytes move)
 	Splice         bool
 	LogLevel       string        // "debug", "info", "warn" or "error"
 	LogFormat      string        // "console" or "json"
@@ -258,7 +258,7 @@ func newFlagSet() (*Config, *flag.FlagSet) {
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 10*time.Second, "give up on an upstream after this long (all its addresses together, each with its share); a pool then tries the next, up to three")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "reset a connection that moved no byte in either direction for this long (0 = never)")
 	fs.IntVar(&cfg.MaxConns, "max-conns", 0, "stop accepting while this many connections are open (0 = no limit)")
-	fs.Var((*byteSizeFlag)(&cfg.BufferSize), "buffer", fmt.Sprintf("buffer `SIZE` per direction per connection, %s..%s", byteSize(MinBufferSize), byteSize(MaxBufferSize)))
+	fs.Var((*byteSizeFlag)(&cfg.BufferSize), "buffer", fmt.Sprintf("receive buffer `SIZE` (%s..%s); a direction holds one from the loop's pool only while its bytes are being forwarded", byteSize(MinBufferSize), byteSize(MaxBufferSize)))
 	fs.BoolVar(&cfg.Splice, "splice", false, "move data with splice(2) through a pipe instead of user-space buffers")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "least severe level logged: debug, info, warn or error")
 	fs.StringVar(&cfg.LogFormat, "log-format", "console", "log format: console or json")

@@ -34,14 +34,18 @@
 // with one (from a front balancer, within -proxy-header-timeout) or be
 // reset. The bytes after the header are the first ones sent upstream.
 //
-// Once connected, the two directions (client to upstream, upstream to
-// client) each own one buffer of -buffer bytes and alternate between two
-// ops: a recv into the buffer and, once it returns n bytes, a send of those
-// n bytes (the rest again after a short send); only when the send is
-// complete is the next recv submitted. Nothing is read while the previous
-// chunk is unsent, so a slow peer stops its direction (TCP backpressure) and
-// a connection never holds more than two buffers. Every op is submitted from
-// the previous op's completion callback, so the recvs and sends of all the
+// Once connected, each direction (client to upstream, upstream to client)
+// keeps one multishot recv armed that takes a -buffer sized buffer from its
+// loop's pool only when data has arrived (io_uring's provided buffer ring;
+// on AIO the engine does the same), so a connection that moves no bytes
+// holds no buffer. Each chunk is sent, the rest again after a short send,
+// and its buffer goes back to the pool when the send completes. A chunk
+// that arrives while a send is in flight waits, and the direction stops
+// receiving (its recv is cancelled, so the data stays in the socket and TCP
+// pushes back on the peer) until what it holds is sent; from then on it
+// makes one recv per chunk, after the send of the one before, so a
+// direction towards a slow reader holds at most two buffers. Every op is
+// submitted from a completion callback, so the recvs and sends of all the
 // connections of a loop that became ready in one round go to the kernel in
 // the next round's single io_submit (AIO, where socket reads and writes run
 // inside io_submit and complete in the ring without another syscall) or
