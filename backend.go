@@ -47,7 +47,7 @@ type backend interface {
 	Cancel(id OpID) error
 	// newPoolRing gives a BufferPool a kernel-side buffer ring (buffer
 	// group index), or errNotNative when the engine must select buffers.
-	newPoolRing(max, index int) (poolRing, error)
+	newPoolRing(index int) (poolRing, error)
 	// registerBuffers makes bufs the backend's registered buffers (nil:
 	// none); reads and writes that lie in one then use it.
 	registerBuffers(bufs [][]byte) error

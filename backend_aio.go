@@ -626,7 +626,7 @@ func (b *aioBackend) SubmitsOnWait() bool { return false }
 func (b *aioBackend) registerBuffers([][]byte) error { return nil }
 
 // newPoolRing: AIO has no provided buffers; the engine selects them.
-func (b *aioBackend) newPoolRing(int, int) (poolRing, error) { return nil, errNotNative }
+func (b *aioBackend) newPoolRing(int) (poolRing, error) { return nil, errNotNative }
 
 func (b *aioBackend) Cancel(id OpID) error {
 	s := b.slots.at(id.index())

@@ -395,7 +395,7 @@ func (b *uringBackend) registerBuffers(bufs [][]byte) error {
 
 // newPoolRing registers a provided buffer ring (5.19+) for a BufferPool:
 // the pool keeps poolRingTarget buffers in it, so that many slots suffice.
-func (b *uringBackend) newPoolRing(_, index int) (poolRing, error) {
+func (b *uringBackend) newPoolRing(index int) (poolRing, error) {
 	br, err := b.ring.SetupBufRing(poolRingTarget, uint16(index))
 	b.other.Add(1)
 	if err != nil {

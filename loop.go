@@ -356,20 +356,20 @@ func (l *Loop) deliver(id OpID, res int32, flags uint32) {
 		l.requeue(s, id) // ready now: run the op itself again
 		return
 	}
-	if p := s.op.Pool; p != nil && res == -int32(unix.ENOBUFS) && p.ring != nil && s.cancel {
-		// Ran out of buffers after the caller asked for an end: that
-		// is the end it asked for.
-		l.finish(id, s, -int32(unix.ECANCELED), flags)
-		return
-	}
-	if p := s.op.Pool; p != nil && !s.cancel {
+	if p := s.op.Pool; p != nil {
 		if res == -int32(unix.ENOBUFS) && p.ring != nil {
+			if s.cancel {
+				// Out of buffers after the caller asked for an end:
+				// that is the end it asked for.
+				l.finish(id, s, -int32(unix.ECANCELED), flags)
+				return
+			}
 			// The kernel's ring ran dry this round: go again once the
 			// ring is refilled, or wait for a buffer to come back.
 			l.poolRetry(p, id, s)
 			return
 		}
-		if res == -int32(unix.EAGAIN) && s.poolBuf != 0 {
+		if res == -int32(unix.EAGAIN) && s.poolBuf != 0 && !s.cancel {
 			// Nothing to read: the buffer goes back while the engine
 			// waits for readiness (below), so an idle socket holds none.
 			p.release(uint16(s.poolBuf - 1))
@@ -416,8 +416,8 @@ func (l *Loop) shot(id OpID, s *slot, res int32, flags uint32) {
 	if done := s.op.Done; done != nil {
 		done(Result{ID: id, Kind: s.op.Kind, Res: res, Flags: flags | ResultMore})
 	}
-	if armed || s.state != slotKernel {
-		return // still armed, or the Done cancelled it and that is settled
+	if armed {
+		return // a cancel from the Done reaches the kernel, which ends it
 	}
 	if s.cancel {
 		l.finish(id, s, -int32(unix.ECANCELED), 0)

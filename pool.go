@@ -3,6 +3,7 @@ package uio
 import (
 	"fmt"
 
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
 
@@ -42,8 +43,7 @@ type BufferPool struct {
 	// provided buffer rings falls back to the engine's selection once.
 	ring      poolRing
 	ringTried bool
-	inRing    int      // buffers in the kernel's ring
-	ringOrder []uint16 // their ids in the order the kernel takes them
+	ringOrder []uint16 // the buffers in the kernel's ring, in the order it takes them
 	// bundle lists the buffers of the completion being delivered (see
 	// Bundle); valid while its Done runs.
 	bundle   []int
@@ -115,8 +115,8 @@ func (p *BufferPool) Put(id int) {
 	p.release(uint16(id))
 }
 
-// Stats of a pool: buffers allocated, with the caller, and free (in the
-// kernel's ring included).
+// Stats of a pool: buffers allocated, and buffers with the caller (given
+// out by a recv and not yet Put back).
 func (p *BufferPool) Stats() (allocated, out int) { return p.n, p.out }
 
 // release puts a buffer back on the free list and lets the first waiting
@@ -162,18 +162,17 @@ func (p *BufferPool) wait(id OpID, s *slot) {
 
 // refill keeps poolRingTarget free buffers in the kernel's ring.
 func (p *BufferPool) refill() {
-	if p.ring == nil || p.inRing >= poolRingTarget {
+	if p.ring == nil || len(p.ringOrder) >= poolRingTarget {
 		return
 	}
 	added := false
-	for p.inRing < poolRingTarget {
+	for len(p.ringOrder) < poolRingTarget {
 		bid, ok := p.take()
 		if !ok {
 			break
 		}
 		p.ring.Add(p.Bytes(int(bid)), bid)
 		p.ringOrder = append(p.ringOrder, bid)
-		p.inRing++
 		added = true
 	}
 	if added {
@@ -188,10 +187,10 @@ func (p *BufferPool) setup() {
 		return
 	}
 	p.ringTried = true
-	r, err := p.l.b.newPoolRing(p.max, len(p.l.pools))
+	r, err := p.l.b.newPoolRing(len(p.l.pools))
 	if err != nil {
 		if err != errNotNative {
-			p.l.log.Debug("uio: no provided buffer ring; the engine selects buffers")
+			p.l.log.Debug("uio: no provided buffer ring; the engine selects buffers", zap.Error(err))
 		}
 		return
 	}
@@ -241,7 +240,6 @@ func (p *BufferPool) completed(id OpID, s *slot, res int32, flags uint32) uint32
 			p.bundle = append(p.bundle, int(b))
 		}
 		p.ringOrder = p.ringOrder[:copy(p.ringOrder, p.ringOrder[n:])]
-		p.inRing -= n
 	}
 	flags &^= ResultBuffer | 0xffff<<16
 	if !has {

@@ -410,3 +410,34 @@ func TestBundleRecv(t *testing.T) {
 		}
 	})
 }
+
+// A pool allocates its buffers a chunk of at most 1 MiB at a time (or one
+// buffer, if larger), so large buffers are never asked for 64 at once.
+func TestPoolChunks(t *testing.T) {
+	l, err := NewLoop(Config{Backend: BackendAIO})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for _, tc := range []struct{ size, per int }{{4 << 10, 64}, {64 << 10, 16}, {4 << 20, 1}} {
+		p, _ := l.NewBufferPool(tc.size, 100)
+		id, _ := p.take()
+		if p.n != tc.per || len(p.chunks[0]) != tc.per*tc.size || len(p.Bytes(int(id))) != tc.size {
+			t.Errorf("buffers of %d bytes: first allocation of %d buffers (%d bytes), want %d", tc.size, p.n, len(p.chunks[0]), tc.per)
+		}
+	}
+}
+
+// NewLoop's warning names fs.aio-max-nr and the sysctl when the expected
+// ops in flight cannot fit; nothing is said when they can.
+func TestAIORoomFor(t *testing.T) {
+	if _, err := readProcInt("/proc/sys/fs/aio-max-nr"); err != nil {
+		t.Skip(err)
+	}
+	if msg := aioRoomFor(1); msg != "" {
+		t.Errorf("room for 1 more event: %q", msg)
+	}
+	if msg := aioRoomFor(1 << 30); !strings.Contains(msg, "fs.aio-max-nr=") || !strings.Contains(msg, "sysctl -w fs.aio-max-nr=") {
+		t.Errorf("no room for 2^30 events: %q", msg)
+	}
+}

@@ -807,10 +807,20 @@ func (d *direction) recv() {
 	c.ops++
 }
 
-// dropBuf gives the direction's buffer back: to the pool, or (the
-// PROXY-header buffer) to the worker's spares.
-// (d.c is not set before the connection is established; w always is.)
+// dropBuf gives back every buffer the direction holds: the one being sent
+// and the queued chunks. (d.c is not set before the connection is
+// established; w always is.)
 func (d *direction) dropBuf(w *worker) {
+	d.putCurrent(w)
+	for _, ch := range d.queue {
+		w.pool.Put(ch.id)
+	}
+	d.queue = d.queue[:0]
+}
+
+// putCurrent gives back the buffer being sent: to the pool, or (the
+// PROXY-header buffer's leftover) to the worker's spares.
+func (d *direction) putCurrent(w *worker) {
 	switch {
 	case d.pooled:
 		w.pool.Put(d.bufID)
@@ -818,10 +828,12 @@ func (d *direction) dropBuf(w *worker) {
 		w.putBuf(d.buf)
 	}
 	d.buf, d.pooled = nil, false
-	for _, ch := range d.queue {
-		w.pool.Put(ch.id)
-	}
-	d.queue = d.queue[:0]
+}
+
+// sendChunk makes pool buffer id, holding n bytes, the one being sent.
+func (d *direction) sendChunk(w *worker, id, n int) {
+	d.buf, d.pooled, d.bufID, d.n, d.off = w.pool.Bytes(id), true, id, n, 0
+	d.send()
 }
 
 func (d *direction) send() {
@@ -881,8 +893,7 @@ func (d *direction) onRecv(r uio.Result) {
 	case has:
 		d.received(r.Res)
 		if !d.busy {
-			d.buf, d.pooled, d.bufID, d.n, d.off = c.w.pool.Bytes(id), true, id, int(r.Res), 0
-			d.send()
+			d.sendChunk(c.w, id, int(r.Res))
 			return
 		}
 		d.queue = append(d.queue, chunk{id, int(r.Res)})
@@ -935,18 +946,11 @@ func (d *direction) onSend(r uio.Result) {
 // the end of stream that came after them, or a recv armed again.
 func (d *direction) sendNext() {
 	w := d.c.w
-	switch {
-	case d.pooled:
-		w.pool.Put(d.bufID)
-	case d.buf != nil:
-		w.putBuf(d.buf) // the PROXY-header buffer's leftover
-	}
-	d.buf, d.pooled = nil, false
+	d.putCurrent(w)
 	if len(d.queue) > 0 {
 		ch := d.queue[0]
 		d.queue = d.queue[:copy(d.queue, d.queue[1:])]
-		d.buf, d.pooled, d.bufID, d.n, d.off = w.pool.Bytes(ch.id), true, ch.id, ch.n, 0
-		d.send()
+		d.sendChunk(w, ch.id, ch.n)
 		return
 	}
 	if d.eofSeen {
