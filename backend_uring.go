@@ -263,7 +263,7 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 	case OpSplice:
 		sqe.PrepSplice(op.Fd, op.Offset, op.FdOut, op.OffsetOut, uint32(min(op.Len, maxRW)), op.Flags)
 	default:
-		// Loop.Submit lets no other kind through; a NOP keeps the slot
+		// Handle.Start lets no other kind through; a NOP keeps the slot
 		// accounted for and completes the op with EOPNOTSUPP.
 		sqe.PrepNop()
 		b.ready.add(id, -int32(unix.EOPNOTSUPP))

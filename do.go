@@ -79,10 +79,10 @@ func (l *Loop) Do(ctx context.Context, op Op) (Result, error) {
 // functions bound once so that a Do allocates nothing.
 // errPoolDo: a pool buffer is given back on the loop's goroutine, which a
 // Do caller is not on.
-var errPoolDo = errors.New("uio: Do of a recv with a BufferPool: its buffer is given back with Put on the loop's goroutine; Submit it from there")
+var errPoolDo = errors.New("uio: Do of a recv with a BufferPool: its buffer is given back with Put on the loop's goroutine; Start it from there (Handle.Start)")
 
 // errMultishotDo: Do waits for one completion; a multishot op has many.
-var errMultishotDo = errors.New("uio: Do of a multishot op: it completes many times; Submit it from the loop's goroutine")
+var errMultishotDo = errors.New("uio: Do of a multishot op: it completes many times; Start it from the loop's goroutine (Handle.Start)")
 
 type doWaiter struct {
 	l        *Loop
@@ -90,9 +90,9 @@ type doWaiter struct {
 	id       OpID // loop goroutine only
 	out      doOutcome
 	ch       chan doOutcome
-	submitFn func()
-	cancelFn func()
-	doneFn   func(Result)
+	submitFn func(Handle)
+	cancelFn func(Handle)
+	doneFn   func(Handle, Result)
 }
 
 type doOutcome struct {
@@ -102,8 +102,8 @@ type doOutcome struct {
 
 var doWaiters = sync.Pool{New: func() any {
 	w := &doWaiter{ch: make(chan doOutcome, 1)}
-	w.submitFn = func() {
-		id, err := w.l.Submit(w.op)
+	w.submitFn = func(Handle) {
+		id, err := w.l.startOp(w.op)
 		if err != nil {
 			w.id = 0
 			w.ch <- doOutcome{r: Result{Kind: w.op.Kind}, err: err}
@@ -111,10 +111,10 @@ var doWaiters = sync.Pool{New: func() any {
 		}
 		w.id = id
 	}
-	w.cancelFn = func() { w.l.Cancel(w.id) }
+	w.cancelFn = func(Handle) { w.l.cancel(w.id) }
 	// The wake waits for the end of the round (Loop.endRound), after the
 	// round's counters are published.
-	w.doneFn = func(r Result) {
+	w.doneFn = func(_ Handle, r Result) {
 		w.out = doOutcome{r: r}
 		w.l.doWakes = append(w.l.doWakes, w)
 	}

@@ -22,14 +22,20 @@
 // moves hundreds of reads and writes per syscall. Stats counts every syscall
 // by kind, so that claim can be checked (the tests check it against strace).
 //
-// # Submitting
+// # Starting ops: Handle, Post, Do
 //
-// From the loop's own goroutine (a Done, a Posted function, a timer), call
-// Submit: no locks, no syscall. From any other goroutine call Post to run a
-// function on the loop, or Do to submit one op and wait for it; a doorbell
-// (an eventfd the backend keeps a read or poll armed on) wakes a sleeping
-// loop, and costs nothing while the loop is busy. Ops from many goroutines
-// posted in the same round go to the kernel in the same syscall.
+// The code the loop runs (an op's Done, a function given to Post, a timer)
+// is called with a Handle, and only a Handle starts ops (Start,
+// StartLinked), cancels them and sets timers (AfterFunc): no locks, no
+// syscall, the op goes out with the round's flush. Code on any other
+// goroutine has no Handle; it calls Post to run a function on the loop,
+// or Do to run one op and wait for it. A doorbell (an eventfd the backend
+// keeps a read or poll armed on) wakes a sleeping loop, and costs nothing
+// while the loop is busy. Ops from many goroutines posted in the same
+// round go to the kernel in the same syscall. A Handle kept and used from
+// another goroutine is caught while the loop sleeps (until a Post wakes
+// it) or after it exited (ErrNotOnLoop). "Submit" is kept for what it is in the kernel's and
+// liburing's words: the syscall that hands ops over.
 //
 // Do takes a context: when it ends, the op is cancelled, and Do returns
 // once the op's one completion is in. A Do of a file op (read, write,
@@ -42,7 +48,7 @@
 //
 // # Ownership
 //
-// An op's buffers belong to the kernel from Submit until its Done runs: do
+// An op's buffers belong to the kernel from Start until its Done runs: do
 // not read, write, resize or reuse them in between. The engine holds a
 // reference to them for that time, so the garbage collector neither frees
 // nor (the Go heap being non-moving) moves them. The kernel is never given a
@@ -98,10 +104,10 @@
 //
 // # Chains and deadlines
 //
-// SubmitLinked (and DoLinked from other goroutines) runs ops one after the
-// other: each starts when the one before it has completed in full, and an
-// op that fails or comes up short cancels the rest, whose Dones still run,
-// in order. Any op may carry a deadline, Op.Timeout: when it passes, the
+// Handle.StartLinked (and DoLinked from other goroutines) runs ops one
+// after the other: each starts when the one before it has completed in
+// full, and an op that fails or comes up short cancels the rest, whose
+// Dones still run, in order. Any op may carry a deadline, Op.Timeout: when it passes, the
 // op is cancelled and completes with -ETIME. Deadlines live in the loop's
 // timer heap, like AfterFunc, so they cost no syscall until one fires.
 //

@@ -18,11 +18,11 @@ func TestIdleOpsDoNotFillTheLoop(t *testing.T) {
 		const idle = 200
 		peers := make([]int, idle)
 		idleDone := make(chan Result, idle)
-		err := runOnLoop(l, func() error {
+		err := runOnLoop(l, func(h Handle) error {
 			for i := range peers {
 				a, b := socketpair(t)
 				peers[i] = b
-				if _, err := l.Submit(Op{Kind: OpRecv, Fd: a, Buf: make([]byte, 64), Done: func(r Result) { idleDone <- r }}); err != nil {
+				if _, err := h.Start(Op{Kind: OpRecv, Fd: a, Buf: make([]byte, 64), Done: func(h Handle, r Result) { idleDone <- r }}); err != nil {
 					return err
 				}
 			}
@@ -71,9 +71,9 @@ func TestCompletionsBeyondTheFirstRing(t *testing.T) {
 		const n = 300
 		done := make(chan Result, n)
 		a, b := socketpair(t)
-		err := runOnLoop(l, func() error {
+		err := runOnLoop(l, func(h Handle) error {
 			for i := 0; i < n; i++ {
-				if _, err := l.Submit(Op{Kind: OpPoll, Fd: a, Events: unix.POLLIN, Done: func(r Result) { done <- r }}); err != nil {
+				if _, err := h.Start(Op{Kind: OpPoll, Fd: a, Events: unix.POLLIN, Done: func(h Handle, r Result) { done <- r }}); err != nil {
 					return err
 				}
 			}
@@ -109,9 +109,9 @@ func TestCompletionsBeyondTheFirstRing(t *testing.T) {
 }
 
 // runOnLoop runs fn on the loop's goroutine and returns its error.
-func runOnLoop(l *Loop, fn func() error) error {
+func runOnLoop(l *Loop, fn func(Handle) error) error {
 	errc := make(chan error, 1)
-	if err := l.Post(func() { errc <- fn() }); err != nil {
+	if err := l.Post(func(h Handle) { errc <- fn(h) }); err != nil {
 		return err
 	}
 	return <-errc

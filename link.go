@@ -7,18 +7,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// SubmitLinked stages ops as a chain: each starts only after the one
-// before it has completed in full, so a write and the fdatasync behind it,
-// or a send and the recv of its answer, need one Submit. An op that fails
-// (a negative result) or moves fewer bytes than it asked for (a read,
-// write, recv or send that came up short) breaks the chain: the ops after
-// it complete with -ECANCELED, each Done still running once, in order.
-// Cancelling an op of the chain cancels it and, so, the rest. Each op's
-// Timeout, if set, counts from when that op starts. Loop goroutine only.
-//
-// The chain is kept by the engine on both backends: an op goes to the
-// kernel in the round after the one before it completed.
-func (l *Loop) SubmitLinked(ops ...Op) ([]OpID, error) {
+// startLinked is Handle.StartLinked.
+func (l *Loop) startLinked(ops ...Op) ([]OpID, error) {
 	if len(ops) == 0 {
 		return nil, nil
 	}
@@ -85,7 +75,7 @@ func (l *Loop) advanceChain(id OpID, ok bool) {
 	l.finish(id, s, -int32(unix.ECANCELED), 0)
 }
 
-// DoLinked is Do for a chain (see SubmitLinked): it waits for every op of
+// DoLinked is Do for a chain (see Handle.StartLinked): it waits for every op of
 // it and returns their results in order. When ctx ends, the chain is
 // cancelled. A lone caller's chain of file ops runs as plain syscalls on
 // the caller's goroutine, one after the other, under the same rules.
@@ -135,7 +125,7 @@ func (l *Loop) DoLinked(ctx context.Context, ops ...Op) ([]Result, error) {
 	for i := range ops {
 		i := i
 		chain[i] = ops[i]
-		chain[i].Done = func(r Result) {
+		chain[i].Done = func(_ Handle, r Result) {
 			res[i] = r
 			if left--; left == 0 {
 				close(done)
@@ -144,9 +134,9 @@ func (l *Loop) DoLinked(ctx context.Context, ops ...Op) ([]Result, error) {
 	}
 	var ids []OpID
 	errc := make(chan error, 1)
-	if err := l.Post(func() {
+	if err := l.Post(func(Handle) {
 		var err error
-		ids, err = l.SubmitLinked(chain...)
+		ids, err = l.startLinked(chain...)
 		errc <- err
 	}); err != nil {
 		return nil, err
@@ -159,9 +149,9 @@ func (l *Loop) DoLinked(ctx context.Context, ops ...Op) ([]Result, error) {
 		return res, nil
 	case <-ctx.Done():
 		// Whatever of the chain is left: the done ops' IDs name nothing now.
-		_ = l.Post(func() {
+		_ = l.Post(func(Handle) {
 			for _, id := range ids {
-				l.Cancel(id)
+				l.cancel(id)
 			}
 		})
 		<-done

@@ -39,15 +39,15 @@ func TestSubmitLinked(t *testing.T) {
 		var order []OpKind
 		results := make(chan []Result, 1)
 		var rs []Result
-		l.Post(func() {
-			done := func(r Result) {
+		l.Post(func(h Handle) {
+			done := func(h Handle, r Result) {
 				order = append(order, r.Kind)
 				rs = append(rs, r)
 				if len(rs) == 3 {
 					results <- rs
 				}
 			}
-			_, err := l.SubmitLinked(
+			_, err := h.StartLinked(
 				Op{Kind: OpRead, Fd: 1 << 20, Buf: make([]byte, 4), Done: done}, // EBADF
 				Op{Kind: OpFsync, Fd: fd, Done: done},
 				Op{Kind: OpWrite, Fd: fd, Buf: []byte("x"), Done: done})

@@ -85,11 +85,12 @@ type Loop struct {
 	// Posting from other goroutines: a mutex-guarded queue, and a doorbell
 	// rung only when the loop is (about to be) asleep.
 	mu       sync.Mutex
-	posted   []func()
-	spare    []func()
+	posted   []posted
+	spare    []posted
 	shut     bool // under mu: the loop has run its last posted function
 	sleeping atomic.Bool
 	closed   atomic.Bool // Close has been called
+	exited   atomic.Bool // the loop has run its last code (see Handle)
 	done     chan struct{}
 
 	lastYield time.Time // the last runtime.Gosched (see yieldEvery)
@@ -100,6 +101,13 @@ type Loop struct {
 	stats loopStats
 }
 
+// posted is a function queued for the loop: a user's (Post), which gets the
+// Handle, or the engine's own (postInternal).
+type posted struct {
+	user   func(Handle)
+	engine func()
+}
+
 type slotState uint8
 
 const (
@@ -108,7 +116,7 @@ const (
 	slotKernel              // handed to the backend
 	slotTimer               // an OpTimeout waiting in the timer heap
 	slotOffloaded           // running as a blocking syscall on a goroutine of its own
-	slotLinked              // waiting in a chain for the op before it (SubmitLinked)
+	slotLinked              // waiting in a chain for the op before it (StartLinked)
 	slotPoolWait            // a pool recv waiting for a buffer to come back (BufferPool)
 )
 
@@ -122,7 +130,7 @@ type slot struct {
 	cancel  bool
 	pollOp  *Op // allocated at the slot's first poll, kept for its next ones
 	timer   *Timer
-	// next is the op that waits for this one in a chain (SubmitLinked).
+	// next is the op that waits for this one in a chain (StartLinked).
 	next OpID
 	// deadline cancels the op when its Op.Timeout passes; timedOut turns
 	// that cancellation's -ECANCELED into -ETIME.
@@ -183,11 +191,8 @@ func NewLoop(cfg Config) (*Loop, error) {
 // Backend returns the name of the backend the loop runs on.
 func (l *Loop) Backend() string { return l.stats.backend }
 
-// Submit stages op for this round's flush and returns its ID. It must be
-// called on the loop's goroutine: from an op's Done, a Posted function or a
-// timer. It never blocks and never fails for a full ring; ops beyond the
-// backend's capacity wait in the engine.
-func (l *Loop) Submit(op Op) (OpID, error) {
+// startOp is Handle.Start.
+func (l *Loop) startOp(op Op) (OpID, error) {
 	if err := op.validate(); err != nil {
 		return 0, err
 	}
@@ -200,10 +205,10 @@ func (l *Loop) Submit(op Op) (OpID, error) {
 	id, s := l.newSlot(op)
 	if op.Kind == OpTimeout {
 		s.state = slotTimer
-		s.timer = l.AfterFunc(op.Timeout, func() {
+		s.timer = l.addTimer(op.Timeout, func() {
 			s.timer = nil
 			l.finish(id, s, -int32(unix.ETIME), 0)
-		})
+		}, nil)
 		return id, nil
 	}
 	l.start(id, s)
@@ -215,7 +220,7 @@ func (l *Loop) newSlot(op Op) (OpID, *slot) {
 	idx := l.alloc()
 	s := l.slots.at(idx)
 	s.op = op
-	l.stats.cur.opsSubmitted++
+	l.stats.cur.opsStarted++
 	return makeOpID(idx, s.gen), s
 }
 
@@ -224,13 +229,13 @@ func (l *Loop) start(id OpID, s *slot) {
 	s.state = slotPending
 	l.pending = append(l.pending, id.index())
 	if d := s.op.Timeout; d > 0 {
-		s.deadline = l.AfterFunc(d, func() {
+		s.deadline = l.addTimer(d, func() {
 			s.deadline = nil
 			if !s.cancel { // a cancel asked for before the deadline stays a cancel
 				s.timedOut = true
 			}
-			l.Cancel(id)
-		})
+			l.cancel(id)
+		}, nil)
 	}
 }
 
@@ -245,11 +250,8 @@ func (l *Loop) alloc() uint32 {
 	return idx
 }
 
-// Cancel asks for the op to end early. Its Done still runs exactly once:
-// with -ECANCELED, or with its real result if it finished first or cannot be
-// stopped (an AIO file read in flight). Cancelling an ID that has already
-// completed does nothing. Loop goroutine only.
-func (l *Loop) Cancel(id OpID) {
+// cancel is Handle.Cancel.
+func (l *Loop) cancel(id OpID) {
 	s := l.lookup(id)
 	if s == nil || s.cancel {
 		return
@@ -284,7 +286,7 @@ func (l *Loop) lookup(id OpID) *slot {
 }
 
 // finishLater completes an op in this round's dispatch rather than inside
-// the caller, so a Done never runs re-entrantly inside Submit or Cancel.
+// the caller, so a Done never runs re-entrantly inside Start or Cancel.
 func (l *Loop) finishLater(id OpID, res int32) {
 	l.later = append(l.later, func() {
 		if s := l.lookup(id); s != nil {
@@ -329,7 +331,7 @@ func (l *Loop) finish(id OpID, s *slot, res int32, flags uint32) {
 	l.free = append(l.free, id.index())
 	l.stats.cur.completions++
 	if done != nil {
-		done(Result{ID: id, Kind: kind, Res: res, Flags: flags})
+		done(Handle{l}, Result{ID: id, Kind: kind, Res: res, Flags: flags})
 	}
 	if next != 0 {
 		l.advanceChain(next, ok)
@@ -414,7 +416,7 @@ func (l *Loop) shot(id OpID, s *slot, res int32, flags uint32) {
 		l.inflight++ // still the kernel's
 	}
 	if done := s.op.Done; done != nil {
-		done(Result{ID: id, Kind: s.op.Kind, Res: res, Flags: flags | ResultMore})
+		done(Handle{l}, Result{ID: id, Kind: s.op.Kind, Res: res, Flags: flags | ResultMore})
 	}
 	if armed {
 		return // a cancel from the Done reaches the kernel, which ends it
@@ -555,7 +557,7 @@ func (l *Loop) offload(id OpID, s *slot) {
 func (l *Loop) postInternal(fn func()) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.posted = append(l.posted, fn)
+	l.posted = append(l.posted, posted{engine: fn})
 	if l.sleeping.Load() && l.sleeping.CompareAndSwap(true, false) {
 		if err := l.b.Wake(); err != nil {
 			l.log.Error("uio: doorbell", zap.Error(err))
@@ -563,15 +565,20 @@ func (l *Loop) postInternal(fn func()) {
 	}
 }
 
-// Post runs fn on the loop's goroutine at the start of a coming round. It
-// may be called from any goroutine, the loop's included.
-func (l *Loop) Post(fn func()) error {
+// Post runs fn on the loop's goroutine at the start of a coming round,
+// with the loop's Handle: the way for any other goroutine to start ops,
+// cancel them or set timers. It may be called from any goroutine, the
+// loop's included; it fails with ErrClosed once the loop has shut down.
+func (l *Loop) Post(fn func(Handle)) error {
+	if fn == nil {
+		return errors.New("uio: Post(nil)")
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.shut {
 		return ErrClosed
 	}
-	l.posted = append(l.posted, fn)
+	l.posted = append(l.posted, posted{user: fn})
 	// Ring the doorbell only when the loop sleeps or is about to: it sets
 	// sleeping before its last look at the queue, so either it sees fn or
 	// we see sleeping. A busy loop costs posters no syscall. The wake
@@ -596,9 +603,13 @@ func (l *Loop) runPosted() {
 	fns := l.posted
 	l.posted = l.spare[:0]
 	l.mu.Unlock()
-	for i, fn := range fns {
-		fn()
-		fns[i] = nil
+	for i, p := range fns {
+		if p.user != nil {
+			p.user(Handle{l})
+		} else {
+			p.engine()
+		}
+		fns[i] = posted{}
 	}
 	l.spare = fns
 }
@@ -714,7 +725,7 @@ func (l *Loop) Close() error {
 		<-l.done
 		return nil
 	}
-	err := l.Post(func() {
+	err := l.Post(func(Handle) {
 		l.closing = true
 		for _, idx := range l.pending {
 			l.slots.at(idx).cancel = true
@@ -722,7 +733,7 @@ func (l *Loop) Close() error {
 		for i := uint32(0); i < l.nslots; i++ {
 			s := l.slots.at(i)
 			if s.state == slotKernel || s.state == slotTimer || s.state == slotLinked || s.state == slotPoolWait {
-				l.Cancel(makeOpID(i, s.gen))
+				l.cancel(makeOpID(i, s.gen))
 			}
 		}
 		l.timers.clear() // AfterFunc callbacks that have not run never will
@@ -744,6 +755,7 @@ func (l *Loop) shutdown() {
 		h.shutdown()
 	}
 	l.runPosted()
+	l.exited.Store(true)
 	if err := l.b.Close(); err != nil {
 		l.log.Warn("uio: closing backend", zap.Error(err))
 	}

@@ -100,8 +100,8 @@ func TestRecvWaitsForData(t *testing.T) {
 		a, b := socketpair(t)
 		buf := make([]byte, 64)
 		got := make(chan Result, 1)
-		l.Post(func() {
-			l.Submit(Op{Kind: OpRecv, Fd: b, Buf: buf, Done: func(r Result) { got <- r }})
+		l.Post(func(h Handle) {
+			h.Start(Op{Kind: OpRecv, Fd: b, Buf: buf, Done: func(h Handle, r Result) { got <- r }})
 		})
 		select {
 		case r := <-got:
@@ -136,8 +136,8 @@ func TestSendWaitsForRoom(t *testing.T) {
 			}
 		}
 		got := make(chan Result, 1)
-		l.Post(func() {
-			l.Submit(Op{Kind: OpSend, Fd: a, Buf: []byte("late"), Done: func(r Result) { got <- r }})
+		l.Post(func(h Handle) {
+			h.Start(Op{Kind: OpSend, Fd: a, Buf: []byte("late"), Done: func(h Handle, r Result) { got <- r }})
 		})
 		select {
 		case r := <-got:
@@ -161,8 +161,8 @@ func TestPollAndCancel(t *testing.T) {
 		a, b := socketpair(t)
 		// A poll that fires.
 		got := make(chan Result, 2)
-		l.Post(func() {
-			l.Submit(Op{Kind: OpPoll, Fd: b, Events: unix.POLLIN, Done: func(r Result) { got <- r }})
+		l.Post(func(h Handle) {
+			h.Start(Op{Kind: OpPoll, Fd: b, Events: unix.POLLIN, Done: func(h Handle, r Result) { got <- r }})
 		})
 		time.Sleep(10 * time.Millisecond)
 		unix.Write(a, []byte("x"))
@@ -173,13 +173,13 @@ func TestPollAndCancel(t *testing.T) {
 		c, d := socketpair(t)
 		_ = c
 		idc := make(chan OpID, 1)
-		l.Post(func() {
-			id, _ := l.Submit(Op{Kind: OpPoll, Fd: d, Events: unix.POLLIN, Done: func(r Result) { got <- r }})
+		l.Post(func(h Handle) {
+			id, _ := h.Start(Op{Kind: OpPoll, Fd: d, Events: unix.POLLIN, Done: func(h Handle, r Result) { got <- r }})
 			idc <- id
 		})
 		id := <-idc
 		time.Sleep(10 * time.Millisecond) // let it reach the kernel
-		l.Post(func() { l.Cancel(id) })
+		l.Post(func(h Handle) { h.Cancel(id) })
 		if r := <-got; !errors.Is(r.Err(), unix.ECANCELED) || r.ID != id {
 			t.Fatalf("cancelled poll = %v (id %x), want ECANCELED (id %x)", r.Err(), r.ID, id)
 		}
@@ -189,7 +189,7 @@ func TestPollAndCancel(t *testing.T) {
 		case <-time.After(50 * time.Millisecond):
 		}
 		// Cancelling again, or an ID that is done, does nothing.
-		l.Post(func() { l.Cancel(id); l.Cancel(id) })
+		l.Post(func(h Handle) { h.Cancel(id); h.Cancel(id) })
 	})
 }
 
@@ -197,9 +197,9 @@ func TestCancelBeforeFlush(t *testing.T) {
 	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
 		_, b := socketpair(t)
 		got := make(chan Result, 1)
-		l.Post(func() {
-			id, _ := l.Submit(Op{Kind: OpRecv, Fd: b, Buf: make([]byte, 8), Done: func(r Result) { got <- r }})
-			l.Cancel(id)
+		l.Post(func(h Handle) {
+			id, _ := h.Start(Op{Kind: OpRecv, Fd: b, Buf: make([]byte, 8), Done: func(h Handle, r Result) { got <- r }})
+			h.Cancel(id)
 		})
 		if r := <-got; !errors.Is(r.Err(), unix.ECANCELED) {
 			t.Fatalf("got %v, want ECANCELED", r.Err())
@@ -215,9 +215,9 @@ func TestTimeoutOp(t *testing.T) {
 			t.Fatalf("timeout = %v after %v", r.Err(), el)
 		}
 		got := make(chan Result, 1)
-		l.Post(func() {
-			id, _ := l.Submit(Op{Kind: OpTimeout, Timeout: time.Hour, Done: func(r Result) { got <- r }})
-			l.Cancel(id)
+		l.Post(func(h Handle) {
+			id, _ := h.Start(Op{Kind: OpTimeout, Timeout: time.Hour, Done: func(h Handle, r Result) { got <- r }})
+			h.Cancel(id)
 		})
 		if r := <-got; !errors.Is(r.Err(), unix.ECANCELED) {
 			t.Fatalf("cancelled timeout = %v", r.Err())
@@ -238,8 +238,8 @@ func TestAcceptConnectClose(t *testing.T) {
 		unix.Listen(lfd, 16)
 		sa, _ := unix.Getsockname(lfd)
 		accepted := make(chan Result, 1)
-		l.Post(func() {
-			l.Submit(Op{Kind: OpAccept, Fd: lfd, Done: func(r Result) { accepted <- r }})
+		l.Post(func(h Handle) {
+			h.Start(Op{Kind: OpAccept, Fd: lfd, Done: func(h Handle, r Result) { accepted <- r }})
 		})
 		cfd, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 		if r := mustDo(t, l, Op{Kind: OpConnect, Fd: cfd, Addr: sa}); r.Res != 0 {
@@ -299,10 +299,10 @@ func TestBackpressure(t *testing.T) {
 		wg.Add(n)
 		var mu sync.Mutex
 		var bad []Result
-		l.Post(func() {
+		l.Post(func(h Handle) {
 			for i := 0; i < n; i++ {
 				buf := []byte{byte(i)}
-				l.Submit(Op{Kind: OpWrite, Fd: int(f.Fd()), Buf: buf, Offset: int64(i), Done: func(r Result) {
+				h.Start(Op{Kind: OpWrite, Fd: int(f.Fd()), Buf: buf, Offset: int64(i), Done: func(h Handle, r Result) {
 					if r.Res != 1 {
 						mu.Lock()
 						bad = append(bad, r)
@@ -381,9 +381,9 @@ func TestCloseCancelsInFlight(t *testing.T) {
 				_, b := socketpair(t)
 				fds = append(fds, b)
 			}
-			l.Post(func() {
+			l.Post(func(h Handle) {
 				for _, fd := range fds {
-					l.Submit(Op{Kind: OpRecv, Fd: fd, Buf: make([]byte, 8), Done: func(r Result) { results <- r }})
+					h.Start(Op{Kind: OpRecv, Fd: fd, Buf: make([]byte, 8), Done: func(h Handle, r Result) { results <- r }})
 				}
 			})
 			time.Sleep(20 * time.Millisecond)
@@ -537,17 +537,17 @@ func TestCancelBehindFullBackend(t *testing.T) {
 		const n = 20 // far more recvs than the backend takes; none has data
 		results := make(chan Result, n)
 		ids := make(chan OpID, 1)
-		l.Post(func() {
+		l.Post(func(h Handle) {
 			var last OpID
 			for i := 0; i < n; i++ {
 				_, b := socketpair(t)
-				last, _ = l.Submit(Op{Kind: OpRecv, Fd: b, Buf: make([]byte, 8), Done: func(r Result) { results <- r }})
+				last, _ = h.Start(Op{Kind: OpRecv, Fd: b, Buf: make([]byte, 8), Done: func(h Handle, r Result) { results <- r }})
 			}
 			ids <- last
 		})
 		last := <-ids
 		time.Sleep(20 * time.Millisecond) // the first ops are in the kernel, the rest queued
-		l.Post(func() { l.Cancel(last) })
+		l.Post(func(h Handle) { h.Cancel(last) })
 		select {
 		case r := <-results:
 			if r.ID != last || !errors.Is(r.Err(), unix.ECANCELED) {
@@ -614,10 +614,10 @@ func TestBadOpBehindGoodOneInARound(t *testing.T) {
 		}
 		defer f.Close()
 		results := make(chan Result, 2)
-		done := func(r Result) { results <- r }
-		l.Post(func() {
-			l.Submit(Op{Kind: OpWrite, Fd: int(f.Fd()), Buf: []byte("ok"), Done: done})
-			l.Submit(Op{Kind: OpRead, Fd: 1 << 20, Buf: make([]byte, 8), Done: done})
+		done := func(h Handle, r Result) { results <- r }
+		l.Post(func(h Handle) {
+			h.Start(Op{Kind: OpWrite, Fd: int(f.Fd()), Buf: []byte("ok"), Done: done})
+			h.Start(Op{Kind: OpRead, Fd: 1 << 20, Buf: make([]byte, 8), Done: done})
 		})
 		var got []Result
 		for len(got) < 2 {

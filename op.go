@@ -98,7 +98,7 @@ func (k OpKind) String() string {
 // Timeout, Done and the fields its documentation names; setting a field
 // the kind does not read is an error, not silently ignored.
 //
-// The engine copies the Op when it is submitted; the memory its slices point to belongs to the kernel until the
+// The engine copies the Op when it is started; the memory its slices point to belongs to the kernel until the
 // op's Done runs and must not be touched, reused or resized before then.
 // The engine keeps a reference to it, so it stays reachable (and, the Go
 // heap being non-moving, unmoved) for as long as the kernel may use it.
@@ -156,8 +156,9 @@ type Op struct {
 	Bundle bool
 
 	// Done is called on the loop's goroutine with the op's one and only
-	// completion. It may submit further ops; it must not block.
-	Done func(Result)
+	// completion (a multishot op's: with each), and the loop's Handle to
+	// start further ops with. It must not block.
+	Done func(Handle, Result)
 }
 
 // Msg is what OpSendmsg and OpRecvmsg carry besides their data. Like the

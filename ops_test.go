@@ -216,8 +216,8 @@ func TestMultishotAccept(t *testing.T) {
 		sa, _ := unix.Getsockname(lfd)
 		out := make(chan Result, 16)
 		var id OpID
-		if err := runOnLoop(l, func() error {
-			id, err = l.Submit(Op{Kind: OpAccept, Fd: lfd, Multishot: true, Done: func(r Result) { out <- r }})
+		if err := runOnLoop(l, func(h Handle) error {
+			id, err = h.Start(Op{Kind: OpAccept, Fd: lfd, Multishot: true, Done: func(h Handle, r Result) { out <- r }})
 			return err
 		}); err != nil {
 			t.Fatal(err)
@@ -245,10 +245,10 @@ func TestMultishotAccept(t *testing.T) {
 				t.Fatalf("accept %d: nothing", i)
 			}
 		}
-		if d := l.Stats().Sub(before); l.Backend() == BackendUring && d.OpsSubmitted != 0 {
-			t.Errorf("io_uring multishot accept: %d ops submitted for 4 connections, want 0", d.OpsSubmitted)
+		if d := l.Stats().Sub(before); l.Backend() == BackendUring && d.OpsStarted != 0 {
+			t.Errorf("io_uring multishot accept: %d ops submitted for 4 connections, want 0", d.OpsStarted)
 		}
-		runOnLoop(l, func() error { l.Cancel(id); return nil })
+		runOnLoop(l, func(h Handle) error { h.Cancel(id); return nil })
 		select {
 		case r := <-out:
 			if r.More() || r.Res != -int32(unix.ECANCELED) {
@@ -295,7 +295,7 @@ func TestRegisteredBuffers(t *testing.T) {
 		}
 		if ub, ok := l.b.(*uringBackend); ok {
 			var n int
-			runOnLoop(l, func() error { n = ub.fixedOps; return nil })
+			runOnLoop(l, func(h Handle) error { n = ub.fixedOps; return nil })
 			if n != 2 {
 				t.Errorf("%d ops went as READ_FIXED/WRITE_FIXED, want 2", n)
 			}

@@ -25,9 +25,9 @@ import (
 // Buffers are allocated as they are first needed, in chunks, up to the
 // pool's maximum, and reused most-recently-freed first, so the memory a pool
 // touches follows the data in flight, not the number of connections. A pool
-// and its buffers are used on its loop's goroutine only (Submit, Done,
-// Posted functions, timers), like Submit; NewBufferPool may be called from
-// any goroutine.
+// and its buffers are used on its loop's goroutine only (Dones, Posted
+// functions, timers), like a Handle; NewBufferPool may be called from any
+// goroutine.
 type BufferPool struct {
 	l      *Loop
 	size   int
@@ -105,14 +105,19 @@ func (p *BufferPool) Bytes(id int) []byte {
 	return c[off : off+p.size : off+p.size]
 }
 
-// Put gives buffer id back to the pool. Loop goroutine only.
-func (p *BufferPool) Put(id int) {
+// Put gives buffer id back to the pool. It belongs to the loop's
+// goroutine, like Handle: off it, it returns ErrNotOnLoop and the buffer
+// stays out. An id the pool never gave out is an error too.
+func (p *BufferPool) Put(id int) error {
+	if err := p.l.onLoop(); err != nil {
+		return err
+	}
 	if id < 0 || id >= p.n {
-		p.l.log.DPanic("uio: BufferPool.Put of a buffer the pool never gave out")
-		return
+		return fmt.Errorf("uio: BufferPool.Put(%d): the pool has given out buffers 0 to %d only", id, p.n-1)
 	}
 	p.out--
 	p.release(uint16(id))
+	return nil
 }
 
 // Stats of a pool: buffers allocated, and buffers with the caller (given
@@ -294,7 +299,7 @@ func (l *Loop) poolRetry(p *BufferPool, id OpID, s *slot) {
 // loop's (it waits for the loop, as Do does).
 func (l *Loop) RegisterBuffers(bufs [][]byte) error {
 	errc := make(chan error, 1)
-	if err := l.Post(func() { errc <- l.b.registerBuffers(bufs) }); err != nil {
+	if err := l.Post(func(Handle) { errc <- l.b.registerBuffers(bufs) }); err != nil {
 		return err
 	}
 	if err := <-errc; err != nil {

@@ -16,9 +16,9 @@ import (
 // poolRecv submits a pool recv on fd from the loop; its Result goes to out.
 func poolRecv(l *Loop, p *BufferPool, fd int, out chan<- Result) (OpID, error) {
 	var id OpID
-	err := runOnLoop(l, func() error {
+	err := runOnLoop(l, func(h Handle) error {
 		var err error
-		id, err = l.Submit(Op{Kind: OpRecv, Fd: fd, Pool: p, Done: func(r Result) { out <- r }})
+		id, err = h.Start(Op{Kind: OpRecv, Fd: fd, Pool: p, Done: func(h Handle, r Result) { out <- r }})
 		return err
 	})
 	return id, err
@@ -57,7 +57,7 @@ func TestPoolRecv(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 		var alloc, held int
-		runOnLoop(l, func() error { alloc, held = p.Stats(); return nil })
+		runOnLoop(l, func(h Handle) error { alloc, held = p.Stats(); return nil })
 		if alloc > poolChunk || held != 0 {
 			t.Fatalf("%d idle pool recvs: %d buffers allocated, %d held; want at most %d and 0", idle, alloc, held, poolChunk)
 		}
@@ -77,11 +77,11 @@ func TestPoolRecv(t *testing.T) {
 				t.Fatalf("pool recv got %q", data)
 			}
 		}
-		runOnLoop(l, func() error { alloc, held = p.Stats(); return nil })
+		runOnLoop(l, func(h Handle) error { alloc, held = p.Stats(); return nil })
 		if held != 10 {
 			t.Fatalf("10 received, %d buffers held", held)
 		}
-		runOnLoop(l, func() error {
+		runOnLoop(l, func(h Handle) error {
 			for id := range seen {
 				p.Put(id)
 			}
@@ -141,13 +141,13 @@ func TestPoolExhausted(t *testing.T) {
 			t.Fatalf("plain recv while pool recvs wait = %d, %v", r.Res, err)
 		}
 		// Cancel the last waiting one; give a buffer back: one more runs.
-		runOnLoop(l, func() error { l.Cancel(ids[4]); return nil })
+		runOnLoop(l, func(h Handle) error { h.Cancel(ids[4]); return nil })
 		if r := waitResult(t, out, "cancelled pool recv"); r.Res != -int32(unix.ECANCELED) || r.ID != ids[4] {
 			t.Fatalf("cancelled waiting pool recv = %+v", r)
 		}
 		for _, r := range got {
 			id, _ := r.BufferID()
-			runOnLoop(l, func() error { p.Put(id); return nil })
+			runOnLoop(l, func(h Handle) error { p.Put(id); return nil })
 			r2 := waitResult(t, out, "pool recv after a Put")
 			if _, ok := r2.BufferID(); !ok || r2.Res != 1 {
 				t.Fatalf("pool recv after Put = %+v", r2)
@@ -167,7 +167,7 @@ func TestPoolMisuse(t *testing.T) {
 		if _, err := l.Do(context.Background(), Op{Kind: OpAccept, Fd: a, Multishot: true}); !errors.Is(err, errMultishotDo) {
 			t.Errorf("Do of a multishot accept: %v", err)
 		}
-		if err := runOnLoop(l, func() error { _, err := l.SubmitLinked(Op{Kind: OpAccept, Fd: a, Multishot: true}); return err }); err == nil {
+		if err := runOnLoop(l, func(h Handle) error { _, err := h.StartLinked(Op{Kind: OpAccept, Fd: a, Multishot: true}); return err }); err == nil {
 			t.Error("SubmitLinked of a multishot accept succeeded")
 		}
 		l2, err := NewLoop(Config{Backend: l.Backend()})
@@ -187,7 +187,7 @@ func TestPoolMisuse(t *testing.T) {
 			{Op{Kind: OpSend, Fd: a, Multishot: true}, "only OpRecv (with a Pool) and OpAccept"},
 			{Op{Kind: OpRecv, Fd: a, Pool: p2}, "another loop"},
 		} {
-			err := runOnLoop(l, func() error { _, err := l.Submit(tc.op); return err })
+			err := runOnLoop(l, func(h Handle) error { _, err := h.Start(tc.op); return err })
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("Submit(%+v) = %v, want an error saying %q", tc.op, err, tc.want)
 			}
@@ -227,7 +227,7 @@ func TestPoolRingOrEngine(t *testing.T) {
 			t.Fatalf("engine selection %v: %+v", engine, r)
 		}
 		var hasRing bool
-		runOnLoop(l, func() error { hasRing = p.ring != nil; p.Put(id); return nil })
+		runOnLoop(l, func(h Handle) error { hasRing = p.ring != nil; p.Put(id); return nil })
 		if hasRing == engine {
 			t.Fatalf("engine selection %v: pool has a kernel ring: %v", engine, hasRing)
 		}
@@ -243,8 +243,8 @@ func TestMultishotRecv(t *testing.T) {
 		a, b := socketpair(t)
 		out := make(chan Result, 64)
 		var got []byte
-		err := runOnLoop(l, func() error {
-			_, err := l.Submit(Op{Kind: OpRecv, Fd: a, Pool: p, Multishot: true, Done: func(r Result) {
+		err := runOnLoop(l, func(h Handle) error {
+			_, err := h.Start(Op{Kind: OpRecv, Fd: a, Pool: p, Multishot: true, Done: func(h Handle, r Result) {
 				if id, ok := r.BufferID(); ok {
 					got = append(got, p.Bytes(id)[:r.Res]...)
 					p.Put(id)
@@ -281,22 +281,22 @@ func TestMultishotRecv(t *testing.T) {
 			}
 		}
 		var result string
-		runOnLoop(l, func() error { result = string(got); return nil })
+		runOnLoop(l, func(h Handle) error { result = string(got); return nil })
 		if result != string(want) {
 			t.Fatalf("multishot recv got %q, want %q", result, want)
 		}
-		if d := l.Stats().Sub(before); l.Backend() == BackendUring && d.OpsSubmitted != 0 {
-			t.Errorf("io_uring multishot: %d ops submitted for 19 chunks, want 0 (one armed SQE)", d.OpsSubmitted)
+		if d := l.Stats().Sub(before); l.Backend() == BackendUring && d.OpsStarted != 0 {
+			t.Errorf("io_uring multishot: %d ops submitted for 19 chunks, want 0 (one armed SQE)", d.OpsStarted)
 		}
 		// Cancel ends a multishot recv that is waiting.
 		c, _ := socketpair(t)
 		var id OpID
-		runOnLoop(l, func() error {
-			id, err = l.Submit(Op{Kind: OpRecv, Fd: c, Pool: p, Multishot: true, Done: func(r Result) { out <- r }})
+		runOnLoop(l, func(h Handle) error {
+			id, err = h.Start(Op{Kind: OpRecv, Fd: c, Pool: p, Multishot: true, Done: func(h Handle, r Result) { out <- r }})
 			return err
 		})
 		time.Sleep(10 * time.Millisecond)
-		runOnLoop(l, func() error { l.Cancel(id); return nil })
+		runOnLoop(l, func(h Handle) error { h.Cancel(id); return nil })
 		if r := waitResult(t, out, "cancelled multishot"); r.More() || r.Res != -int32(unix.ECANCELED) {
 			t.Fatalf("cancelled multishot recv = %+v", r)
 		}
@@ -311,9 +311,9 @@ func TestMultishotCancelWhileDry(t *testing.T) {
 		a, b := socketpair(t)
 		out := make(chan Result, 16)
 		var id OpID
-		err := runOnLoop(l, func() error {
+		err := runOnLoop(l, func(h Handle) error {
 			var err error
-			id, err = l.Submit(Op{Kind: OpRecv, Fd: a, Pool: p, Multishot: true, Done: func(r Result) { out <- r }})
+			id, err = h.Start(Op{Kind: OpRecv, Fd: a, Pool: p, Multishot: true, Done: func(h Handle, r Result) { out <- r }})
 			return err
 		})
 		if err != nil {
@@ -325,7 +325,7 @@ func TestMultishotCancelWhileDry(t *testing.T) {
 			t.Fatalf("first chunk = %+v", r)
 		}
 		time.Sleep(20 * time.Millisecond) // the recv meets the empty pool
-		runOnLoop(l, func() error { l.Cancel(id); return nil })
+		runOnLoop(l, func(h Handle) error { h.Cancel(id); return nil })
 		for {
 			r := waitResult(t, out, "end after cancel")
 			if r.More() {
@@ -351,8 +351,8 @@ func TestBundleRecv(t *testing.T) {
 		unix.Shutdown(b, unix.SHUT_WR)
 		out := make(chan []byte, 16)
 		var counts []int
-		err := runOnLoop(l, func() error {
-			_, err := l.Submit(Op{Kind: OpRecv, Fd: a, Pool: p, Multishot: true, Bundle: os.Getenv("NOBUNDLE") == "", Done: func(r Result) {
+		err := runOnLoop(l, func(h Handle) error {
+			_, err := h.Start(Op{Kind: OpRecv, Fd: a, Pool: p, Multishot: true, Bundle: os.Getenv("NOBUNDLE") == "", Done: func(h Handle, r Result) {
 				ids := p.Bundle(r)
 				counts = append(counts, len(ids))
 				var got []byte
@@ -395,7 +395,7 @@ func TestBundleRecv(t *testing.T) {
 			t.Fatalf("bundle recv got %q, want %q", got, want)
 		}
 		var most, held int
-		runOnLoop(l, func() error {
+		runOnLoop(l, func(h Handle) error {
 			for _, c := range counts {
 				most = max(most, c)
 			}

@@ -87,7 +87,7 @@ func TestPostNeverWakesAClosedDoorbell(t *testing.T) {
 			})
 			close(armed)
 			// Wake the loop so that it goes to sleep again through the edge.
-			if err := l.Post(func() {}); err != nil {
+			if err := l.Post(func(h Handle) {}); err != nil {
 				t.Fatal(err)
 			}
 			<-atEdge
@@ -182,8 +182,8 @@ func TestAIOAcceptAfterLostRace(t *testing.T) {
 	}
 	defer c1.Close()
 	accepted := make(chan int32, 1)
-	l.Post(func() {
-		l.Submit(Op{Kind: OpAccept, Fd: lfd, Done: func(r Result) {
+	l.Post(func(h Handle) {
+		h.Start(Op{Kind: OpAccept, Fd: lfd, Done: func(h Handle, r Result) {
 			if r.Res >= 0 {
 				unix.Close(int(r.Res))
 			}
@@ -263,10 +263,10 @@ func TestCancelledRecvNeverEAGAIN(t *testing.T) {
 		a2, _ := socketpair(t)
 		unix.Write(b1, []byte("x"))
 		res := make(chan int32, 1)
-		l.Post(func() {
+		l.Post(func(h Handle) {
 			var second OpID
-			l.Submit(Op{Kind: OpRecv, Fd: a1, Buf: make([]byte, 4), Done: func(Result) { l.Cancel(second) }})
-			second, _ = l.Submit(Op{Kind: OpRecv, Fd: a2, Buf: make([]byte, 4), Done: func(r Result) { res <- r.Res }})
+			h.Start(Op{Kind: OpRecv, Fd: a1, Buf: make([]byte, 4), Done: func(Handle, Result) { h.Cancel(second) }})
+			second, _ = h.Start(Op{Kind: OpRecv, Fd: a2, Buf: make([]byte, 4), Done: func(h Handle, r Result) { res <- r.Res }})
 		})
 		select {
 		case r := <-res:
@@ -314,9 +314,9 @@ func TestPostFromDoneAfterWaitRingsNoDoorbell(t *testing.T) {
 	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
 		a, b := socketpair(t)
 		ran := make(chan struct{})
-		l.Post(func() {
-			l.Submit(Op{Kind: OpRecv, Fd: a, Buf: make([]byte, 8), Done: func(Result) {
-				l.Post(func() { close(ran) })
+		l.Post(func(h Handle) {
+			h.Start(Op{Kind: OpRecv, Fd: a, Buf: make([]byte, 8), Done: func(Handle, Result) {
+				l.Post(func(h Handle) { close(ran) })
 			}})
 		})
 		time.Sleep(50 * time.Millisecond) // the loop sleeps on the recv
@@ -428,7 +428,7 @@ func TestPinnedLoops(t *testing.T) {
 	}
 	affinity := func(l *Loop) []int {
 		ch := make(chan []int, 1)
-		l.Post(func() {
+		l.Post(func(h Handle) {
 			var set unix.CPUSet
 			if err := unix.SchedGetaffinity(0, &set); err != nil {
 				t.Error(err)
@@ -523,11 +523,11 @@ func TestChainEndsOnCancelledHead(t *testing.T) {
 		}
 		defer f.Close()
 		got := make(chan int32, 2)
-		l.Post(func() {
-			ids, _ := l.SubmitLinked(
-				Op{Kind: OpFtruncate, Fd: int(f.Fd()), Offset: 10, Done: func(r Result) { got <- r.Res }},
-				Op{Kind: OpFsync, Fd: int(f.Fd()), Done: func(r Result) { got <- r.Res }})
-			l.Cancel(ids[0])
+		l.Post(func(h Handle) {
+			ids, _ := h.StartLinked(
+				Op{Kind: OpFtruncate, Fd: int(f.Fd()), Offset: 10, Done: func(h Handle, r Result) { got <- r.Res }},
+				Op{Kind: OpFsync, Fd: int(f.Fd()), Done: func(h Handle, r Result) { got <- r.Res }})
+			h.Cancel(ids[0])
 		})
 		<-got // the head: cancelled, or done if it could not be stopped
 		if r := <-got; r != -int32(unix.ECANCELED) {

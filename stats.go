@@ -24,7 +24,7 @@ type Stats struct {
 	Other     uint64 // everything else the engine calls: io_cancel, eventfd writes, accept4, connect, close, ...
 	// Direct counts the ops Do ran as one plain syscall on the caller's
 	// goroutine (pread, pwrite, fdatasync, ...), each one syscall; they are
-	// not in OpsSubmitted or Completions. See Config.NoDirect.
+	// not in OpsStarted or Completions. See Config.NoDirect.
 	Direct uint64
 	// Offloaded counts the ops whose backend has no asynchronous form
 	// (openat, fallocate, ftruncate on AIO), each one blocking syscall on a
@@ -32,7 +32,7 @@ type Stats struct {
 	Offloaded uint64
 
 	Rounds        uint64
-	OpsSubmitted  uint64 // ops accepted by Submit (timeouts included)
+	OpsStarted    uint64 // ops accepted by Handle.Start (timeouts included)
 	Completions   uint64 // Done calls
 	ReapedUser    uint64 // kernel completions read from the ring without a syscall
 	ReapedSyscall uint64 // kernel completions returned by io_getevents
@@ -80,7 +80,7 @@ func (s Stats) Sub(old Stats) Stats {
 	d.Direct -= old.Direct
 	d.Offloaded -= old.Offloaded
 	d.Rounds -= old.Rounds
-	d.OpsSubmitted -= old.OpsSubmitted
+	d.OpsStarted -= old.OpsStarted
 	d.Completions -= old.Completions
 	d.ReapedUser -= old.ReapedUser
 	d.ReapedSyscall -= old.ReapedSyscall
@@ -107,7 +107,7 @@ func (s *Stats) add(o Stats) {
 	s.Direct += o.Direct
 	s.Offloaded += o.Offloaded
 	s.Rounds += o.Rounds
-	s.OpsSubmitted += o.OpsSubmitted
+	s.OpsStarted += o.OpsStarted
 	s.Completions += o.Completions
 	s.ReapedUser += o.ReapedUser
 	s.ReapedSyscall += o.ReapedSyscall
@@ -125,7 +125,7 @@ func (s *Stats) add(o Stats) {
 func (s Stats) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s: syscalls=%d (submit=%d getevents=%d enter=%d other=%d direct=%d) ops=%d completions=%d per-op=%.4f reaped user/syscall=%d/%d rounds=%d",
-		s.Backend, s.Syscalls(), s.Submits, s.GetEvents, s.Enters, s.Other, s.Direct, s.OpsSubmitted, s.Completions, s.PerOp(),
+		s.Backend, s.Syscalls(), s.Submits, s.GetEvents, s.Enters, s.Other, s.Direct, s.OpsStarted, s.Completions, s.PerOp(),
 		s.ReapedUser, s.ReapedSyscall, s.Rounds)
 	if s.Flushes > 0 {
 		fmt.Fprintf(&b, " mean-batch=%.1f", float64(s.FlushedOps)/float64(s.Flushes))
@@ -147,14 +147,14 @@ type loopStats struct {
 	direct     atomic.Uint64 // ops Do ran on the caller's goroutine (any goroutine adds)
 	offloaded  atomic.Uint64 // ops run as a blocking syscall on a goroutine of the engine's
 
-	cur struct{ opsSubmitted, completions uint64 }
-	pub struct{ opsSubmitted, completions counter }
+	cur struct{ opsStarted, completions uint64 }
+	pub struct{ opsStarted, completions counter }
 }
 
 // publish makes the round's per-op counts visible to Stats.
 func (ls *loopStats) publish() {
-	if ls.cur.opsSubmitted != ls.pub.opsSubmitted.load() {
-		ls.pub.opsSubmitted.v.Store(ls.cur.opsSubmitted)
+	if ls.cur.opsStarted != ls.pub.opsStarted.load() {
+		ls.pub.opsStarted.v.Store(ls.cur.opsStarted)
 	}
 	if ls.cur.completions != ls.pub.completions.load() {
 		ls.pub.completions.v.Store(ls.cur.completions)
@@ -183,14 +183,14 @@ func batchBucket(n int) int {
 func (l *Loop) Stats() Stats {
 	ls := &l.stats
 	s := Stats{
-		Backend:      ls.backend,
-		Rounds:       ls.rounds.load(),
-		OpsSubmitted: ls.pub.opsSubmitted.load(),
-		Completions:  ls.pub.completions.load(),
-		Direct:       ls.direct.Load(),
-		Offloaded:    ls.offloaded.Load(),
-		Flushes:      ls.flushes.load(),
-		FlushedOps:   ls.flushedOps.load(),
+		Backend:     ls.backend,
+		Rounds:      ls.rounds.load(),
+		OpsStarted:  ls.pub.opsStarted.load(),
+		Completions: ls.pub.completions.load(),
+		Direct:      ls.direct.Load(),
+		Offloaded:   ls.offloaded.Load(),
+		Flushes:     ls.flushes.load(),
+		FlushedOps:  ls.flushedOps.load(),
 	}
 	for i := range s.Batches {
 		s.Batches[i] = ls.batches[i].load()

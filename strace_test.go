@@ -36,7 +36,7 @@ func runSocketWorkload(t testing.TB, l *Loop, pairs, messages int) {
 	}
 	done := make(chan error, 1)
 	remaining := pairs
-	var round func(p *pair)
+	var round func(h Handle, p *pair)
 	fail := func(err error) {
 		select {
 		case done <- err:
@@ -46,9 +46,9 @@ func runSocketWorkload(t testing.TB, l *Loop, pairs, messages int) {
 	// Each pair's send and recv are staged in the same round; when both
 	// are back the pair goes again, so all pairs move in lock step and
 	// every flush carries 2*pairs ops.
-	var onDone func(p *pair) func(Result)
-	onDone = func(p *pair) func(Result) {
-		return func(r Result) {
+	var onDone func(p *pair) func(Handle, Result)
+	onDone = func(p *pair) func(Handle, Result) {
+		return func(h Handle, r Result) {
 			if r.Res != 64 {
 				fail(fmt.Errorf("op %s = %d (%v), want 64", r.Kind, r.Res, r.Err()))
 				return
@@ -65,25 +65,25 @@ func runSocketWorkload(t testing.TB, l *Loop, pairs, messages int) {
 				}
 				return
 			}
-			round(p)
+			round(h, p)
 		}
 	}
-	dones := make(map[*pair]func(Result), pairs)
+	dones := make(map[*pair]func(Handle, Result), pairs)
 	for _, p := range ps {
 		dones[p] = onDone(p)
 	}
-	round = func(p *pair) {
+	round = func(h Handle, p *pair) {
 		p.pending = 2
-		if _, err := l.Submit(Op{Kind: OpSend, Fd: p.a, Buf: p.out, Done: dones[p]}); err != nil {
+		if _, err := h.Start(Op{Kind: OpSend, Fd: p.a, Buf: p.out, Done: dones[p]}); err != nil {
 			fail(err)
 		}
-		if _, err := l.Submit(Op{Kind: OpRecv, Fd: p.b, Buf: p.in, Done: dones[p]}); err != nil {
+		if _, err := h.Start(Op{Kind: OpRecv, Fd: p.b, Buf: p.in, Done: dones[p]}); err != nil {
 			fail(err)
 		}
 	}
-	l.Post(func() {
+	l.Post(func(h Handle) {
 		for _, p := range ps {
-			round(p)
+			round(h, p)
 		}
 	})
 	select {

@@ -5,31 +5,37 @@ import (
 	"time"
 )
 
-// Timer is a callback the loop runs at a deadline, made by AfterFunc. The
-// loop sleeps in the kernel no longer than its nearest timer, so timers
-// cost no syscall of their own.
+// Timer is a callback the loop runs at a deadline, made by
+// Handle.AfterFunc. The loop sleeps in the kernel no longer than its
+// nearest timer, so timers cost no syscall of their own.
 type Timer struct {
-	when  time.Time
+	when time.Time
+	// fn is the engine's own callback (deadlines, OpTimeout), user a
+	// Handle.AfterFunc's; one of them is set.
 	fn    func()
+	user  func(Handle)
 	index int // in the heap; -1 once fired or stopped
-	h     *timerHeap
+	l     *Loop
 }
 
-// AfterFunc runs fn on the loop's goroutine once d has passed. Loop
-// goroutine only.
-func (l *Loop) AfterFunc(d time.Duration, fn func()) *Timer {
-	t := &Timer{when: time.Now().Add(d), fn: fn, h: &l.timers}
+// addTimer arms a timer running fn (the engine's) or user (a caller's).
+func (l *Loop) addTimer(d time.Duration, fn func(), user func(Handle)) *Timer {
+	t := &Timer{when: time.Now().Add(d), fn: fn, user: user, l: l}
 	heap.Push(&l.timers, t)
 	return t
 }
 
 // Stop prevents the timer from firing and reports whether it had been
-// pending. Loop goroutine only.
+// pending. Like the Handle that made it, it belongs to the loop's
+// goroutine: off it, it panics with ErrNotOnLoop.
 func (t *Timer) Stop() bool {
 	if t == nil || t.index < 0 {
 		return false
 	}
-	heap.Remove(t.h, t.index)
+	if err := t.l.onLoop(); err != nil {
+		panic(err)
+	}
+	heap.Remove(&t.l.timers, t.index)
 	return true
 }
 
@@ -65,7 +71,12 @@ func (h *timerHeap) next() (time.Time, bool) {
 // fire runs every timer due at now.
 func (h *timerHeap) fire(now time.Time) {
 	for len(*h) > 0 && !(*h)[0].when.After(now) {
-		heap.Pop(h).(*Timer).fn()
+		t := heap.Pop(h).(*Timer)
+		if t.user != nil {
+			t.user(Handle{t.l})
+		} else {
+			t.fn()
+		}
 	}
 }
 

@@ -92,11 +92,12 @@ type WriteMapper interface {
 // the synchronous methods remain for other users (tests, tools).
 type AsyncBackend interface {
 	Backend
-	// Start begins r on l, the loop of the queue serving r, on l's
-	// goroutine, and returns without waiting. r.Complete (or
-	// r.CompleteFrom) must then be called exactly once, on l's goroutine:
-	// typically from the Done of the last engine op, or inline.
-	Start(l *uio.Loop, r *Request)
+	// Start begins r on the loop of the queue serving r, on that loop's
+	// goroutine (h is its Handle), and returns without waiting.
+	// r.Complete (or r.CompleteFrom) must then be called exactly once, on
+	// the same loop: typically from the Done of the last engine op, or
+	// inline.
+	Start(h uio.Handle, r *Request)
 }
 
 // Op is a block operation (ABUSE_OP_*).

@@ -207,22 +207,22 @@ func (b *File) writeZeroes(off, n int64) error {
 
 // Start runs r through the engine: reads and writes go straight between the
 // file and the request's (page-aligned) tag buffer.
-func (b *File) Start(l *uio.Loop, r *Request) {
+func (b *File) Start(h uio.Handle, r *Request) {
 	switch r.Op {
 	case OpRead:
-		b.rw(l, r, uio.OpRead, 0, 0)
+		b.rw(h, r, uio.OpRead, 0, 0)
 	case OpWrite:
 		var fl uint32
 		if r.Flags&FlagFUA != 0 {
 			fl = unix.RWF_DSYNC
 		}
 		if r.Flags&FlagPreflush != 0 {
-			b.sync(l, r, func() { b.rw(l, r, uio.OpWrite, fl, 0) })
+			b.sync(h, r, func() { b.rw(h, r, uio.OpWrite, fl, 0) })
 			return
 		}
-		b.rw(l, r, uio.OpWrite, fl, 0)
+		b.rw(h, r, uio.OpWrite, fl, 0)
 	case OpFlush:
-		b.sync(l, r, func() { r.Complete(nil) })
+		b.sync(h, r, func() { r.Complete(nil) })
 	case OpDiscard:
 		r.Complete(b.Discard(r.Offset, int64(r.Len)))
 	case OpWriteZeroes:
@@ -233,8 +233,8 @@ func (b *File) Start(l *uio.Loop, r *Request) {
 }
 
 // sync submits an fdatasync op and runs then on success.
-func (b *File) sync(l *uio.Loop, r *Request, then func()) {
-	_, err := l.Submit(uio.Op{Kind: uio.OpFdatasync, Fd: b.fd, Done: func(res uio.Result) {
+func (b *File) sync(h uio.Handle, r *Request, then func()) {
+	_, err := h.Start(uio.Op{Kind: uio.OpFdatasync, Fd: b.fd, Done: func(h uio.Handle, res uio.Result) {
 		if res.Res == -int32(unix.EINVAL) { // no async fsync for this file: do it inline
 			res.Res = errnoOf(unix.Fdatasync(b.fd))
 		}
@@ -251,9 +251,9 @@ func (b *File) sync(l *uio.Loop, r *Request, then func()) {
 
 // rw moves r.Buf[done:] with one engine op, continuing after short
 // transfers; a read at end of file reads zeroes.
-func (b *File) rw(l *uio.Loop, r *Request, kind uio.OpKind, flags uint32, done int) {
-	_, err := l.Submit(uio.Op{Kind: kind, Fd: b.fd, Buf: r.Buf[done:], Offset: r.Offset + int64(done), Flags: flags,
-		Done: func(res uio.Result) {
+func (b *File) rw(h uio.Handle, r *Request, kind uio.OpKind, flags uint32, done int) {
+	_, err := h.Start(uio.Op{Kind: kind, Fd: b.fd, Buf: r.Buf[done:], Offset: r.Offset + int64(done), Flags: flags,
+		Done: func(h uio.Handle, res uio.Result) {
 			switch {
 			case res.Res < 0:
 				r.Complete(res.Err())
@@ -263,7 +263,7 @@ func (b *File) rw(l *uio.Loop, r *Request, kind uio.OpKind, flags uint32, done i
 			case res.Res == 0:
 				r.Complete(unix.EIO)
 			case done+int(res.Res) < len(r.Buf):
-				b.rw(l, r, kind, flags, done+int(res.Res))
+				b.rw(h, r, kind, flags, done+int(res.Res))
 			default:
 				r.Complete(nil)
 			}

@@ -191,13 +191,14 @@ func (d *NBD) Supports(op Op) bool {
 }
 
 // Start sends r on the connection of r.Queue.
-func (d *NBD) Start(l *uio.Loop, r *Request) {
-	d.startOn(l, r.Queue, r.Op, r.Flags, r.Offset, r.Len, r.Buf, r.Complete)
+func (d *NBD) Start(h uio.Handle, r *Request) {
+	d.startOn(h, r.Queue, r.Op, r.Flags, r.Offset, r.Len, r.Buf, r.Complete)
 }
 
 // startOn runs one block operation on connection q's loop. done is called
-// on l (nil: on any goroutine).
-func (d *NBD) startOn(l *uio.Loop, q int, op Op, flags uint32, off int64, n int, buf []byte, done func(error)) {
+// on h's loop (the zero Handle, from the synchronous methods: on any
+// goroutine).
+func (d *NBD) startOn(h uio.Handle, q int, op Op, flags uint32, off int64, n int, buf []byte, done func(error)) {
 	if len(d.conns) == 0 {
 		done(unix.EIO)
 		return
@@ -208,12 +209,14 @@ func (d *NBD) startOn(l *uio.Loop, q int, op Op, flags uint32, off int64, n int,
 		done(err)
 		return
 	}
+	l := h.Loop()
 	bound := c.bind(l, d)
 	if bound == nil {
 		done(fmt.Errorf("blockdev: NBD backend closed: %w", unix.EIO))
 		return
 	}
 	if bound == l {
+		c.h = h
 		c.runSteps(steps, done)
 		return
 	}
@@ -222,12 +225,12 @@ func (d *NBD) startOn(l *uio.Loop, q int, op Op, flags uint32, off int64, n int,
 	back := done
 	if l != nil {
 		back = func(err error) {
-			if l.Post(func() { done(err) }) != nil {
+			if l.Post(func(h uio.Handle) { done(err) }) != nil {
 				done(err) // l is closing: its server drops the result
 			}
 		}
 	}
-	if bound.Post(func() { c.runSteps(steps, back) }) != nil {
+	if bound.Post(func(h uio.Handle) { c.h = h; c.runSteps(steps, back) }) != nil {
 		done(fmt.Errorf("blockdev: NBD connection's loop is closed: %w", unix.EIO))
 	}
 }
@@ -306,7 +309,7 @@ func (d *NBD) plan(op Op, flags uint32, off int64, n int, buf []byte) ([]nbdStep
 // sync runs one operation from a goroutine outside the loops and waits.
 func (d *NBD) sync(op Op, flags uint32, off int64, n int, buf []byte) error {
 	ch := make(chan error, 1)
-	d.startOn(nil, 0, op, flags, off, n, buf, func(err error) { ch <- err })
+	d.startOn(uio.Handle{}, 0, op, flags, off, n, buf, func(err error) { ch <- err })
 	return <-ch
 }
 

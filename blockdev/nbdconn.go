@@ -26,8 +26,11 @@ type nbdConn struct {
 	fd  int
 	log *zap.Logger
 
-	mu     sync.Mutex
-	l      *uio.Loop // nil until the first request (and after a clean unbind)
+	mu sync.Mutex
+	l  *uio.Loop // nil until the first request (and after a clean unbind)
+	// h is l's Handle, set by the first request that runs on l (before
+	// any op of c starts) and used on l only.
+	h      uio.Handle
 	closed bool
 
 	broken  error
@@ -142,7 +145,7 @@ func (c *nbdConn) kickSend() {
 		return
 	}
 	c.iov = append(c.iov[:0], c.out[:min(len(c.out), nbdMaxIov)]...)
-	_, err := c.l0().Submit(uio.Op{Kind: uio.OpSendmsg, Fd: c.fd, Iovecs: c.iov, Flags: unix.MSG_NOSIGNAL, Done: c.onSent})
+	_, err := c.h.Start(uio.Op{Kind: uio.OpSendmsg, Fd: c.fd, Iovecs: c.iov, Flags: unix.MSG_NOSIGNAL, Done: c.onSent})
 	if err != nil {
 		c.fail(fmt.Errorf("sendmsg: %w", err))
 		return
@@ -151,7 +154,7 @@ func (c *nbdConn) kickSend() {
 	c.inFlight++
 }
 
-func (c *nbdConn) onSent(r uio.Result) {
+func (c *nbdConn) onSent(h uio.Handle, r uio.Result) {
 	c.sending = false
 	c.inFlight--
 	clear(c.iov)
@@ -207,7 +210,7 @@ func (c *nbdConn) armRecv() {
 		}
 		buf = c.rbuf[c.rend:]
 	}
-	_, err := c.l0().Submit(uio.Op{Kind: uio.OpRecv, Fd: c.fd, Buf: buf, Done: c.onRecv})
+	_, err := c.h.Start(uio.Op{Kind: uio.OpRecv, Fd: c.fd, Buf: buf, Done: c.onRecv})
 	if err != nil {
 		c.fail(fmt.Errorf("recv: %w", err))
 		return
@@ -216,7 +219,7 @@ func (c *nbdConn) armRecv() {
 	c.inFlight++
 }
 
-func (c *nbdConn) onRecv(r uio.Result) {
+func (c *nbdConn) onRecv(h uio.Handle, r uio.Result) {
 	c.receiving = false
 	c.inFlight--
 	switch {

@@ -23,6 +23,7 @@ type queue struct {
 	id   int
 	kq   kqueue
 	l    *uio.Loop
+	h    uio.Handle // l's, set by the first pump; the queue runs only on l
 	log  *zap.Logger
 	reqs []Request // by tag
 
@@ -84,7 +85,8 @@ func newQueue(s *Server, kq kqueue, id int) (*queue, error) {
 // pump commits what is done and fetches what waits, until the kernel has
 // nothing more or the backend is working asynchronously on all of it; then
 // makes sure a poll is armed.
-func (q *queue) pump() {
+func (q *queue) pump(h uio.Handle) {
+	q.h = h
 	q.pumpPosted = false
 	if q.dead || q.stopping {
 		return
@@ -134,7 +136,7 @@ func (q *queue) armPoll() {
 	if q.polling || q.dead || q.stopping {
 		return
 	}
-	_, err := q.l.Submit(uio.Op{Kind: uio.OpPoll, Fd: q.kq.Fd(), Events: unix.POLLIN, Done: q.onPoll})
+	_, err := q.h.Start(uio.Op{Kind: uio.OpPoll, Fd: q.kq.Fd(), Events: unix.POLLIN, Done: q.onPoll})
 	if err != nil {
 		if !errors.Is(err, uio.ErrClosed) {
 			q.fail(err)
@@ -144,7 +146,7 @@ func (q *queue) armPoll() {
 	q.polling = true
 }
 
-func (q *queue) onPoll(r uio.Result) {
+func (q *queue) onPoll(h uio.Handle, r uio.Result) {
 	q.polling = false
 	q.st.Polls++
 	switch {
@@ -154,7 +156,7 @@ func (q *queue) onPoll(r uio.Result) {
 	case uint32(r.Res)&(unix.POLLERR|unix.POLLHUP|unix.POLLNVAL) != 0:
 		q.markDead("the queue no longer serves the device (removed, or another server took over)")
 	default:
-		q.pump()
+		q.pump(q.h)
 	}
 }
 
@@ -184,7 +186,7 @@ func (q *queue) markDead(why string) {
 // stop ends the queue from outside the loop: cancel the poll, let the
 // backend's ops finish, close the loop and then the queue fd.
 func (q *queue) stop() {
-	q.l.Post(func() { q.stopping = true })
+	q.l.Post(func(h uio.Handle) { q.stopping = true })
 	q.l.Close() // cancels the poll; waits for every op's Done
 	q.kq.Close()
 	q.markStopped()
@@ -231,7 +233,7 @@ func (q *queue) dispatch(kr *abuse.Request) {
 	if q.s.async != nil {
 		r.async = true
 		q.inflight++
-		q.s.async.Start(q.l, r)
+		q.s.async.Start(q.h, r)
 		return
 	}
 	serveSync(q.s.be, q.s.mapper, &q.s.geo, r)

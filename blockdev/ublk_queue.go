@@ -23,6 +23,7 @@ type uqueue struct {
 	s        *Server
 	id       int
 	l        *uio.Loop
+	h        uio.Handle // l's, set by fetchAll; the queue runs only on l
 	log      *zap.Logger
 	fd       int    // /dev/ublkcN, shared by the queues
 	descs    []byte // the kernel's IODesc array (read-only mapping)
@@ -33,7 +34,7 @@ type uqueue struct {
 	commitOp uint32
 	reqs     []Request
 	cmds     [][ublk.IOCmdSize]byte
-	doneFns  []func(uio.Result)
+	doneFns  []func(uio.Handle, uio.Result)
 
 	armed    int // tags with a command in the kernel
 	inflight int // requests the server holds (backend working)
@@ -70,12 +71,12 @@ func newUqueue(s *Server, id int) (*uqueue, error) {
 		commitOp: ublk.IOOp(ublk.IOCommitAndFetchReq, u.encoded),
 		reqs:     make([]Request, depth),
 		cmds:     make([][ublk.IOCmdSize]byte, depth),
-		doneFns:  make([]func(uio.Result), depth),
+		doneFns:  make([]func(uio.Handle, uio.Result), depth),
 		stopped:  make(chan struct{}),
 	}
 	for t := range q.reqs {
 		q.reqs[t] = Request{uq: q, tag: uint16(t), Queue: id}
-		q.doneFns[t] = func(r uio.Result) { q.onCmd(t, r) }
+		q.doneFns[t] = func(h uio.Handle, r uio.Result) { q.onCmd(t, r) }
 	}
 	if err := l.Post(q.fetchAll); err != nil {
 		q.close()
@@ -86,7 +87,8 @@ func newUqueue(s *Server, id int) (*uqueue, error) {
 
 func (q *uqueue) buf(tag int) []byte { return q.bufs[tag*q.maxIO : (tag+1)*q.maxIO] }
 
-func (q *uqueue) fetchAll() {
+func (q *uqueue) fetchAll(h uio.Handle) {
+	q.h = h
 	for t := range q.reqs {
 		q.arm(t, q.fetchOp, 0)
 	}
@@ -100,7 +102,7 @@ func (q *uqueue) arm(tag int, op uint32, result int32) {
 		c.Addr = ublk.Addr(q.buf(tag))
 	}
 	c.MarshalTo(q.cmds[tag][:])
-	if _, err := q.l.Submit(uio.Op{Kind: uio.OpUringCmd, Fd: q.fd, CmdOp: op, Cmd: q.cmds[tag][:], Done: q.doneFns[tag]}); err != nil {
+	if _, err := q.h.Start(uio.Op{Kind: uio.OpUringCmd, Fd: q.fd, CmdOp: op, Cmd: q.cmds[tag][:], Done: q.doneFns[tag]}); err != nil {
 		if !errors.Is(err, uio.ErrClosed) {
 			q.log.Error("blockdev: cannot arm a ublk tag; the queue stops", zap.Int("tag", tag), zap.Error(err))
 			q.dead = true
@@ -194,7 +196,7 @@ func (q *uqueue) dispatch(tag int) {
 	if q.s.async != nil {
 		r.async = true
 		q.inflight++
-		q.s.async.Start(q.l, r)
+		q.s.async.Start(q.h, r)
 		return
 	}
 	serveSync(q.s.be, q.s.mapper, &q.s.geo, r)

@@ -439,36 +439,37 @@ func (f *File) rotate() error {
 	f.imu.Unlock()
 	f.diskSize = max(f.diskSize, f.cbase+int64(f.ccap))
 	f.cbuf, f.cbase, f.clen, f.cflushed, f.dirty = nb, f.cbase+int64(f.ccap), 0, 0, false
-	if err := f.l.Post(func() { f.submitFlight(fl) }); err != nil {
-		f.landed(fl, err, false)
+	if err := f.l.Post(func(h uio.Handle) { f.submitFlight(h, fl) }); err != nil {
+		f.landed(fl, err, uio.Handle{})
 	}
 	return nil
 }
 
 // submitFlight runs on the loop goroutine.
-func (f *File) submitFlight(fl *flight) {
-	_, err := f.l.Submit(uio.Op{Kind: uio.OpWrite, Fd: f.fd, Buf: fl.data, Offset: fl.off, Done: func(r uio.Result) {
+func (f *File) submitFlight(h uio.Handle, fl *flight) {
+	_, err := h.Start(uio.Op{Kind: uio.OpWrite, Fd: f.fd, Buf: fl.data, Offset: fl.off, Done: func(h uio.Handle, r uio.Result) {
 		switch n := int(r.Res); {
 		case r.Res < 0:
-			f.landed(fl, &Error{Op: "append", Path: f.path, Off: fl.off, Len: len(fl.data), Err: resErr(r.Res)}, true)
+			f.landed(fl, &Error{Op: "append", Path: f.path, Off: fl.off, Len: len(fl.data), Err: resErr(r.Res)}, h)
 		case n == len(fl.data):
-			f.landed(fl, nil, true)
+			f.landed(fl, nil, h)
 		case n == 0 || (f.direct && int64(n)%f.bs != 0):
-			f.landed(fl, &Error{Op: "append", Path: f.path, Off: fl.off, Len: len(fl.data), Err: io.ErrShortWrite}, true)
+			f.landed(fl, &Error{Op: "append", Path: f.path, Off: fl.off, Len: len(fl.data), Err: io.ErrShortWrite}, h)
 		default: // short: write the rest
 			fl.off += int64(n)
 			fl.data = fl.data[n:]
-			f.submitFlight(fl)
+			f.submitFlight(h, fl)
 		}
 	}})
 	if err != nil {
-		f.landed(fl, err, true)
+		f.landed(fl, err, h)
 	}
 }
 
 // landed retires a chunk write and tells the Syncs waiting for it. Any
-// goroutine, the loop's included (onLoop says which).
-func (f *File) landed(fl *flight, err error, onLoop bool) {
+// goroutine, the loop's included (with its Handle; elsewhere the zero
+// Handle).
+func (f *File) landed(fl *flight, err error, h uio.Handle) {
 	f.imu.Lock()
 	for i, x := range f.flights {
 		if x == fl {
@@ -485,7 +486,7 @@ func (f *File) landed(fl *flight, err error, onLoop bool) {
 	f.imu.Unlock()
 	pool.put(fl.buf)
 	for _, r := range reqs {
-		r.release(onLoop)
+		r.release(h)
 	}
 }
 

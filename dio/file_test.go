@@ -601,7 +601,7 @@ func TestSyncPadding(t *testing.T) {
 				if exact {
 					want, what = 3*n, "write, ftruncate, fdatasync"
 				}
-				if ops := d.OpsSubmitted + d.Direct; ops != want {
+				if ops := d.OpsStarted + d.Direct; ops != want {
 					t.Errorf("%d ops for %d Syncs, want %d (%s each)", ops, n, want, what)
 				}
 				if !exact && d.Other > n {

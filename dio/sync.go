@@ -92,7 +92,7 @@ func (f *File) Sync() error {
 			r.pending.Add(-1)
 		}
 		loopUnlocks = false
-		r.release(false)
+		r.release(uio.Handle{})
 	}
 	if !loopUnlocks && !trunc {
 		f.mu.Unlock()
@@ -184,9 +184,9 @@ type syncReq struct {
 	synced bool
 
 	ch    chan struct{}
-	runFn func()
-	wdone func(uio.Result)
-	sdone func(uio.Result)
+	runFn func(uio.Handle)
+	wdone func(uio.Handle, uio.Result)
+	sdone func(uio.Handle, uio.Result)
 }
 
 var syncReqs = sync.Pool{New: func() any {
@@ -203,37 +203,37 @@ func (r *syncReq) reset() {
 }
 
 // run is the posted function, on the loop.
-func (r *syncReq) run() {
+func (r *syncReq) run(h uio.Handle) {
 	if r.wlen > 0 {
-		r.submitWrite()
+		r.submitWrite(h)
 	}
-	r.release(true)
+	r.release(h)
 }
 
-func (r *syncReq) submitWrite() {
-	if _, err := r.f.l.Submit(uio.Op{Kind: uio.OpWrite, Fd: r.f.fd, Buf: r.buf, Offset: r.off, Done: r.wdone}); err != nil {
-		r.writeDone(err)
+func (r *syncReq) submitWrite(h uio.Handle) {
+	if _, err := h.Start(uio.Op{Kind: uio.OpWrite, Fd: r.f.fd, Buf: r.buf, Offset: r.off, Done: r.wdone}); err != nil {
+		r.writeDone(h, err)
 	}
 }
 
-func (r *syncReq) onWrite(res uio.Result) {
+func (r *syncReq) onWrite(h uio.Handle, res uio.Result) {
 	f := r.f
 	switch n := int(res.Res); {
 	case res.Res < 0:
-		r.writeDone(resErr(res.Res))
+		r.writeDone(h, resErr(res.Res))
 	case n == len(r.buf):
-		r.writeDone(nil)
+		r.writeDone(h, nil)
 	case n == 0 || (f.direct && int64(n)%f.bs != 0):
-		r.writeDone(io.ErrShortWrite)
+		r.writeDone(h, io.ErrShortWrite)
 	default: // short: write the rest
 		r.buf, r.off = r.buf[n:], r.off+int64(n)
-		r.submitWrite()
+		r.submitWrite(h)
 	}
 }
 
 // writeDone ends the tail write, on the loop. The caller of Sync holds mu
 // (or has handed it over) and is waiting, so the chunk state is ours.
-func (r *syncReq) writeDone(err error) {
+func (r *syncReq) writeDone(h uio.Handle, err error) {
 	f := r.f
 	if err != nil {
 		r.werr = &Error{Op: "write", Path: f.path, Off: r.woff, Len: r.wlen, Err: err}
@@ -246,12 +246,13 @@ func (r *syncReq) writeDone(err error) {
 	if r.unlock {
 		f.mu.Unlock()
 	}
-	r.release(true)
+	r.release(h)
 }
 
 // release counts one pending event down; the last one submits the
-// fdatasync (on the loop) or wakes the caller.
-func (r *syncReq) release(onLoop bool) {
+// fdatasync (on the loop: h is its Handle; elsewhere the zero Handle) or
+// wakes the caller.
+func (r *syncReq) release(h uio.Handle) {
 	if r.pending.Add(-1) != 0 {
 		return
 	}
@@ -269,8 +270,8 @@ func (r *syncReq) release(onLoop bool) {
 		f.settled = max(f.settled, r.m)
 		f.smu.Unlock()
 	}
-	if r.werr == nil && r.fsync && onLoop {
-		if _, err := f.l.Submit(uio.Op{Kind: uio.OpFdatasync, Fd: f.fd, Done: r.sdone}); err == nil {
+	if r.werr == nil && r.fsync && h.Loop() != nil {
+		if _, err := h.Start(uio.Op{Kind: uio.OpFdatasync, Fd: f.fd, Done: r.sdone}); err == nil {
 			return
 		}
 		// The loop is closing: the caller's own fdatasync reports it.
@@ -278,7 +279,7 @@ func (r *syncReq) release(onLoop bool) {
 	r.ch <- struct{}{}
 }
 
-func (r *syncReq) onSync(res uio.Result) {
+func (r *syncReq) onSync(h uio.Handle, res uio.Result) {
 	r.synced = true
 	if res.Res < 0 {
 		r.serr = resErr(res.Res)

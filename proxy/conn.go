@@ -99,18 +99,18 @@ type conn struct {
 	deadline    time.Duration // monotime at which connecting to up gives up
 	connectTmr  *uio.Timer
 	raceTimer   *uio.Timer // starts the next attempt
-	raceFn      func()
+	raceFn      func(uio.Handle)
 	retryTimer  *uio.Timer    // out of descriptors for the upstream socket
 	retryDelay  time.Duration // its back-off
-	retryFn     func()
+	retryFn     func(uio.Handle)
 	timedOut    bool
-	connectTOFn func()
+	connectTOFn func(uio.Handle)
 
 	// Idle timeout.
 	idleOn    bool
 	last      time.Duration // monotonic time of the last traffic
 	idleTimer *uio.Timer
-	idleFn    func()
+	idleFn    func(uio.Handle)
 	tcpBytes  uint64 // both sockets' bytes acked + received at the last check
 
 	// Flush before reset: the surviving side's socket still holds bytes.
@@ -119,12 +119,12 @@ type conn struct {
 	flushSince time.Duration
 	flushDelay time.Duration
 	flushTimer *uio.Timer
-	flushFn    func()
+	flushFn    func(uio.Handle)
 
 	hdr *headerReader // AcceptProxy: the PROXY header being read
 
 	closes    int // OpClose in flight
-	closeDone func(uio.Result)
+	closeDone func(uio.Handle, uio.Result)
 }
 
 // attempt is one connect in flight to one address of the upstream.
@@ -135,7 +135,7 @@ type attempt struct {
 	dest     string
 	timer    *uio.Timer // its share of the connect deadline
 	timedOut bool
-	done     func(uio.Result)
+	done     func(uio.Handle, uio.Result)
 }
 
 // direction moves one way: a multishot recv from src hands it chunks in
@@ -170,15 +170,15 @@ type direction struct {
 	eofSeen   bool    // src's end of stream, passed on once queue is sent
 	queue     []chunk // received chunks waiting for the send in flight
 
-	recvDone, sendDone func(uio.Result)
+	recvDone, sendDone func(uio.Handle, uio.Result)
 
 	// Splice.
 	pipe          [2]int // read end, write end
 	inPipe        int    // bytes in the pipe not yet spliced out
 	pollOut       bool   // the poll in flight waits for dst, not src
-	pollDone      func(uio.Result)
-	spliceInDone  func(uio.Result)
-	spliceOutDone func(uio.Result)
+	pollDone      func(uio.Handle, uio.Result)
+	spliceInDone  func(uio.Handle, uio.Result)
+	spliceOutDone func(uio.Handle, uio.Result)
 }
 
 // chunk is a received pool buffer waiting to be sent.
@@ -230,7 +230,7 @@ func (c *conn) route() {
 	c.addrs, c.next, c.timedOut = nil, 0, false
 	if t := c.w.s.cfg.ConnectTimeout; t > 0 {
 		c.deadline = monotime() + t
-		c.connectTmr = c.w.loop.AfterFunc(t, c.connectTOFn)
+		c.connectTmr = c.w.h.AfterFunc(t, c.connectTOFn)
 	}
 	switch {
 	case u.isUnix():
@@ -258,7 +258,7 @@ func (c *conn) resolve(u *upstream) {
 		defer cancel()
 	}
 	ips, err := u.resolve(ctx)
-	c.w.loop.Post(func() { c.resolved(u, ips, err) })
+	c.w.loop.Post(func(h uio.Handle) { c.resolved(u, ips, err) })
 }
 
 func (c *conn) resolved(u *upstream, ips []netip.Addr, err error) {
@@ -308,7 +308,7 @@ func (c *conn) launch() {
 					if c.retryFn == nil {
 						c.retryFn = c.retryConnect
 					}
-					c.retryTimer = w.loop.AfterFunc(c.retryDelay, c.retryFn)
+					c.retryTimer = w.h.AfterFunc(c.retryDelay, c.retryFn)
 				}
 				return
 			}
@@ -318,7 +318,7 @@ func (c *conn) launch() {
 		c.next++
 		a := &attempt{c: c, fd: fd, dest: dest}
 		a.done = a.onConnect
-		id, err := w.loop.Submit(uio.Op{Kind: uio.OpConnect, Fd: fd, Addr: sa, Done: a.done})
+		id, err := w.h.Start(uio.Op{Kind: uio.OpConnect, Fd: fd, Addr: sa, Done: a.done})
 		if err != nil {
 			unix.Close(fd)
 			w.syscalls.add(1)
@@ -330,10 +330,10 @@ func (c *conn) launch() {
 		c.attempts = append(c.attempts, a)
 		if left := n - i; left > 1 && w.s.cfg.ConnectTimeout > 0 {
 			share := max((c.deadline-monotime())/time.Duration(left), time.Millisecond)
-			a.timer = w.loop.AfterFunc(share, a.onShareTimeout)
+			a.timer = w.h.AfterFunc(share, a.onShareTimeout)
 		}
 		if c.next < n {
-			c.raceTimer = w.loop.AfterFunc(connectionAttemptDelay, c.raceFn)
+			c.raceTimer = w.h.AfterFunc(connectionAttemptDelay, c.raceFn)
 		}
 		return
 	}
@@ -369,27 +369,27 @@ func (c *conn) openDest(i int) (int, unix.Sockaddr, string, error) {
 	return fd, sockaddr(ip, u.port), dest, nil
 }
 
-func (c *conn) retryConnect() {
+func (c *conn) retryConnect(uio.Handle) {
 	c.retryTimer = nil
 	if c.state == stConnecting {
 		c.launch()
 	}
 }
 
-func (c *conn) onRaceTimer() {
+func (c *conn) onRaceTimer(uio.Handle) {
 	c.raceTimer = nil
 	if c.state == stConnecting && !c.timedOut {
 		c.launch()
 	}
 }
 
-func (a *attempt) onShareTimeout() {
+func (a *attempt) onShareTimeout(uio.Handle) {
 	a.timer = nil
 	a.timedOut = true
-	a.c.w.loop.Cancel(a.id) // onConnect sees timedOut
+	a.c.w.h.Cancel(a.id) // onConnect sees timedOut
 }
 
-func (a *attempt) onConnect(r uio.Result) {
+func (a *attempt) onConnect(h uio.Handle, r uio.Result) {
 	c := a.c
 	c.ops--
 	if a.timer != nil {
@@ -405,7 +405,7 @@ func (a *attempt) onConnect(r uio.Result) {
 	if r.Res == 0 && c.state == stConnecting {
 		c.ufd, c.upAddr = a.fd, a.dest
 		for _, x := range c.attempts {
-			c.w.loop.Cancel(x.id) // the losers close their sockets
+			c.w.h.Cancel(x.id) // the losers close their sockets
 		}
 		c.established()
 		return
@@ -434,7 +434,7 @@ func (a *attempt) onConnect(r uio.Result) {
 	c.launch()
 }
 
-func (c *conn) onConnectTimeout() {
+func (c *conn) onConnectTimeout(uio.Handle) {
 	c.connectTmr = nil
 	if c.state != stConnecting {
 		return
@@ -444,7 +444,7 @@ func (c *conn) onConnectTimeout() {
 	c.stopConnectTimers()
 	if len(c.attempts) > 0 {
 		for _, a := range c.attempts {
-			c.w.loop.Cancel(a.id) // onConnect sees timedOut
+			c.w.h.Cancel(a.id) // onConnect sees timedOut
 		}
 		return
 	}
@@ -529,7 +529,7 @@ func (c *conn) established() {
 		c.last = monotime()
 		c.tcpBytes = c.kernelBytes()
 		c.idleFn = c.idleCheck
-		c.idleTimer = c.w.loop.AfterFunc(t, c.idleFn)
+		c.idleTimer = c.w.h.AfterFunc(t, c.idleFn)
 	}
 	// The PROXY header for the upstream, and whatever the client sent
 	// after its own header, go out before anything else.
@@ -588,14 +588,14 @@ func (c *conn) stopTimers() {
 	}
 }
 
-func (c *conn) idleCheck() {
+func (c *conn) idleCheck(uio.Handle) {
 	c.idleTimer = nil
 	if c.state != stOpen {
 		return
 	}
 	idle := c.w.s.cfg.IdleTimeout
 	if el := monotime() - c.last; el < idle {
-		c.idleTimer = c.w.loop.AfterFunc(idle-el, c.idleFn)
+		c.idleTimer = c.w.h.AfterFunc(idle-el, c.idleFn)
 		return
 	}
 	// No op completed for a whole period, but a send waiting for room in a
@@ -603,7 +603,7 @@ func (c *conn) idleCheck() {
 	// buffer is free: ask the kernel whether bytes moved meanwhile.
 	if b := c.kernelBytes(); b != c.tcpBytes {
 		c.tcpBytes, c.last = b, monotime()
-		c.idleTimer = c.w.loop.AfterFunc(idle, c.idleFn)
+		c.idleTimer = c.w.h.AfterFunc(idle, c.idleFn)
 		return
 	}
 	c.ctr.idleClosed.add(1)
@@ -663,18 +663,18 @@ func (c *conn) abort(reason endReason, rst uint8) {
 	c.resolving = false
 	c.stopTimers()
 	for _, a := range c.attempts {
-		c.w.loop.Cancel(a.id)
+		c.w.h.Cancel(a.id)
 	}
 	if c.hdr != nil && c.hdr.busy {
-		c.w.loop.Cancel(c.hdr.id)
+		c.w.h.Cancel(c.hdr.id)
 	}
 	for i := range c.d {
 		d := &c.d[i]
 		if d.busy {
-			c.w.loop.Cancel(d.id)
+			c.w.h.Cancel(d.id)
 		}
 		if d.recvArmed {
-			c.w.loop.Cancel(d.recvID)
+			c.w.h.Cancel(d.recvID)
 		}
 	}
 	c.maybeClose()
@@ -698,7 +698,7 @@ func (c *conn) maybeClose() {
 			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 			c.w.syscalls.add(1)
 		}
-		if _, err := c.w.loop.Submit(uio.Op{Kind: uio.OpClose, Fd: fd, Done: c.closeDone}); err != nil {
+		if _, err := c.w.h.Start(uio.Op{Kind: uio.OpClose, Fd: fd, Done: c.closeDone}); err != nil {
 			unix.Close(fd) // the loop is stopping
 			c.w.syscalls.add(1)
 			continue
@@ -746,16 +746,16 @@ func (c *conn) flushing() bool {
 	if c.flushFn == nil {
 		c.flushFn = c.onFlushTimer
 	}
-	c.flushTimer = c.w.loop.AfterFunc(c.flushDelay, c.flushFn)
+	c.flushTimer = c.w.h.AfterFunc(c.flushDelay, c.flushFn)
 	return true
 }
 
-func (c *conn) onFlushTimer() {
+func (c *conn) onFlushTimer(uio.Handle) {
 	c.flushTimer = nil
 	c.maybeClose()
 }
 
-func (c *conn) onClose(uio.Result) {
+func (c *conn) onClose(uio.Handle, uio.Result) {
 	c.closes--
 	if c.closes == 0 {
 		c.finish()
@@ -787,7 +787,7 @@ func (d *direction) start() {
 
 func (d *direction) submit(op uio.Op) {
 	c := d.c
-	id, err := c.w.loop.Submit(op)
+	id, err := c.w.h.Start(op)
 	if err != nil {
 		c.abort(endError, rstBoth)
 		return
@@ -798,7 +798,7 @@ func (d *direction) submit(op uio.Op) {
 
 func (d *direction) recv() {
 	c := d.c
-	id, err := c.w.loop.Submit(uio.Op{Kind: uio.OpRecv, Fd: d.src, Pool: c.w.pool, Multishot: !d.oneShot, Done: d.recvDone})
+	id, err := c.w.h.Start(uio.Op{Kind: uio.OpRecv, Fd: d.src, Pool: c.w.pool, Multishot: !d.oneShot, Done: d.recvDone})
 	if err != nil {
 		c.abort(endError, rstBoth)
 		return
@@ -875,7 +875,7 @@ func (d *direction) sent() {
 
 // onRecv takes one completion of the multishot recv: a chunk (More), or
 // its end (end of stream, an error, or our own cancel).
-func (d *direction) onRecv(r uio.Result) {
+func (d *direction) onRecv(h uio.Handle, r uio.Result) {
 	c := d.c
 	id, has := r.BufferID()
 	if !r.More() {
@@ -905,7 +905,7 @@ func (d *direction) onRecv(r uio.Result) {
 			// as many buffers as the socket has data for, which a
 			// direction that streams would hold while dst is slow.
 			d.paused, d.oneShot = true, true
-			c.w.loop.Cancel(d.recvID)
+			c.w.h.Cancel(d.recvID)
 		}
 	case r.More():
 		// an empty chunk: nothing to do
@@ -923,7 +923,7 @@ func (d *direction) onRecv(r uio.Result) {
 	}
 }
 
-func (d *direction) onSend(r uio.Result) {
+func (d *direction) onSend(h uio.Handle, r uio.Result) {
 	if !d.completed() {
 		return
 	}
@@ -1029,7 +1029,7 @@ func (d *direction) poll(fd int, events uint32, out bool) {
 	d.submit(uio.Op{Kind: uio.OpPoll, Fd: fd, Events: events, Done: d.pollDone})
 }
 
-func (d *direction) onSpliceIn(r uio.Result) {
+func (d *direction) onSpliceIn(h uio.Handle, r uio.Result) {
 	if !d.completed() {
 		return
 	}
@@ -1048,7 +1048,7 @@ func (d *direction) onSpliceIn(r uio.Result) {
 	}
 }
 
-func (d *direction) onSpliceOut(r uio.Result) {
+func (d *direction) onSpliceOut(h uio.Handle, r uio.Result) {
 	if !d.completed() {
 		return
 	}
@@ -1070,7 +1070,7 @@ func (d *direction) onSpliceOut(r uio.Result) {
 	}
 }
 
-func (d *direction) onPoll(r uio.Result) {
+func (d *direction) onPoll(h uio.Handle, r uio.Result) {
 	if !d.completed() {
 		return
 	}

@@ -52,8 +52,8 @@ func TestEngineSendAfterFullBuffer(t *testing.T) {
 				filled += n
 			}
 			done := make(chan uio.Result, 1)
-			l.Post(func() {
-				l.Submit(uio.Op{Kind: uio.OpSend, Fd: fd, Buf: chunk[:4096], Done: func(r uio.Result) { done <- r }})
+			l.Post(func(h uio.Handle) {
+				h.Start(uio.Op{Kind: uio.OpSend, Fd: fd, Buf: chunk[:4096], Done: func(h uio.Handle, r uio.Result) { done <- r }})
 			})
 			time.Sleep(50 * time.Millisecond)
 			// Drain slowly, as a slow reader does.

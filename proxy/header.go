@@ -19,7 +19,7 @@ type headerReader struct {
 	id    uio.OpID
 	busy  bool
 	timer *uio.Timer
-	done  func(uio.Result)
+	done  func(uio.Handle, uio.Result)
 }
 
 func (c *conn) readHeader() {
@@ -28,14 +28,14 @@ func (c *conn) readHeader() {
 	c.hdr = h
 	c.d[dirUp].buf = c.w.getBuf()
 	if t := c.w.s.cfg.ProxyHeaderTimeout; t > 0 {
-		h.timer = c.w.loop.AfterFunc(t, h.onTimeout)
+		h.timer = c.w.h.AfterFunc(t, h.onTimeout)
 	}
 	h.recv()
 }
 
 func (h *headerReader) recv() {
 	c := h.c
-	id, err := c.w.loop.Submit(uio.Op{Kind: uio.OpRecv, Fd: c.cfd, Buf: c.d[dirUp].buf[h.n:], Done: h.done})
+	id, err := c.w.h.Start(uio.Op{Kind: uio.OpRecv, Fd: c.cfd, Buf: c.d[dirUp].buf[h.n:], Done: h.done})
 	if err != nil {
 		c.abort(endError, rstBoth)
 		return
@@ -44,7 +44,7 @@ func (h *headerReader) recv() {
 	c.ops++
 }
 
-func (h *headerReader) onRecv(r uio.Result) {
+func (h *headerReader) onRecv(_ uio.Handle, r uio.Result) {
 	c := h.c
 	h.busy = false
 	c.ops--
@@ -89,7 +89,7 @@ func (h *headerReader) onRecv(r uio.Result) {
 	c.route()
 }
 
-func (h *headerReader) onTimeout() {
+func (h *headerReader) onTimeout(uio.Handle) {
 	h.timer = nil
 	c := h.c
 	if c.state != stHeader {

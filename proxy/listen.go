@@ -31,13 +31,14 @@ type worker struct {
 	s         *Server
 	idx       int
 	loop      *uio.Loop
+	h         uio.Handle // the loop's, set by start: the worker runs only on it
 	acceptors []*acceptor
 	conns     map[*conn]struct{}
 	freeBufs  [][]byte        // PROXY-header buffers of closed connections, for the next ones
 	pool      *uio.BufferPool // receive buffers, taken only while bytes move
 	parked    []parkedConn    // accepted beyond -max-conns, waiting for a slot
 	waiting   bool            // registered in Server.waiting; guarded by Server.mu
-	resumeFn  func()
+	resumeFn  func(uio.Handle)
 
 	openListeners atomic.Int32
 	syscalls      counter // syscalls the proxy makes itself (socket, setsockopt, shutdown, ...)
@@ -60,7 +61,8 @@ func (w *worker) addAcceptors(ms *mapState) []*acceptor {
 	return added
 }
 
-func (w *worker) start() {
+func (w *worker) start(h uio.Handle) {
+	w.h = h
 	w.openListeners.Store(int32(len(w.acceptors)))
 	for _, a := range w.acceptors {
 		a.arm()
@@ -74,7 +76,7 @@ type parkedConn struct {
 
 // resume runs when a -max-conns slot has freed: parked connections first,
 // then the acceptors that stopped.
-func (w *worker) resume() {
+func (w *worker) resume(uio.Handle) {
 	s := w.s
 	for len(w.parked) > 0 && !s.stopping.Load() {
 		if !s.tryReserve() {
@@ -103,7 +105,7 @@ func (w *worker) stopAccepting() {
 	w.parked = nil
 	for _, a := range w.acceptors {
 		if a.armed {
-			w.loop.Cancel(a.id) // its Done closes the listener
+			w.h.Cancel(a.id) // its Done closes the listener
 		} else {
 			a.close()
 		}
@@ -119,7 +121,7 @@ func (w *worker) stopAcceptors(ms *mapState) {
 			continue
 		}
 		if a.armed {
-			w.loop.Cancel(a.id) // its Done closes the listener
+			w.h.Cancel(a.id) // its Done closes the listener
 		} else {
 			a.close()
 		}
@@ -167,7 +169,7 @@ type acceptor struct {
 	backoff time.Duration
 	timer   *uio.Timer
 
-	done func(uio.Result)
+	done func(uio.Handle, uio.Result)
 }
 
 func (a *acceptor) arm() {
@@ -183,19 +185,19 @@ func (a *acceptor) arm() {
 		a.paused = true // Worker.resume re-arms it
 		return
 	}
-	id, err := a.w.loop.Submit(uio.Op{Kind: uio.OpAccept, Fd: a.fd, Done: a.done})
+	id, err := a.w.h.Start(uio.Op{Kind: uio.OpAccept, Fd: a.fd, Done: a.done})
 	if err != nil {
 		return
 	}
 	a.id, a.armed = id, true
 }
 
-func (a *acceptor) retry() {
+func (a *acceptor) retry(uio.Handle) {
 	a.timer = nil
 	a.arm()
 }
 
-func (a *acceptor) onAccept(r uio.Result) {
+func (a *acceptor) onAccept(h uio.Handle, r uio.Result) {
 	a.armed = false
 	s := a.w.s
 	if r.Res >= 0 {
@@ -221,7 +223,7 @@ func (a *acceptor) onAccept(r uio.Result) {
 			a.w.parked = append(a.w.parked, parkedConn{a.ms, fd})
 			a.paused = true
 			if !s.wait(a.w) {
-				a.w.resume()
+				a.w.resume(a.w.h)
 			}
 			return
 		}
@@ -241,7 +243,7 @@ func (a *acceptor) onAccept(r uio.Result) {
 		a.backoff = min(max(a.backoff*2, minAcceptBackoff), maxAcceptBackoff)
 		a.ms.ctr[a.w.idx].acceptErrors.add(1)
 		s.warnFds(a.ms, err, a.backoff)
-		a.timer = a.w.loop.AfterFunc(a.backoff, a.retry)
+		a.timer = a.w.h.AfterFunc(a.backoff, a.retry)
 	case errors.Is(err, unix.ECONNABORTED), errors.Is(err, unix.EPERM), errors.Is(err, unix.EPROTO), errors.Is(err, unix.EINTR):
 		// The connection died in the queue, or a firewall said no: next.
 		a.ms.ctr[a.w.idx].acceptErrors.add(1)
@@ -250,7 +252,7 @@ func (a *acceptor) onAccept(r uio.Result) {
 		a.backoff = min(max(a.backoff*2, minAcceptBackoff), maxAcceptBackoff)
 		a.ms.ctr[a.w.idx].acceptErrors.add(1)
 		s.log.Error("accept failed", zap.String("mapping", a.ms.label), zap.Error(err), zap.Duration("retry_in", a.backoff))
-		a.timer = a.w.loop.AfterFunc(a.backoff, a.retry)
+		a.timer = a.w.h.AfterFunc(a.backoff, a.retry)
 	}
 }
 

@@ -318,7 +318,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}{{"io_submit", e.Submits}, {"io_getevents", e.GetEvents}, {"io_uring_enter", e.Enters}, {"engine_other", e.Other}, {"proxy", snap.Syscalls}} {
 		counter(c.syscalls, k.v, e.Backend, k.kind)
 	}
-	counter(c.ops, e.OpsSubmitted)
+	counter(c.ops, e.OpsStarted)
 	counter(c.rounds, e.Rounds)
 	perMsg := 0.0
 	if n := snap.Messages(); n > 0 {

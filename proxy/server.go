@@ -289,7 +289,7 @@ func (s *Server) onLoops(fn func(w *worker)) {
 	var wg sync.WaitGroup
 	for _, w := range s.ws {
 		wg.Add(1)
-		if err := w.loop.Post(func() { fn(w); wg.Done() }); err != nil {
+		if err := w.loop.Post(func(h uio.Handle) { fn(w); wg.Done() }); err != nil {
 			wg.Done()
 		}
 	}
@@ -523,6 +523,6 @@ func runWith(ctx context.Context, cfg Config, log *zap.Logger, logFile *LogFile)
 		zap.String("backend", e.Backend), zap.Uint64("io_submit", e.Submits), zap.Uint64("io_getevents", e.GetEvents),
 		zap.Uint64("io_uring_enter", e.Enters), zap.Uint64("engine_other", e.Other),
 		zap.Uint64("proxy_syscalls", snap.Syscalls), zap.Uint64("rounds", e.Rounds),
-		zap.Uint64("ops", e.OpsSubmitted))
+		zap.Uint64("ops", e.OpsStarted))
 	return nil
 }

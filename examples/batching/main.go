@@ -107,7 +107,7 @@ func engine(backend string, n int, d time.Duration) (int, uio.Stats, error) {
 		a, b    int
 		out, in []byte
 		pending int
-		done    func(uio.Result)
+		done    func(uio.Handle, uio.Result)
 	}
 	var (
 		msgs     int
@@ -116,15 +116,15 @@ func engine(backend string, n int, d time.Duration) (int, uio.Stats, error) {
 		finished = make(chan error, 1)
 		end      = time.Now().Add(d)
 	)
-	var start func(p *pair)
-	start = func(p *pair) {
+	var start func(h uio.Handle, p *pair)
+	start = func(h uio.Handle, p *pair) {
 		p.pending = 2
-		l.Submit(uio.Op{Kind: uio.OpSend, Fd: p.a, Buf: p.out, Done: p.done})
-		l.Submit(uio.Op{Kind: uio.OpRecv, Fd: p.b, Buf: p.in, Done: p.done})
+		h.Start(uio.Op{Kind: uio.OpSend, Fd: p.a, Buf: p.out, Done: p.done})
+		h.Start(uio.Op{Kind: uio.OpRecv, Fd: p.b, Buf: p.in, Done: p.done})
 	}
 	for i := range ps {
 		p := &pair{a: ps[i][0], b: ps[i][1], out: make([]byte, 64), in: make([]byte, 64)}
-		p.done = func(r uio.Result) {
+		p.done = func(h uio.Handle, r uio.Result) {
 			if r.Res != 64 {
 				select {
 				case finished <- fmt.Errorf("%s returned %d (%v)", r.Kind, r.Res, r.Err()):
@@ -142,12 +142,12 @@ func engine(backend string, n int, d time.Duration) (int, uio.Stats, error) {
 				}
 				return
 			}
-			start(p)
+			start(h, p)
 		}
-		l.Post(func() { start(p) })
+		l.Post(func(h uio.Handle) { start(h, p) })
 	}
 	before := l.Stats()
-	stop := time.AfterFunc(time.Until(end), func() { l.Post(func() { stopping = true }) })
+	stop := time.AfterFunc(time.Until(end), func() { l.Post(func(h uio.Handle) { stopping = true }) })
 	defer stop.Stop()
 	err = <-finished
 	st := l.Stats().Sub(before)

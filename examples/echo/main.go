@@ -41,13 +41,13 @@ func main() {
 	lfd := int(lf.Fd())
 	fmt.Printf("listening on %s backend %s\n", ln.Addr(), l.Backend())
 
-	var accept func()
-	accept = func() {
-		l.Submit(uio.Op{Kind: uio.OpAccept, Fd: lfd, Done: func(r uio.Result) {
+	var accept func(h uio.Handle)
+	accept = func(h uio.Handle) {
+		h.Start(uio.Op{Kind: uio.OpAccept, Fd: lfd, Done: func(h uio.Handle, r uio.Result) {
 			if r.Res >= 0 {
-				serve(l, int(r.Res), make([]byte, 16<<10))
+				serve(h, int(r.Res), make([]byte, 16<<10))
 			}
-			accept()
+			accept(h)
 		}})
 	}
 	l.Post(accept)
@@ -59,25 +59,25 @@ func main() {
 }
 
 // serve echoes one connection: recv, send it all back, again.
-func serve(l *uio.Loop, fd int, buf []byte) {
-	l.Submit(uio.Op{Kind: uio.OpRecv, Fd: fd, Buf: buf, Done: func(r uio.Result) {
+func serve(h uio.Handle, fd int, buf []byte) {
+	h.Start(uio.Op{Kind: uio.OpRecv, Fd: fd, Buf: buf, Done: func(h uio.Handle, r uio.Result) {
 		if r.Res <= 0 { // end of stream or error
-			l.Submit(uio.Op{Kind: uio.OpClose, Fd: fd})
+			h.Start(uio.Op{Kind: uio.OpClose, Fd: fd})
 			return
 		}
-		send(l, fd, buf, buf[:r.Res])
+		send(h, fd, buf, buf[:r.Res])
 	}})
 }
 
-func send(l *uio.Loop, fd int, buf, p []byte) {
-	l.Submit(uio.Op{Kind: uio.OpSend, Fd: fd, Buf: p, Done: func(r uio.Result) {
+func send(h uio.Handle, fd int, buf, p []byte) {
+	h.Start(uio.Op{Kind: uio.OpSend, Fd: fd, Buf: p, Done: func(h uio.Handle, r uio.Result) {
 		switch {
 		case r.Res < 0:
-			l.Submit(uio.Op{Kind: uio.OpClose, Fd: fd})
+			h.Start(uio.Op{Kind: uio.OpClose, Fd: fd})
 		case int(r.Res) < len(p):
-			send(l, fd, buf, p[r.Res:])
+			send(h, fd, buf, p[r.Res:])
 		default:
-			serve(l, fd, buf)
+			serve(h, fd, buf)
 		}
 	}})
 }

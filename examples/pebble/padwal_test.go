@@ -74,8 +74,8 @@ func (w *padWAL) writeSync(b []byte, off int64, sync bool) error {
 		return nil
 	}
 	ch := make(chan int32, 1)
-	err := w.l.Post(func() {
-		_, err := w.l.Submit(uio.Op{Kind: uio.OpWrite, Fd: w.fd, Buf: b, Offset: off, Done: func(r uio.Result) {
+	err := w.l.Post(func(h uio.Handle) {
+		_, err := h.Start(uio.Op{Kind: uio.OpWrite, Fd: w.fd, Buf: b, Offset: off, Done: func(h uio.Handle, r uio.Result) {
 			if int(r.Res) != len(b) {
 				ch <- min(r.Res, -int32(unix.EIO))
 				return
@@ -84,7 +84,7 @@ func (w *padWAL) writeSync(b []byte, off int64, sync bool) error {
 				ch <- 0
 				return
 			}
-			if _, err := w.l.Submit(uio.Op{Kind: uio.OpFdatasync, Fd: w.fd, Done: func(r uio.Result) { ch <- r.Res }}); err != nil {
+			if _, err := h.Start(uio.Op{Kind: uio.OpFdatasync, Fd: w.fd, Done: func(h uio.Handle, r uio.Result) { ch <- r.Res }}); err != nil {
 				ch <- -int32(unix.ECANCELED)
 			}
 		}})

@@ -201,12 +201,12 @@ func run(backend, path, sizeStr string, bs, iodepth int, runFor, ramp time.Durat
 	// the hot path allocates nothing.
 	type reader struct {
 		buf  []byte
-		done func(uio.Result)
+		done func(uio.Handle, uio.Result)
 	}
-	var submit func(rd *reader)
-	submit = func(rd *reader) {
+	var submit func(h uio.Handle, rd *reader)
+	submit = func(h uio.Handle, rd *reader) {
 		off := int64(rng.Uint64N(blocks)) * int64(bs)
-		if _, err := l.Submit(uio.Op{Kind: uio.OpRead, Fd: fd, Buf: rd.buf, Offset: off, Done: rd.done}); err != nil {
+		if _, err := h.Start(uio.Op{Kind: uio.OpRead, Fd: fd, Buf: rd.buf, Offset: off, Done: rd.done}); err != nil {
 			errs++
 			if firstErr == 0 {
 				firstErr = -int32(unix.EIO)
@@ -218,7 +218,7 @@ func run(backend, path, sizeStr string, bs, iodepth int, runFor, ramp time.Durat
 	readers := make([]*reader, iodepth)
 	for i := range readers {
 		rd := &reader{buf: mem[i*bs : (i+1)*bs]}
-		rd.done = func(r uio.Result) {
+		rd.done = func(h uio.Handle, r uio.Result) {
 			inflight--
 			if r.Res == int32(bs) {
 				ops++
@@ -237,7 +237,7 @@ func run(backend, path, sizeStr string, bs, iodepth int, runFor, ramp time.Durat
 				}
 				return
 			}
-			submit(rd)
+			submit(h, rd)
 		}
 		readers[i] = rd
 	}
@@ -246,7 +246,7 @@ func run(backend, path, sizeStr string, bs, iodepth int, runFor, ramp time.Durat
 	// completions, and hands it over.
 	snapshot := func(extra func()) (mark, error) {
 		ch := make(chan mark, 1)
-		err := l.Post(func() {
+		err := l.Post(func(h uio.Handle) {
 			var m mark
 			m.t = time.Now()
 			m.ops, m.errs = ops, errs
@@ -264,9 +264,9 @@ func run(backend, path, sizeStr string, bs, iodepth int, runFor, ramp time.Durat
 		return <-ch, nil
 	}
 
-	if err := l.Post(func() {
+	if err := l.Post(func(h uio.Handle) {
 		for _, rd := range readers {
-			submit(rd)
+			submit(h, rd)
 		}
 	}); err != nil {
 		return err

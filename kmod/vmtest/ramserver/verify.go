@@ -94,8 +94,8 @@ func verify(args []string) {
 	for i := range bufs {
 		bufs[i] = alignedBuf(256 * bsz)
 	}
-	var next func(slot int)
-	next = func(slot int) {
+	var next func(h uio.Handle, slot int)
+	next = func(h uio.Handle, slot int) {
 		if moved >= *total {
 			if inflight == 0 {
 				close(finished)
@@ -106,7 +106,7 @@ func verify(args []string) {
 			syncs++
 			reads++ // count toward the op sequence only
 			inflight++
-			l.Submit(uio.Op{Kind: uio.OpFdatasync, Fd: fd, Done: func(r uio.Result) {
+			h.Start(uio.Op{Kind: uio.OpFdatasync, Fd: fd, Done: func(h uio.Handle, r uio.Result) {
 				inflight--
 				if r.Res < 0 {
 					errs++
@@ -114,7 +114,7 @@ func verify(args []string) {
 						firstErr = fmt.Sprintf("fdatasync: %v", r.Err())
 					}
 				}
-				next(slot)
+				next(h, slot)
 			}})
 			return
 		}
@@ -157,7 +157,7 @@ func verify(args []string) {
 		inflight++
 		maxInflight = max(maxInflight, inflight)
 		moved += int64(len(buf))
-		_, err := l.Submit(uio.Op{Kind: kind, Fd: fd, Buf: buf, Offset: int64(b) * bsz, Done: func(r uio.Result) {
+		_, err := h.Start(uio.Op{Kind: kind, Fd: fd, Buf: buf, Offset: int64(b) * bsz, Done: func(h uio.Handle, r uio.Result) {
 			inflight--
 			if int(r.Res) != len(buf) {
 				errs++
@@ -178,15 +178,15 @@ func verify(args []string) {
 			for k := b; k < b+n; k++ {
 				busy[k] = false
 			}
-			next(slot)
+			next(h, slot)
 		}})
 		if err != nil {
 			fail(*name, "submit: %v", err)
 		}
 	}
-	l.Post(func() {
+	l.Post(func(h uio.Handle) {
 		for i := 0; i < *qd; i++ {
-			next(i)
+			next(h, i)
 		}
 	})
 	select {
@@ -198,9 +198,9 @@ func verify(args []string) {
 	rb := alignedBuf(256 * bsz)
 	var final int
 	done := make(chan struct{})
-	l.Post(func() {
-		var step func(b int)
-		step = func(b int) {
+	l.Post(func(h uio.Handle) {
+		var step func(h uio.Handle, b int)
+		step = func(h uio.Handle, b int) {
 			for b < nblk && gen[b] == 0 {
 				b++
 			}
@@ -209,7 +209,7 @@ func verify(args []string) {
 				return
 			}
 			n := min(256, nblk-b)
-			l.Submit(uio.Op{Kind: uio.OpRead, Fd: fd, Buf: rb[:n*bsz], Offset: int64(b) * bsz, Done: func(r uio.Result) {
+			h.Start(uio.Op{Kind: uio.OpRead, Fd: fd, Buf: rb[:n*bsz], Offset: int64(b) * bsz, Done: func(h uio.Handle, r uio.Result) {
 				if int(r.Res) != n*bsz {
 					errs++
 					if firstErr == "" {
@@ -223,10 +223,10 @@ func verify(args []string) {
 						}
 					}
 				}
-				step(b + n)
+				step(h, b+n)
 			}})
 		}
-		step(0)
+		step(h, 0)
 	})
 	<-done
 	el := time.Since(t0)
