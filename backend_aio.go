@@ -41,6 +41,13 @@ type aioBackend struct {
 	published atomic.Pointer[[]*aio.Context]
 
 	nosignal uint32 // RWF_NOSIGNAL where the kernel has it (6.15+)
+	// sockNowait: the kernel takes RWF_NOWAIT on a socket's PREAD/PWRITE
+	// (6.12 does; 6.1 refuses it with EOPNOTSUPP, measured under qemu).
+	// Without it a recv or send is one nonblocking recvfrom/sendmsg on the
+	// loop's thread per attempt instead of an iocb inside io_submit.
+	sockNowait bool
+	// blockingPipeLogged: pipeNow has said once why a blocking pipe fails.
+	blockingPipeLogged bool
 
 	// The doorbell: a POLL on a nonblocking eventfd stays armed, so Wake's
 	// write ends an io_getevents sleep. When it fires, a PREAD that drains
@@ -127,7 +134,7 @@ func newAIOBackend(depth, maxInFlight int, log *zap.Logger) (*aioBackend, error)
 		ctx.Destroy()
 		return nil, fmt.Errorf("uio: aio doorbell: eventfd: %w", err)
 	}
-	b.probeNoSignal()
+	b.probeSockets()
 	// The doorbell is the first POLL: a kernel without IOCB_CMD_POLL
 	// refuses it here, not in the middle of the first round.
 	b.armDoorbell(false)
@@ -209,23 +216,47 @@ func (b *aioBackend) publish() {
 	b.published.Store(&l)
 }
 
-// probeNoSignal keeps RWF_NOSIGNAL when the kernel accepts it on a socket
-// write. Without it a write to a reset peer raises SIGPIPE, which Go ignores
-// for non-stdio fds but still delivers, at the cost of a signal.
-func (b *aioBackend) probeNoSignal() {
+// probeSockets finds out what the kernel takes on a socket's iocbs:
+// RWF_NOWAIT (a PREAD of an empty socket must complete with -EAGAIN inside
+// io_submit), then RWF_NOSIGNAL on a write. Without RWF_NOSIGNAL a write to
+// a reset peer raises SIGPIPE, which Go ignores for non-stdio fds but still
+// delivers, at the cost of a signal.
+func (b *aioBackend) probeSockets() {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	b.other.Add(1)
 	if err != nil {
 		return
 	}
 	defer func() { unix.Close(fds[0]); unix.Close(fds[1]); b.other.Add(2) }()
+	var buf [1]byte
 	var cb aio.Iocb
-	cb.PrepPwrite(fds[0], []byte{0}, 0)
+	cb.PrepPread(fds[0], buf[:], 0)
+	cb.RWFlags = aio.RWF_NOWAIT
+	if res, ok := b.probe(&cb); !ok || res != -int64(unix.EAGAIN) || testNoSocketNowait {
+		b.log.Info("uio: this kernel's AIO takes no RWF_NOWAIT on sockets; socket reads and writes are a nonblocking syscall each",
+			zap.Int64("probe_res", res), zap.Bool("submitted", ok))
+		return
+	}
+	b.sockNowait = true
+	cb = aio.Iocb{}
+	cb.PrepPwrite(fds[0], buf[:], 0)
 	cb.RWFlags = aio.RWF_NOWAIT | aio.RWF_NOSIGNAL
+	if res, ok := b.probe(&cb); ok && res == 1 {
+		b.nosignal = aio.RWF_NOSIGNAL
+	}
+}
+
+// testNoSocketNowait makes probeSockets find no RWF_NOWAIT on sockets, so
+// that tests on a kernel that has it run the path of one that has not.
+var testNoSocketNowait bool
+
+// probe runs one iocb on the first context and returns its result; false
+// when io_submit refused it.
+func (b *aioBackend) probe(cb *aio.Iocb) (int64, bool) {
 	cb.Data = uint64(internalTag | 3)
 	ctx := b.ctxs[0].ctx
-	if n, err := ctx.Submit([]*aio.Iocb{&cb}); n != 1 || err != nil {
-		return
+	if n, err := ctx.Submit([]*aio.Iocb{cb}); n != 1 || err != nil {
+		return 0, false
 	}
 	ev := make([]aio.Event, 1)
 	for got := 0; got == 0; {
@@ -234,9 +265,63 @@ func (b *aioBackend) probeNoSignal() {
 			got, _ = ctx.GetEvents(1, ev, time.Second)
 		}
 	}
-	if ev[0].Res == 1 {
-		b.nosignal = aio.RWF_NOSIGNAL
+	return ev[0].Res, true
+}
+
+// socketNow makes a recv's or send's attempt as a nonblocking recvfrom or
+// sendmsg, for kernels whose AIO takes no RWF_NOWAIT on sockets: -EAGAIN
+// sends the engine to wait for readiness, as the iocb's would. A pipe
+// (ENOTSOCK) goes to pipeNow.
+func (b *aioBackend) socketNow(op *Op) int32 {
+	var n int
+	var err error
+	buf := clampRW(op.Buf)
+	if op.Kind == OpRecv {
+		n, err = aio.Recv(op.Fd, buf, int(op.Flags)|unix.MSG_DONTWAIT)
+	} else {
+		n, err = aio.Send(op.Fd, buf, int(op.Flags)|unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
 	}
+	b.other.Add(1)
+	if err == unix.ENOTSOCK {
+		return b.pipeNow(op, buf)
+	}
+	if err != nil {
+		return errnoRes(err)
+	}
+	return int32(n)
+}
+
+// pipeNow is socketNow for a pipe (or another stream that is not a
+// socket), which such a kernel takes no RWF_NOWAIT on either (6.1:
+// EOPNOTSUPP, measured under qemu). A read or write is nonblocking only on
+// a nonblocking fd (O_NONBLOCK, as os.Pipe and pipe2(O_NONBLOCK) make
+// them); a blocking one would stall the loop, so its op fails with
+// -EOPNOTSUPP and the reason is logged, once.
+func (b *aioBackend) pipeNow(op *Op, buf []byte) int32 {
+	fl, err := unix.FcntlInt(uintptr(op.Fd), unix.F_GETFL, 0)
+	b.other.Add(1)
+	if err != nil {
+		return errnoRes(err)
+	}
+	if fl&unix.O_NONBLOCK == 0 {
+		if !b.blockingPipeLogged {
+			b.blockingPipeLogged = true
+			b.log.Warn("uio: a recv or send on a blocking pipe fails with EOPNOTSUPP: this kernel's AIO cannot make it nonblocking (no RWF_NOWAIT); open the pipe with O_NONBLOCK",
+				zap.Int("fd", op.Fd), zap.Stringer("op", op.Kind))
+		}
+		return -int32(unix.EOPNOTSUPP)
+	}
+	var n int
+	if op.Kind == OpRecv {
+		n, err = unix.Read(op.Fd, buf)
+	} else {
+		n, err = unix.Write(op.Fd, buf)
+	}
+	b.other.Add(1)
+	if err != nil {
+		return errnoRes(err)
+	}
+	return int32(n)
 }
 
 func (b *aioBackend) armDoorbell(drain bool) {
@@ -297,6 +382,10 @@ func (b *aioBackend) Prepare(id OpID, op *Op) error {
 		if op.Flags&^aioRecvOwnFlags != 0 {
 			return b.callAfterPoll(id, s, aioRecvPoll, unix.POLLIN)
 		}
+		if !b.sockNowait {
+			b.ready.add(id, b.socketNow(op))
+			return nil
+		}
 		// RWF_NOWAIT: a blocking socket must not stall the loop inside
 		// io_submit; -EAGAIN sends the engine to wait for POLLIN.
 		cb.PrepPread(op.Fd, op.Buf, 0)
@@ -304,6 +393,10 @@ func (b *aioBackend) Prepare(id OpID, op *Op) error {
 	case OpSend:
 		if op.Flags&^aioSendOwnFlags != 0 {
 			return b.callAfterPoll(id, s, aioSendPoll, unix.POLLOUT)
+		}
+		if !b.sockNowait {
+			b.ready.add(id, b.socketNow(op))
+			return nil
 		}
 		cb.PrepPwrite(op.Fd, op.Buf, 0)
 		cb.RWFlags = aio.RWF_NOWAIT | b.nosignal

@@ -58,6 +58,12 @@ type uringSlot struct {
 	iov  []unix.Iovec
 	msg  *uring.Msghdr // SENDMSG and RECVMSG
 	path []byte        // OPENAT's NUL-terminated path
+	// asRW is the op that goes as READ/WRITE at the file position rather
+	// than RECV/SEND: a recv or send on a pipe, which the kernel's RECV
+	// and SEND refuse (ENOTSOCK). Keyed by ID, so the next op of the slot
+	// starts as what it is; with internalTag set, which no op's ID has, so
+	// the zero value names no op (ID 0 is an op's).
+	asRW OpID
 }
 
 // uringMaxCQ is IORING_MAX_CQ_ENTRIES (2 * IORING_MAX_ENTRIES).
@@ -210,6 +216,10 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 	case OpFdatasync:
 		sqe.PrepFsync(op.Fd, uring.IORING_FSYNC_DATASYNC)
 	case OpRecv:
+		if s.asRW == id|internalTag {
+			sqe.PrepRead(op.Fd, clampRW(op.Buf), -1)
+			break
+		}
 		if p := op.Pool; p != nil && p.ring != nil {
 			// The kernel picks a buffer of the pool's ring when data
 			// has arrived; none is held while the recv waits.
@@ -217,7 +227,11 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 			sqe.Len = uint32(p.size)
 			sqe.SelectBuffer(p.ring.Group())
 			if op.Multishot && !b.noMultishot {
+				// Len 0: each shot fills one ring buffer (p.size).
+				// Kernels before 6.17 refuse a multishot RECV with a
+				// length (EINVAL), and later ones read it as a cap.
 				sqe.IoPrio |= uring.IORING_RECV_MULTISHOT
+				sqe.Len = 0
 			}
 			if op.Bundle && b.ring.Features()&uring.IORING_FEAT_RECVSEND_BUNDLE != 0 {
 				// Len caps a bundle's total; 0 lets it take as many
@@ -229,6 +243,10 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 		}
 		sqe.PrepRecv(op.Fd, clampRW(op.Buf), int(op.Flags))
 	case OpSend:
+		if s.asRW == id|internalTag {
+			sqe.PrepWrite(op.Fd, clampRW(op.Buf), -1)
+			break
+		}
 		sqe.PrepSend(op.Fd, clampRW(op.Buf), int(op.Flags)|unix.MSG_NOSIGNAL)
 	case OpPoll:
 		sqe.PrepPollAdd(op.Fd, op.Events)
@@ -348,6 +366,13 @@ func (b *uringBackend) complete(c *uring.CQE, deliver func(OpID, int32, uint32))
 	}
 	if res == -int32(unix.EINVAL) && s.op.Kind == OpAccept && s.op.Multishot && !b.noMultishotAccept {
 		b.noMultishotAccept = true // before 5.19: the engine re-arms instead
+		res = -int32(unix.EAGAIN)
+	}
+	if res == -int32(unix.ENOTSOCK) && (s.op.Kind == OpRecv || s.op.Kind == OpSend) && s.op.Flags == 0 && s.op.Pool == nil && s.asRW != id|internalTag {
+		// A pipe: the same bytes move with READ/WRITE at the file
+		// position. EAGAIN sends the op through a readiness poll and
+		// back here, where Prepare encodes it so.
+		s.asRW = id | internalTag
 		res = -int32(unix.EAGAIN)
 	}
 	switch {

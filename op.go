@@ -148,7 +148,9 @@ type Op struct {
 	// Bundle lets a pool recv fill several pool buffers in one completion
 	// (io_uring 6.10+, IORING_RECVSEND_BUNDLE): BufferPool.Bundle lists
 	// them, in order, all full but the last. Elsewhere a completion still
-	// has one buffer, which Bundle lists too. A bundle takes as many of
+	// has one buffer, which Bundle lists too. How many the kernel fills is
+	// its own choice: Debian's 6.12 filled one per completion in our tests,
+	// 6.18 as many as the queued bytes needed. A bundle takes as many of
 	// the pool's ring buffers as the data fills (up to the 32 the engine
 	// keeps in the ring): nothing caps it per op (on 6.18 a recv's length
 	// did not; measured), so a caller that must bound what it holds, such

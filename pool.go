@@ -201,6 +201,10 @@ func (p *BufferPool) setup() {
 	}
 	p.ring = r
 	p.l.pools = append(p.l.pools, p)
+	// Filled now, not at the next round's refill: the recv that set the
+	// ring up goes to the kernel this round, and data that came before
+	// that refill would find the ring empty (ENOBUFS, and a re-arm).
+	p.refill()
 }
 
 // errNotNative: the backend has no kernel-side form of a feature, and the

@@ -3,6 +3,7 @@ package uio
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -280,13 +281,17 @@ func TestMultishotRecv(t *testing.T) {
 				break
 			}
 		}
+		// Read before the Post below, whose doorbell re-arm is an SQE.
+		d := l.Stats().Sub(before)
 		var result string
 		runOnLoop(l, func(h Handle) error { result = string(got); return nil })
 		if result != string(want) {
 			t.Fatalf("multishot recv got %q, want %q", result, want)
 		}
-		if d := l.Stats().Sub(before); l.Backend() == BackendUring && d.OpsStarted != 0 {
-			t.Errorf("io_uring multishot: %d ops submitted for 19 chunks, want 0 (one armed SQE)", d.OpsStarted)
+		// Not an op started, and not an SQE either: a re-arm by the
+		// engine (a kernel that refused the multishot) is an SQE.
+		if l.Backend() == BackendUring && (d.OpsStarted != 0 || d.FlushedOps != 0) {
+			t.Errorf("io_uring multishot: %d ops started and %d SQEs for 19 chunks, want 0 and 0 (one armed SQE)", d.OpsStarted, d.FlushedOps)
 		}
 		// Cancel ends a multishot recv that is waiting.
 		c, _ := socketpair(t)
@@ -406,7 +411,14 @@ func TestBundleRecv(t *testing.T) {
 			t.Errorf("%d buffers still held after every Put", held)
 		}
 		if ub, ok := l.b.(*uringBackend); ok && ub.ring.Features()&uring.IORING_FEAT_RECVSEND_BUNDLE != 0 && most < 2 {
-			t.Errorf("io_uring with bundles: at most %d buffer per completion for %d bytes waiting", most, len(want))
+			// Debian's 6.12 has bundles but filled one buffer per
+			// completion here (measured under qemu); later kernels
+			// learned to fill as many as the queued bytes need.
+			if kernelAtLeast(t, 6, 13) {
+				t.Errorf("io_uring with bundles: at most %d buffer per completion for %d bytes waiting", most, len(want))
+			} else {
+				t.Logf("io_uring with bundles on this kernel: at most %d buffer per completion for %d bytes waiting", most, len(want))
+			}
 		}
 	})
 }
@@ -440,4 +452,18 @@ func TestAIORoomFor(t *testing.T) {
 	if msg := aioRoomFor(1 << 30); !strings.Contains(msg, "fs.aio-max-nr=") || !strings.Contains(msg, "sysctl -w fs.aio-max-nr=") {
 		t.Errorf("no room for 2^30 events: %q", msg)
 	}
+}
+
+// kernelAtLeast reports whether the running kernel is major.minor or later.
+func kernelAtLeast(t *testing.T, major, minor int) bool {
+	t.Helper()
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		t.Fatal(err)
+	}
+	var ma, mi int
+	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &ma, &mi); err != nil {
+		t.Fatalf("kernel release %q: %v", unix.ByteSliceToString(u.Release[:]), err)
+	}
+	return ma > major || ma == major && mi >= minor
 }

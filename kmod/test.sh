@@ -5,7 +5,9 @@
 #   3. compile check against the newest Debian kernel (sid, in a debootstrap chroot)
 #   4. qemu VM tests on Debian 6.1 and 6.12 (vmtest/run.sh), and the blockdev
 #      server over ublk on the same kernels (vmtest/ublk-test.sh), and its NBD
-#      client against nbdkit in the guest, over ABUSE and ublk (vmtest/nbd-test.sh)
+#      client against nbdkit in the guest, over ABUSE and ublk (vmtest/nbd-test.sh),
+#      and the engine's own Go tests (root package, aio/, uring/) on those
+#      kernels (vmtest/engine-test.sh)
 #   5. dkms build of kmod/dkms.conf against the Debian 6.1 and 6.12 headers
 # Installs what it needs; caches under /var/cache/abuse-kmod. Exit 0 only
 # if every step passed.
@@ -145,6 +147,8 @@ if [ "${SKIP_VM:-0}" != 1 ]; then
 	# ublk_drv: its guest reports SKIP and passes)
 	for f in $FLAVOURS; do LAB=$VMLAB/ublk-$f step "vm-ublk-$f" "$HERE/vmtest/ublk-test.sh" "$f"; done
 	for f in $FLAVOURS; do LAB=$VMLAB/nbd-$f step "vm-nbd-$f" "$HERE/vmtest/nbd-test.sh" "$f"; done
+	# the engine's own Go tests on the kernels it supports
+	for f in $FLAVOURS; do LAB=$VMLAB/engine-$f step "vm-engine-$f" "$HERE/vmtest/engine-test.sh" "$f"; done
 fi
 # after the VM steps, which install the 6.1 and 6.12 kernels and headers
 [ "${SKIP_DKMS:-0}" = 1 ] || step dkms-build dkms_build
