@@ -4,7 +4,8 @@
 #      at batch sizes 1..256, both backends, vs plain write(2)+read(2);
 #   2. AIO completions reaped from the ring in userspace vs io_getevents;
 #   3. one goroutine's Do of a cached 4 KiB read (direct, and handed to the
-#      loop with NoDirect) vs pread(2), and 4/32 goroutines' Do sharing rounds.
+#      loop with NoDirect) vs pread(2), and 4/32 goroutines' Do sharing rounds,
+#      in COUNT rounds that each run every variant once.
 # Prints the tables and writes them into bench/RESULTS.md between markers.
 # COUNT (default 7) runs of each benchmark; the median is reported.
 set -euo pipefail
@@ -15,10 +16,12 @@ raw=$(mktemp); trap 'rm -f "$raw"' EXIT
 
 cmd1="go test -run '^\$' -bench 'LoopSocket|PlainSyscalls' -benchtime=20000x -count=$COUNT ."
 cmd2="go test -run '^\$' -bench 'Reap' -count=$COUNT ./aio"
-cmd3="go test -run '^\$' -bench 'DoRead|PlainPread|DoParallel' -benchtime=1s -count=$COUNT ."
+# The Do table's rows differ by tens of ns, less than this shared machine
+# drifts in a minute: COUNT rounds of one run each, so drift hits all alike.
+cmd3="go test -run '^\$' -bench 'DoRead|PlainPread|DoParallel' -benchtime=1s -count=1 ."
 eval "$cmd1" >"$raw"
 eval "$cmd2" >>"$raw"
-eval "$cmd3" >>"$raw"
+for _ in $(seq "$COUNT"); do eval "$cmd3" >>"$raw"; done
 
 # median of the named metric for each benchmark name
 ns=$(medians "$raw" ns/msg); sys=$(medians "$raw" syscalls/msg); reap=$(medians "$raw" ns/event-reap)
@@ -64,7 +67,7 @@ load=$(cut -d' ' -f1-3 /proc/loadavg)
 header="## Engine: per message through the loop vs plain syscalls (bench/engine.sh)
 
 - date: $(date -u '+%Y-%m-%d %H:%M UTC'); kernel $(uname -r); $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //') x $(nproc); load average at the end: $load
-- commands: \`$cmd1\`, \`$cmd2\` and \`$cmd3\` (median of $COUNT runs each)
+- commands: \`$cmd1\`, \`$cmd2\` (median of $COUNT runs each) and $COUNT interleaved rounds of \`$cmd3\` (median of the rounds)
 - Do "direct": the lone caller's read is one pread on its own goroutine (the default); "loop": Config.NoDirect, handed to the loop's thread and back
 - a message is one 64-byte send on one end of a socketpair plus the recv on the other; at batch N, N socketpairs move in lock step, so each flush carries 2N ops
 - syscalls/msg is from the engine's counters (the strace test shows they equal strace's)"

@@ -33,6 +33,11 @@
 // Append copies into an aligned chunk (Options.ChunkSize, 256 KiB by
 // default). When a chunk is full its write is submitted and Append returns
 // without waiting; at most Options.MaxInflight chunk writes are in flight.
+// A file that was synced since its previous chunk filled (a log synced
+// after every record or few) writes the full chunk from Append instead,
+// before it returns: the next Sync would wait for that write anyway, and
+// made through uio.Loop.Do by a lone caller it is one plain pwrite on the
+// caller's goroutine, with no hand-off to the loop's thread and back.
 // Sync writes what the chunk holds: the whole blocks, and the partial last
 // block padded with zeros to the alignment. The partial block stays in
 // memory: the next Sync, or the chunk's write, writes that block again with
@@ -76,8 +81,8 @@
 // ExactSizeOnSync its size is exactly the logical size. Concurrent Syncs
 // share an fdatasync: one that finds its data covered by a finished one
 // returns at once. A failed fdatasync is sticky (the page cache and the
-// disk may disagree after it), and so is a failed asynchronous chunk write:
-// every later Append, WriteAt or Sync returns it.
+// disk may disagree after it), and so is a failed chunk write, in flight
+// or made by Append: every later Append, WriteAt or Sync returns it.
 //
 // After a crash the file holds every synced byte. Beyond the last synced
 // byte it may hold bytes appended later (chunk writes that landed) and up

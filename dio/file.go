@@ -17,8 +17,10 @@ type Options struct {
 	// falls back to buffered I/O. Default: no logging.
 	Logger *zap.Logger
 	// ChunkSize is the size of the append buffer: when that many bytes
-	// are buffered, their write is submitted without waiting. Rounded up
-	// to the alignment. Default 256 KiB.
+	// are buffered, their write is submitted without waiting (or, on a
+	// file synced since its last full chunk, made before Append returns:
+	// see the package documentation). Rounded up to the alignment.
+	// Default 256 KiB.
 	ChunkSize int
 	// MaxInflight bounds the chunk writes in flight at once; Append waits
 	// for the oldest beyond it. Default 8.
@@ -69,6 +71,9 @@ type File struct {
 	ccap     int
 	readers  sync.WaitGroup // ReadAt calls doing I/O outside mu
 	modSeq   uint64         // counts changes (Append, WriteAt)
+	// syncs counts Sync calls; syncsAtRotate is syncs when the last chunk
+	// filled. They differ when the file was synced since: see rotate.
+	syncs, syncsAtRotate uint64
 
 	// imu guards the chunk writes in flight. It is taken by their Done on
 	// the loop goroutine, so nobody holds it while waiting on the loop.
@@ -369,8 +374,9 @@ func (f *File) waitAllFlights() error {
 }
 
 // Append adds p at the end of the file. It copies p into the append chunk
-// and returns; a full chunk's write is submitted without waiting. The data
-// is visible to ReadAt at once and durable after Sync.
+// and returns; a full chunk's write is submitted without waiting, or made
+// before Append returns on a file synced since its last full chunk (see
+// rotate). The data is visible to ReadAt at once and durable after Sync.
 func (f *File) Append(p []byte) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -425,7 +431,21 @@ func (f *File) wrap(op string, off int64, n int, err error) error {
 
 // rotate submits the full chunk's unflushed part and starts a new chunk.
 // Called with mu held.
+//
+// On a file synced since the chunk before filled, the write is made here
+// instead, through Do from the caller's goroutine (one plain pwrite when
+// it is alone in Do): such a file syncs more often than it fills chunks,
+// so the next Sync would wait for this write anyway, and waiting for it
+// on the loop costs two thread hand-offs (the post that wakes the loop,
+// the completion that wakes the Sync) that the syscall alone does not.
+// A file appended in bulk between syncs keeps its chunk writes in flight
+// behind its appends.
 func (f *File) rotate() error {
+	inline := f.syncs != f.syncsAtRotate
+	f.syncsAtRotate = f.syncs
+	if inline {
+		return f.writeChunk()
+	}
 	nb, err := pool.get(f.ccap)
 	if err != nil {
 		return err
@@ -442,6 +462,25 @@ func (f *File) rotate() error {
 	if err := f.l.Post(func(h uio.Handle) { f.submitFlight(h, fl) }); err != nil {
 		f.landed(fl, err, uio.Handle{})
 	}
+	return nil
+}
+
+// writeChunk writes the full chunk's unflushed part and starts the next
+// chunk in the same buffer. A failure is sticky, as that of a chunk write
+// in flight. Called with mu held.
+func (f *File) writeChunk() error {
+	off := f.cbase + int64(f.cflushed)
+	if err := f.writeFull(f.cbuf[f.cflushed:f.ccap], off); err != nil {
+		err = &Error{Op: "append", Path: f.path, Off: off, Len: f.ccap - f.cflushed, Err: err}
+		f.imu.Lock()
+		if f.flyErr == nil {
+			f.flyErr = err
+		}
+		f.imu.Unlock()
+		return err
+	}
+	f.diskSize = max(f.diskSize, f.cbase+int64(f.ccap))
+	f.cbase, f.clen, f.cflushed, f.dirty = f.cbase+int64(f.ccap), 0, 0, false
 	return nil
 }
 

@@ -31,6 +31,7 @@ func (f *File) Sync() error {
 		f.mu.Unlock()
 		return err
 	}
+	f.syncs++
 	m := f.modSeq
 	f.smu.Lock()
 	err, done := f.syncErr, f.durable >= m
