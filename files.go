@@ -71,6 +71,10 @@ func (cfg *Config) checkFiles() error {
 // a new file that reuses the fd number would act on the old file. An
 // OpClose of a registered fd unregisters it itself.
 //
+// Only ops that go through the loop use the table: a Do that runs as a
+// plain syscall on its caller's goroutine (see Config.NoDirect), and an op
+// offloaded to a blocking syscall, use the fd itself.
+//
 // Call it from any goroutine but the loop's (it waits for the loop, as Do
 // does).
 func (l *Loop) RegisterFile(fd int) error {

@@ -459,3 +459,80 @@ func TestRegisterFileConcurrent(t *testing.T) {
 		t.Logf("%d ops went with a registered file", fixedOps(l))
 	})
 }
+
+// The hazard RegisterFile documents, on a socket: close(2) of a registered
+// fd leaves the socket open (the peer sees no end of stream) until
+// UnregisterFile drops the table's reference.
+func TestPlainCloseOfRegisteredSocket(t *testing.T) {
+	l, err := NewLoop(Config{Backend: BackendUring})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := fds[0], fds[1]
+	defer unix.Close(b)
+	if err := l.RegisterFile(a); err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(a)
+	if err := unix.SetsockoptTimeval(b, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 100e3}); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 8)
+	if n, err := unix.Read(b, buf); err != unix.EAGAIN {
+		t.Fatalf("peer's read while the closed fd is still registered = %d, %v; want EAGAIN (no end of stream yet)", n, err)
+	}
+	if err := l.UnregisterFile(a); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := unix.Read(b, buf); n != 0 || err != nil {
+		t.Fatalf("peer's read after UnregisterFile = %d, %v; want 0 (end of stream)", n, err)
+	}
+}
+
+// A splice reads from a registered input and writes to a registered
+// output (io_uring has a flag for each).
+func TestRegisteredSplice(t *testing.T) {
+	l, err := NewLoop(Config{Backend: BackendUring})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	fd := openWith(t, "spliced through two registered files")
+	defer unix.Close(fd)
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	for _, f := range []int{fd, p[1]} {
+		if err := l.RegisterFile(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := fixedOps(l)
+	r := mustDo(t, l, Op{Kind: OpSplice, Fd: fd, FdOut: p[1], OffsetOut: -1, Len: 64})
+	if r.Res == -int32(unix.EOPNOTSUPP) || r.Res == -int32(unix.EINVAL) {
+		t.Skipf("splice: %v", r.Err())
+	}
+	if r.Res != 36 {
+		t.Fatalf("splice = %d (%v), want 36", r.Res, r.Err())
+	}
+	got := make([]byte, 64)
+	if n, _ := unix.Read(p[0], got); string(got[:n]) != "spliced through two registered files" {
+		t.Fatalf("pipe got %q", got[:n])
+	}
+	if fixedOps(l)-before != 1 {
+		t.Errorf("%d ops went with registered files, want 1", fixedOps(l)-before)
+	}
+	for _, f := range []int{fd, p[1]} {
+		if err := l.UnregisterFile(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
