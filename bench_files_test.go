@@ -4,18 +4,32 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-// BenchmarkFixedFileReads is cached 4 KiB reads on io_uring with the file's
-// fd plain or registered (RegisterFile), side by side: inflight=1 is one
-// read at a time through the loop's rounds, resubmitted from its Done (the
-// kernel's per-op cost shows most), inflight=64 keeps 64 in flight, and
-// do=loop is one goroutine's Do through the loop (NoDirect), where the
-// hand-off between threads dominates.
+// BenchmarkFixedFileReads is cached reads on io_uring with the file's fd
+// plain or registered (RegisterFile), side by side: inflight=1 is one read
+// at a time through the loop's rounds, resubmitted from its Done;
+// inflight=64 keeps 64 in flight, so a round's io_uring_enter carries many
+// and the kernel's per-op cost is most of the time (more so for 64-byte
+// reads, which copy little); do=loop is one goroutine's Do through the
+// loop (NoDirect), where the hand-off between threads dominates. The
+// cpu-ns/read metric is the process's CPU time per read, steadier than the
+// wall clock on a shared machine.
 func BenchmarkFixedFileReads(b *testing.B) {
-	for _, run := range []string{"inflight=1", "inflight=64", "do=loop"} {
+	for _, run := range []struct {
+		name        string
+		depth, size int // depth 0: Do
+	}{
+		{"inflight=1/size=4096", 1, 4096},
+		{"inflight=64/size=4096", 64, 4096},
+		{"inflight=64/size=64", 64, 64},
+		{"do=loop/size=4096", 0, 4096},
+	} {
 		for _, mode := range []string{"plain", "registered"} {
-			b.Run(run+"/fd="+mode, func(b *testing.B) {
+			b.Run(run.name+"/fd="+mode, func(b *testing.B) {
 				fd := benchFile(b)
 				l, err := NewLoop(Config{Backend: BackendUring, NoDirect: true})
 				if err != nil {
@@ -28,17 +42,18 @@ func BenchmarkFixedFileReads(b *testing.B) {
 					}
 				}
 				var before Stats
-				start := func() { before = l.Stats(); b.ResetTimer() }
+				var cpu0 time.Duration
+				start := func() { before, cpu0 = l.Stats(), processCPU(); b.ResetTimer() }
 				b.ReportAllocs()
-				if run == "do=loop" {
-					benchDoReads(b, l, fd, start)
+				if run.depth == 0 {
+					benchDoReads(b, l, fd, run.size, start)
 				} else {
-					var depth int
-					fmt.Sscanf(run, "inflight=%d", &depth)
-					benchLoopReads(b, l, fd, depth, start)
+					benchLoopReads(b, l, fd, run.depth, run.size, start)
 				}
 				b.StopTimer()
+				cpu := processCPU() - cpu0
 				d := l.Stats().Sub(before)
+				b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/read")
 				b.ReportMetric(float64(d.FixedFileOps)/float64(b.N), "fixed/read")
 				b.ReportMetric(float64(d.Syscalls())/float64(b.N), "syscalls/read")
 			})
@@ -46,23 +61,23 @@ func BenchmarkFixedFileReads(b *testing.B) {
 	}
 }
 
-func benchDoReads(b *testing.B, l *Loop, fd int, start func()) {
-	buf := make([]byte, 4096)
+func benchDoReads(b *testing.B, l *Loop, fd, size int, start func()) {
+	buf := make([]byte, size)
 	ctx := context.Background()
-	for range 1000 {
+	for range 1000 { // past the loop's start and the first page faults
 		l.Do(ctx, Op{Kind: OpRead, Fd: fd, Buf: buf})
 	}
 	start()
 	for i := range b.N {
-		if r, err := l.Do(ctx, Op{Kind: OpRead, Fd: fd, Buf: buf, Offset: int64(i%256) * 4096}); err != nil || r.Res != 4096 {
+		if r, err := l.Do(ctx, Op{Kind: OpRead, Fd: fd, Buf: buf, Offset: int64(i%256) * 4096}); err != nil || r.Res != int32(size) {
 			b.Fatal(r.Res, err)
 		}
 	}
 }
 
-// benchLoopReads keeps depth reads in flight from the loop's goroutine
-// until b.N have completed.
-func benchLoopReads(b *testing.B, l *Loop, fd, depth int, start func()) {
+// benchLoopReads keeps depth reads of size bytes in flight from the loop's
+// goroutine until b.N have completed.
+func benchLoopReads(b *testing.B, l *Loop, fd, depth, size int, start func()) {
 	depth = min(depth, b.N)
 	issued, completed := 0, 0
 	done := make(chan error, 1)
@@ -76,10 +91,10 @@ func benchLoopReads(b *testing.B, l *Loop, fd, depth int, start func()) {
 		}
 	}
 	for i := range dones {
-		bufs[i] = make([]byte, 4096)
+		bufs[i] = make([]byte, size)
 		dones[i] = func(r Result) {
 			completed++
-			if r.Res != 4096 {
+			if r.Res != int32(size) {
 				done <- fmt.Errorf("read = %d (%v)", r.Res, r.Err())
 				return
 			}
@@ -90,7 +105,7 @@ func benchLoopReads(b *testing.B, l *Loop, fd, depth int, start func()) {
 			}
 		}
 	}
-	for range 1000 { // past the loop's start and the first page faults
+	for range 1000 {
 		l.Do(context.Background(), Op{Kind: OpRead, Fd: fd, Buf: bufs[0]})
 	}
 	start()
@@ -104,4 +119,11 @@ func benchLoopReads(b *testing.B, l *Loop, fd, depth int, start func()) {
 	if err := <-done; err != nil {
 		b.Fatal(err)
 	}
+}
+
+// processCPU is the user and system time of the whole process so far.
+func processCPU() time.Duration {
+	var ru unix.Rusage
+	unix.Getrusage(unix.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
