@@ -80,7 +80,7 @@ func (cfg *Config) checkFiles() error {
 func (l *Loop) RegisterFile(fd int) error {
 	errc := make(chan error, 1)
 	if err := l.Post(func() { errc <- l.registerFile(fd) }); err != nil {
-		return fmt.Errorf("uio: RegisterFile(fd %d): %w", fd, err)
+		return err // ErrClosed
 	}
 	return <-errc
 }
@@ -93,7 +93,7 @@ func (l *Loop) RegisterFile(fd int) error {
 func (l *Loop) UnregisterFile(fd int) error {
 	errc := make(chan error, 1)
 	if err := l.Post(func() { errc <- l.unregisterFile(fd) }); err != nil {
-		return fmt.Errorf("uio: UnregisterFile(fd %d): %w", fd, err)
+		return err // ErrClosed
 	}
 	return <-errc
 }

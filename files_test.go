@@ -536,3 +536,15 @@ func TestRegisteredSplice(t *testing.T) {
 		}
 	}
 }
+
+func TestRegisterFileOnClosedLoop(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		l.Close()
+		if err := l.RegisterFile(0); !errors.Is(err, ErrClosed) {
+			t.Errorf("RegisterFile on a closed loop = %v, want ErrClosed", err)
+		}
+		if err := l.UnregisterFile(0); !errors.Is(err, ErrClosed) {
+			t.Errorf("UnregisterFile on a closed loop = %v, want ErrClosed", err)
+		}
+	})
+}
