@@ -28,6 +28,18 @@ func openWith(t *testing.T, contents string) int {
 	return fd
 }
 
+// openFiles opens n files, file i holding fmt.Sprintf(format, i), closed
+// at cleanup.
+func openFiles(t *testing.T, n int, format string) []int {
+	t.Helper()
+	fds := make([]int, n)
+	for i := range fds {
+		fds[i] = openWith(t, fmt.Sprintf(format, i))
+		t.Cleanup(func() { unix.Close(fds[i]) })
+	}
+	return fds
+}
+
 // readAll reads up to 64 bytes at offset 0 through the loop.
 func readAll(t *testing.T, l *Loop, fd int) (Result, string) {
 	t.Helper()
@@ -40,6 +52,34 @@ func readAll(t *testing.T, l *Loop, fd int) (Result, string) {
 }
 
 func fixedOps(l *Loop) uint64 { return l.Stats().FixedFileOps }
+
+// uringLoop is a loop on io_uring, closed at cleanup.
+func uringLoop(t *testing.T, cfg Config) *Loop {
+	t.Helper()
+	cfg.Backend = BackendUring
+	l, err := NewLoop(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+// registeredSocket makes a stream socketpair (with extra socket flags) and
+// registers its first end, which the test closes; the second is closed at
+// cleanup.
+func registeredSocket(t *testing.T, l *Loop, flags int) (a, b int) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC|flags, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fds[1]) })
+	if err := l.RegisterFile(fds[0]); err != nil {
+		t.Fatal(err)
+	}
+	return fds[0], fds[1]
+}
 
 // Ops on a registered fd go out with the registered file on io_uring (and
 // plainly on AIO, which has none) and move the right bytes; once it is
@@ -104,11 +144,7 @@ func TestRegisterFile(t *testing.T) {
 // the read still goes to the old one: the hazard RegisterFile documents.
 // UnregisterFile ends both.
 func TestRegisteredFileIsUsedByTheKernel(t *testing.T) {
-	l, err := NewLoop(Config{Backend: BackendUring, NoDirect: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := uringLoop(t, Config{NoDirect: true})
 	fd := openWith(t, "the registered file")
 	if err := l.RegisterFile(fd); err != nil {
 		t.Fatal(err)
@@ -143,15 +179,7 @@ func TestRegisteredFileIsUsedByTheKernel(t *testing.T) {
 // still held the socket. The slot is then reused.
 func TestCloseRegisteredFd(t *testing.T) {
 	forEachBackend(t, Config{Files: 1}, func(t *testing.T, l *Loop) {
-		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		a, b := fds[0], fds[1]
-		defer unix.Close(b)
-		if err := l.RegisterFile(a); err != nil {
-			t.Fatal(err)
-		}
+		a, b := registeredSocket(t, l, unix.SOCK_NONBLOCK)
 		if r := mustDo(t, l, Op{Kind: OpClose, Fd: a}); r.Res != 0 {
 			t.Fatalf("close of a registered fd = %d (%v)", r.Res, r.Err())
 		}
@@ -189,11 +217,7 @@ func TestCloseRegisteredFd(t *testing.T) {
 // fd works unregistered, and a freed slot takes it.
 func TestFileTableFull(t *testing.T) {
 	forEachBackend(t, Config{Files: 2, NoDirect: true}, func(t *testing.T, l *Loop) {
-		var fds [3]int
-		for i := range fds {
-			fds[i] = openWith(t, fmt.Sprintf("file %d", i))
-			defer unix.Close(fds[i])
-		}
+		fds := openFiles(t, 3, "file %d")
 		for _, fd := range fds[:2] {
 			if err := l.RegisterFile(fd); err != nil {
 				t.Fatal(err)
@@ -243,14 +267,10 @@ func TestFileTableTooLarge(t *testing.T) {
 	if lim.Cur >= MaxFiles {
 		t.Skipf("RLIMIT_NOFILE %d allows a table of MaxFiles slots", lim.Cur)
 	}
-	l, err := NewLoop(Config{Backend: BackendUring, Files: MaxFiles, NoDirect: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := uringLoop(t, Config{Files: MaxFiles, NoDirect: true})
 	fd := openWith(t, "contents")
 	defer unix.Close(fd)
-	err = l.RegisterFile(fd)
+	err := l.RegisterFile(fd)
 	if !errors.Is(err, unix.EMFILE) || !strings.Contains(err.Error(), "RLIMIT_NOFILE") || !strings.Contains(err.Error(), "Config.Files") {
 		t.Fatalf("RegisterFile with a %d-slot table = %v, want EMFILE naming RLIMIT_NOFILE and Config.Files", MaxFiles, err)
 	}
@@ -358,11 +378,7 @@ func TestRegisteredSockets(t *testing.T) {
 // read was staged (a connect that fails before reaching the kernel
 // completes in the round's reap, before the flush).
 func TestUnregisterFlushesStagedOps(t *testing.T) {
-	l, err := NewLoop(Config{Backend: BackendUring, Files: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := uringLoop(t, Config{Files: 1})
 	fd1 := openWith(t, "first file")
 	defer unix.Close(fd1)
 	fd2 := openWith(t, "second file")
@@ -408,11 +424,7 @@ func TestUnregisterFlushesStagedOps(t *testing.T) {
 // unregisters them over and over: every read gets its own file's bytes.
 func TestRegisterFileConcurrent(t *testing.T) {
 	forEachBackend(t, Config{Files: 2, NoDirect: true}, func(t *testing.T, l *Loop) {
-		var fds [3]int
-		for i := range fds {
-			fds[i] = openWith(t, fmt.Sprintf("contents of file %d", i))
-			defer unix.Close(fds[i])
-		}
+		fds := openFiles(t, 3, "contents of file %d")
 		stop := make(chan struct{})
 		var churn sync.WaitGroup
 		churn.Add(1)
@@ -464,20 +476,8 @@ func TestRegisterFileConcurrent(t *testing.T) {
 // fd leaves the socket open (the peer sees no end of stream) until
 // UnregisterFile drops the table's reference.
 func TestPlainCloseOfRegisteredSocket(t *testing.T) {
-	l, err := NewLoop(Config{Backend: BackendUring})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, b := fds[0], fds[1]
-	defer unix.Close(b)
-	if err := l.RegisterFile(a); err != nil {
-		t.Fatal(err)
-	}
+	l := uringLoop(t, Config{})
+	a, b := registeredSocket(t, l, 0)
 	unix.Close(a)
 	if err := unix.SetsockoptTimeval(b, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 100e3}); err != nil {
 		t.Fatal(err)
@@ -497,11 +497,7 @@ func TestPlainCloseOfRegisteredSocket(t *testing.T) {
 // A splice reads from a registered input and writes to a registered
 // output (io_uring has a flag for each).
 func TestRegisteredSplice(t *testing.T) {
-	l, err := NewLoop(Config{Backend: BackendUring})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := uringLoop(t, Config{})
 	fd := openWith(t, "spliced through two registered files")
 	defer unix.Close(fd)
 	var p [2]int
