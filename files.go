@@ -211,6 +211,9 @@ func (b *uringBackend) registerFile(fd, size int) error {
 			return t.unsupported
 		}
 		err := b.ring.RegisterFilesSparse(uint32(size))
+		if h := testHooks.Load(); h != nil && h.filesRefused != nil {
+			err = h.filesRefused
+		}
 		b.other.Add(1)
 		switch {
 		case errors.Is(err, unix.EINVAL):

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/userland-io/uio/uring"
 )
 
 // openWith creates a file holding contents and returns its fd, which the
@@ -543,4 +545,38 @@ func TestRegisterFileOnClosedLoop(t *testing.T) {
 			t.Errorf("UnregisterFile on a closed loop = %v, want ErrClosed", err)
 		}
 	})
+}
+
+// A kernel without IORING_REGISTER_FILES2 (before 5.13) refuses the table
+// with EINVAL: RegisterFile says what is missing, matching ErrNotSupported,
+// answers the same at once from then on, and the fd works unregistered.
+func TestRegisterFileBefore513(t *testing.T) {
+	setHooks(t, &loopHooks{filesRefused: &uring.SysError{Call: "io_uring_register(IORING_REGISTER_FILES2)", Errno: unix.EINVAL}})
+	l := uringLoop(t, Config{NoDirect: true})
+	fd := openWith(t, "contents")
+	defer unix.Close(fd)
+	err := l.RegisterFile(fd)
+	if !errors.Is(err, ErrNotSupported) || !errors.Is(err, unix.EINVAL) || !strings.Contains(err.Error(), "Linux 5.13") {
+		t.Fatalf("RegisterFile on a kernel without IORING_REGISTER_FILES2 = %v, want ErrNotSupported naming Linux 5.13", err)
+	}
+	var syscalls uint64
+	err2 := runOnLoop(l, func() error {
+		ub := l.b.(*uringBackend)
+		before := ub.other.Load()
+		err := l.registerFile(fd)
+		syscalls = ub.other.Load() - before
+		return err
+	})
+	if err2 == nil || err2.Error() != err.Error() {
+		t.Fatalf("second RegisterFile = %v, want %v", err2, err)
+	}
+	if syscalls != 0 {
+		t.Errorf("second RegisterFile made %d syscalls, want none (the answer is known)", syscalls)
+	}
+	if _, got := readAll(t, l, fd); got != "contents" {
+		t.Fatalf("read of the fd = %q", got)
+	}
+	if fixedOps(l) != 0 {
+		t.Error("an op went with a registered file")
+	}
 }
