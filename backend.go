@@ -51,6 +51,12 @@ type backend interface {
 	// registerBuffers makes bufs the backend's registered buffers (nil:
 	// none); reads and writes that lie in one then use it.
 	registerBuffers(bufs [][]byte) error
+	// registerFile puts fd in the backend's registered file table (of
+	// size slots, created at the first call); ops on fd then use it.
+	// unregisterFile takes it out; the loop flushes first. See files.go.
+	registerFile(fd, size int) error
+	unregisterFile(fd int) error
+	fileRegistered(fd int) bool
 	Wake() error
 	Counters() backendCounters
 	Close() error
@@ -68,6 +74,7 @@ type backendCounters struct {
 	ReapedSyscall uint64 // completions returned by io_getevents
 
 	CQOverflows, DroppedCQEs uint64 // io_uring
+	FixedFileOps             uint64 // io_uring: ops sent with a registered file
 	AIOContexts, AIOEvents   uint64 // AIO
 }
 

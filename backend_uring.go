@@ -44,6 +44,7 @@ type uringBackend struct {
 	fixedOps     int              // reads and writes sent as READ_FIXED/WRITE_FIXED (tests)
 	// the kernel refused IORING_ACCEPT_MULTISHOT (before 5.19)
 	noMultishotAccept bool
+	files             fileTable // registered files (RegisterFile)
 
 	other atomic.Uint64
 }
@@ -288,6 +289,7 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 		sqe.SetData(uint64(uringCancelTag))
 		return nil
 	}
+	b.useFixedFile(sqe, op)
 	sqe.SetData(uint64(id))
 	return nil
 }
@@ -314,6 +316,7 @@ func (b *uringBackend) Flush() (int, error) {
 }
 
 func (b *uringBackend) Reap(deliver func(OpID, int32, uint32)) int {
+	b.files.publish()
 	n := b.ready.deliver(deliver)
 	for {
 		got := b.ring.PeekCQEs(b.cqes)
@@ -454,6 +457,8 @@ func (b *uringBackend) Counters() backendCounters {
 		ReapedUser:  b.reaped.load(),
 		CQOverflows: b.overflows.load(),
 		DroppedCQEs: b.droppedTotal.Load(),
+
+		FixedFileOps: b.files.pub.load(),
 	}
 }
 

@@ -248,6 +248,9 @@ type loopHooks struct {
 	// uringRefused: "auto" finds io_uring unusable with this error, as an
 	// old kernel would make it
 	uringRefused error
+	// filesRefused: the registered file table's creation fails with this
+	// error, as a kernel before 5.13 would make it
+	filesRefused error
 }
 
 var testHooks atomic.Pointer[loopHooks]

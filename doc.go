@@ -102,6 +102,21 @@
 // RECV the kernel keeps armed, so a chunk costs no SQE; elsewhere the engine
 // re-arms it.
 //
+// # Registered buffers and files
+//
+// RegisterBuffers pins a set of buffers once; an io_uring read or write
+// inside one goes out as READ_FIXED/WRITE_FIXED. RegisterFile puts an fd in
+// io_uring's registered file table (Config.Files slots, created at the
+// first registration): every op on that fd then names its slot
+// (IOSQE_FIXED_FILE), so the kernel takes the file from the table instead
+// of looking the fd up and counting a reference on the file for each op.
+// Callers keep using the fd number; Stats.FixedFileOps counts the ops sent
+// that way. The table holds its own reference to the file, so an fd must
+// be unregistered before it is closed with close(2), or the file stays
+// open and a new file that reuses the number is not the one ops reach; an
+// OpClose of a registered fd unregisters it itself. AIO has neither: the
+// calls succeed and change nothing.
+//
 // # Chains and deadlines
 //
 // Handle.StartLinked (and DoLinked from other goroutines) runs ops one

@@ -49,6 +49,11 @@ type Config struct {
 	// OpUringCmd carries up to 80 bytes (ublk's control commands need
 	// that). Ignored by AIO.
 	SQE128 bool
+	// Files is the size of the io_uring registered file table (see
+	// RegisterFile), created at the first RegisterFile: at most that many
+	// fds registered at once. 0: DefaultFiles (1024); at most MaxFiles, and
+	// the kernel also caps it at RLIMIT_NOFILE. Ignored by AIO.
+	Files int
 }
 
 // ErrClosed is returned for ops submitted to a loop that is closing.
@@ -68,6 +73,7 @@ type Loop struct {
 	waitDeliverFn func(OpID, int32, uint32)
 	submitsOnWait bool
 	direct        bool // !Config.NoDirect
+	files         int  // Config.Files, the registered file table's size
 
 	slots    chunked[slot]
 	free     []uint32 // free slot indices
@@ -147,11 +153,14 @@ func NewLoop(cfg Config) (*Loop, error) {
 	if cfg.Depth <= 0 {
 		cfg.Depth = 1024
 	}
+	if err := cfg.checkFiles(); err != nil {
+		return nil, err
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = zap.NewNop()
 	}
-	l := &Loop{log: log, done: make(chan struct{}), direct: !cfg.NoDirect}
+	l := &Loop{log: log, done: make(chan struct{}), direct: !cfg.NoDirect, files: cfg.Files}
 	errc := make(chan error, 1)
 	go func() {
 		// A SINGLE_ISSUER ring belongs to the thread that created it, and
@@ -502,6 +511,8 @@ func (l *Loop) stage() {
 			op := &s.op
 			if s.polling {
 				op = s.pollOp
+			} else if op.Kind == OpClose {
+				l.closeFixed(op.Fd)
 			}
 			err := l.b.Prepare(id, op)
 			if err == errSQFull {

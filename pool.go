@@ -283,9 +283,12 @@ func (p *BufferPool) Bundle(r Result) []int {
 
 // poolRetry sends a recv that found the kernel's ring empty out again in
 // the next round (when the ring is refilled), or parks it until a buffer
-// comes back.
+// comes back. The ring may hold buffers again already: a round's refill
+// can come between the recv's SQE and its ENOBUFS (a new pool's first recv
+// goes out before the pool's first refill), and a recv parked then would
+// wait for a Put of buffers nobody holds.
 func (l *Loop) poolRetry(p *BufferPool, id OpID, s *slot) {
-	if len(p.free) > 0 || p.n < p.max {
+	if len(p.free) > 0 || p.n < p.max || len(p.ringOrder) > 0 {
 		l.requeue(s, id)
 		return
 	}

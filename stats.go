@@ -50,6 +50,10 @@ type Stats struct {
 	// never completes, and the loop logs it as an error.
 	CQOverflows uint64
 	DroppedCQEs uint64
+	// FixedFileOps counts the ops io_uring was sent with a registered file
+	// (RegisterFile) in place of their fd; a readiness poll the engine
+	// makes for an op counts too.
+	FixedFileOps uint64
 	// AIOContexts is the number of AIO contexts the loop has set up (a
 	// gauge, not summed by Sub): it starts with one and adds one each time
 	// the ops in flight outgrow them; AIOEvents is their total capacity.
@@ -88,6 +92,7 @@ func (s Stats) Sub(old Stats) Stats {
 	d.FlushedOps -= old.FlushedOps
 	d.CQOverflows -= old.CQOverflows
 	d.DroppedCQEs -= old.DroppedCQEs
+	d.FixedFileOps -= old.FixedFileOps
 	for i := range d.Batches {
 		d.Batches[i] -= old.Batches[i]
 	}
@@ -115,6 +120,7 @@ func (s *Stats) add(o Stats) {
 	s.FlushedOps += o.FlushedOps
 	s.CQOverflows += o.CQOverflows
 	s.DroppedCQEs += o.DroppedCQEs
+	s.FixedFileOps += o.FixedFileOps
 	s.AIOContexts += o.AIOContexts
 	s.AIOEvents += o.AIOEvents
 	for i := range s.Batches {
@@ -199,6 +205,7 @@ func (l *Loop) Stats() Stats {
 	s.Submits, s.GetEvents, s.Enters, s.Other = c.Submits, c.GetEvents, c.Enters, c.Other
 	s.ReapedUser, s.ReapedSyscall = c.ReapedUser, c.ReapedSyscall
 	s.CQOverflows, s.DroppedCQEs = c.CQOverflows, c.DroppedCQEs
+	s.FixedFileOps = c.FixedFileOps
 	s.AIOContexts, s.AIOEvents = c.AIOContexts, c.AIOEvents
 	return s
 }

@@ -191,11 +191,21 @@ const SPLICE_F_FD_IN_FIXED uint32 = 1 << 31
 
 // io_uring_register opcodes used here.
 const (
-	IORING_REGISTER_BUFFERS     uint32 = 0
-	IORING_UNREGISTER_BUFFERS   uint32 = 1
-	IORING_REGISTER_EVENTFD     uint32 = 4
-	IORING_UNREGISTER_EVENTFD   uint32 = 5
-	IORING_REGISTER_PROBE       uint32 = 8
-	IORING_REGISTER_PBUF_RING   uint32 = 22 // 5.19
-	IORING_UNREGISTER_PBUF_RING uint32 = 23
+	IORING_REGISTER_BUFFERS      uint32 = 0
+	IORING_UNREGISTER_BUFFERS    uint32 = 1
+	IORING_REGISTER_EVENTFD      uint32 = 4
+	IORING_UNREGISTER_EVENTFD    uint32 = 5
+	IORING_REGISTER_FILES        uint32 = 2 // 5.1; empty (-1) slots 5.5
+	IORING_UNREGISTER_FILES      uint32 = 3
+	IORING_REGISTER_FILES_UPDATE uint32 = 6 // 5.5
+	IORING_REGISTER_PROBE        uint32 = 8
+	IORING_REGISTER_FILES2       uint32 = 13 // 5.13: struct io_uring_rsrc_register
+	IORING_REGISTER_PBUF_RING    uint32 = 22 // 5.19
+	IORING_UNREGISTER_PBUF_RING  uint32 = 23
 )
+
+// IORING_REGISTER_FILES2 flags (io_uring_rsrc_register.flags).
+const IORING_RSRC_REGISTER_SPARSE uint32 = 1 << 0 // 5.19: every slot empty, no fd array
+
+// IORING_REGISTER_FILES_SKIP in a file update leaves that slot as it is.
+const IORING_REGISTER_FILES_SKIP int32 = -2

@@ -84,6 +84,7 @@ type Ring struct {
 	closed bool
 
 	fixed []fixedRegion // registered buffers, by start address
+	files uint32        // slots in the registered file table; 0: none
 }
 
 // errClosed is returned by methods called after Close.
