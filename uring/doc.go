@@ -1,6 +1,7 @@
 // Package uring is uio's thin io_uring binding on golang.org/x/sys/unix raw
 // syscalls: ring setup (io_uring_setup and the three mmaps), submission,
-// waiting, completion reaping, io_uring_register (eventfd, opcode probe) and
+// waiting, completion reaping, io_uring_register (eventfd, opcode probe,
+// registered buffers: whole sets or a sparse table updated slot by slot) and
 // every SQE encoding are done here, with no cgo and no linker flags.
 //
 // # The model

@@ -84,6 +84,7 @@ type Ring struct {
 	closed bool
 
 	fixed []fixedRegion // registered buffers, by start address
+	table []fixedRegion // RegisterBufferTable's slots (empty: end == 0); nil without a table
 }
 
 // errClosed is returned by methods called after Close.
