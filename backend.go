@@ -48,9 +48,12 @@ type backend interface {
 	// newPoolRing gives a BufferPool a kernel-side buffer ring (buffer
 	// group index), or errNotNative when the engine must select buffers.
 	newPoolRing(index int) (poolRing, error)
-	// registerBuffers makes bufs the backend's registered buffers (nil:
-	// none); reads and writes that lie in one then use it.
+	// registerBuffers makes bufs RegisterBuffers' set of registered
+	// buffers (nil: none); addFixed and removeFixed add and remove single
+	// ones beside it (fixedbuf.go). Reads and writes that lie in one use it.
 	registerBuffers(bufs [][]byte) error
+	addFixed(b []byte) (slot uint16, gen uint32, err error)
+	removeFixed(slot uint16, gen uint32) error
 	Wake() error
 	Counters() backendCounters
 	Close() error
@@ -68,6 +71,7 @@ type backendCounters struct {
 	ReapedSyscall uint64 // completions returned by io_getevents
 
 	CQOverflows, DroppedCQEs uint64 // io_uring
+	FixedBufferOps           uint64 // io_uring READ_FIXED and WRITE_FIXED
 	AIOContexts, AIOEvents   uint64 // AIO
 }
 

@@ -55,6 +55,10 @@ type Stats struct {
 	// the ops in flight outgrow them; AIOEvents is their total capacity.
 	AIOContexts uint64
 	AIOEvents   uint64
+	// FixedBufferOps counts the reads and writes that went out as
+	// io_uring's READ_FIXED or WRITE_FIXED, their buffer lying in a
+	// registered one (RegisterBuffers, AddFixedBuffer).
+	FixedBufferOps uint64
 }
 
 // Syscalls is the total number of syscalls the engine made.
@@ -88,6 +92,7 @@ func (s Stats) Sub(old Stats) Stats {
 	d.FlushedOps -= old.FlushedOps
 	d.CQOverflows -= old.CQOverflows
 	d.DroppedCQEs -= old.DroppedCQEs
+	d.FixedBufferOps -= old.FixedBufferOps
 	for i := range d.Batches {
 		d.Batches[i] -= old.Batches[i]
 	}
@@ -117,6 +122,7 @@ func (s *Stats) add(o Stats) {
 	s.DroppedCQEs += o.DroppedCQEs
 	s.AIOContexts += o.AIOContexts
 	s.AIOEvents += o.AIOEvents
+	s.FixedBufferOps += o.FixedBufferOps
 	for i := range s.Batches {
 		s.Batches[i] += o.Batches[i]
 	}
@@ -200,5 +206,6 @@ func (l *Loop) Stats() Stats {
 	s.ReapedUser, s.ReapedSyscall = c.ReapedUser, c.ReapedSyscall
 	s.CQOverflows, s.DroppedCQEs = c.CQOverflows, c.DroppedCQEs
 	s.AIOContexts, s.AIOEvents = c.AIOContexts, c.AIOEvents
+	s.FixedBufferOps = c.FixedBufferOps
 	return s
 }
