@@ -72,36 +72,45 @@ func SetArenaSize(n int) {
 	arenaSize.Store(int64(n))
 }
 
-// The arenas by loop (nil: the loop gets none), and the mapped ones by
-// address for put, read without a lock (a copy is published on change).
+// The arenas by loop, and the mapped ones by address for put, read
+// without a lock (a copy is published on change).
 var (
 	arenasMu sync.Mutex
-	arenaOf  = map[*uio.Loop]*arena{}
+	arenaOf  = map[*uio.Loop]*loopArena{}
 	mapped   atomic.Pointer[[]*arena]
 )
 
-// arenaFor returns l's arena, making it on the first call for l; nil when
-// l has none (AIO, arenas off, or registration refused).
+// loopArena is one loop's arena, made once; a is nil when the loop has
+// none (AIO, arenas off, or registration refused).
+type loopArena struct {
+	once sync.Once
+	a    *arena
+}
+
+// arenaFor returns l's arena, making it on the first call for l.
+// Registering waits for l's goroutine; other loops' files do not wait for
+// it.
 func arenaFor(l *uio.Loop, log *zap.Logger) *arena {
 	arenasMu.Lock()
-	defer arenasMu.Unlock()
-	if a, ok := arenaOf[l]; ok {
-		return a
+	la, ok := arenaOf[l]
+	if !ok {
+		la = new(loopArena)
+		arenaOf[l] = la
+		// Forget l when it is done (at once if it is already).
+		go func() {
+			<-l.Done()
+			arenasMu.Lock()
+			delete(arenaOf, l)
+			arenasMu.Unlock()
+			la.once.Do(func() {}) // a late first Open makes no arena
+			if la.a != nil {
+				la.a.retire()
+			}
+		}()
 	}
-	a := newArena(l, int(arenaSize.Load()), log)
-	arenaOf[l] = a
-	// Done may be closed already (a loop closing under Open): then this
-	// forgets the arena at once.
-	go func() {
-		<-l.Done()
-		arenasMu.Lock()
-		delete(arenaOf, l)
-		arenasMu.Unlock()
-		if a != nil {
-			a.retire()
-		}
-	}()
-	return a
+	arenasMu.Unlock()
+	la.once.Do(func() { la.a = newArena(l, int(arenaSize.Load()), log) })
+	return la.a
 }
 
 func newArena(l *uio.Loop, size int, log *zap.Logger) *arena {
@@ -119,7 +128,9 @@ func newArena(l *uio.Loop, size int, log *zap.Logger) *arena {
 		return nil
 	}
 	a := makeArena(mem)
+	arenasMu.Lock()
 	setMapped(func(as []*arena) []*arena { return append(as, a) })
+	arenasMu.Unlock()
 	return a
 }
 
