@@ -57,9 +57,10 @@ const defaultArenaSize = 4 << 20
 // SetArenaSize sets the size of the registered arena that dio gives each
 // io_uring loop it opens a direct file on from now on, rounded up to a
 // power of two (4 KiB to 1 GiB); 0 or less turns arenas off for new loops.
-// The default is 4 MiB. The arena's pages are pinned in memory, and count
-// against RLIMIT_MEMLOCK for a process without CAP_IPC_LOCK; where the
-// kernel refuses them, the loop's files use unregistered buffers.
+// The default is 4 MiB. The arena's pages are pinned in memory; for a
+// process without CAP_IPC_LOCK they count against RLIMIT_MEMLOCK and the
+// arena takes at most a quarter of it. Where the kernel refuses them, the
+// loop's files use unregistered buffers.
 func SetArenaSize(n int) {
 	switch {
 	case n <= 0:
@@ -117,6 +118,10 @@ func newArena(l *uio.Loop, size int, log *zap.Logger) *arena {
 	if size == 0 || l.Backend() != uio.BackendUring {
 		return nil
 	}
+	if size = lockableSize(size); size == 0 {
+		log.Info("dio: no registered arena for the loop: RLIMIT_MEMLOCK too small")
+		return nil
+	}
 	mem, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
 		log.Info("dio: no registered arena for the loop: mmap", zap.Int("size", size), zap.Error(err))
@@ -132,6 +137,33 @@ func newArena(l *uio.Loop, size int, log *zap.Logger) *arena {
 	setMapped(func(as []*arena) []*arena { return append(as, a) })
 	arenasMu.Unlock()
 	return a
+}
+
+// lockableSize caps an arena to a quarter of RLIMIT_MEMLOCK when the
+// process lacks CAP_IPC_LOCK: the kernel then counts registered pages
+// against that limit, for all of the user's processes together (Debian's
+// default is 8 MiB), and dio should leave room for the application's own
+// registrations and other loops.
+func lockableSize(size int) int {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	ipcLock := unix.Capget(&hdr, &data[0]) == nil && data[0].Effective&(1<<unix.CAP_IPC_LOCK) != 0
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &rl); err != nil {
+		rl.Cur = unix.RLIM_INFINITY
+	}
+	return capArena(size, ipcLock, rl.Cur)
+}
+
+func capArena(size int, ipcLock bool, memlock uint64) int {
+	if ipcLock || memlock == unix.RLIM_INFINITY {
+		return size
+	}
+	quarter := min(memlock/4, uint64(size))
+	if quarter < 1<<minClass {
+		return 0
+	}
+	return 1 << (bits.Len64(quarter) - 1)
 }
 
 // makeArena makes an arena of mem (a power of two long, page aligned),

@@ -342,3 +342,30 @@ func TestArenaOff(t *testing.T) {
 		t.Fatalf("%d fixed ops without an arena", n)
 	}
 }
+
+// Without CAP_IPC_LOCK an arena takes at most a quarter of RLIMIT_MEMLOCK
+// (a power of two), or nothing below 4 KiB.
+func TestArenaMemlock(t *testing.T) {
+	const inf = unix.RLIM_INFINITY
+	for _, c := range []struct {
+		size    int
+		ipcLock bool
+		memlock uint64
+		want    int
+	}{
+		{4 << 20, true, 8 << 20, 4 << 20},
+		{4 << 20, false, inf, 4 << 20},
+		{4 << 20, false, 8 << 20, 2 << 20},
+		{4 << 20, false, 64 << 20, 4 << 20},
+		{4 << 20, false, 12 << 20, 2 << 20},
+		{4 << 20, false, 64 << 10, 16 << 10},
+		{4 << 20, false, 8 << 10, 0},
+	} {
+		if got := capArena(c.size, c.ipcLock, c.memlock); got != c.want {
+			t.Errorf("capArena(%d, ipcLock %v, memlock %d) = %d, want %d", c.size, c.ipcLock, c.memlock, got, c.want)
+		}
+	}
+	if got := lockableSize(4 << 20); got == 0 {
+		t.Errorf("lockableSize here = 0")
+	}
+}

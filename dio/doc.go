@@ -35,10 +35,12 @@
 // has no block free, and on AIO, buffers come from the pool as before; the
 // arena sits beside the loop's other registered buffers (a user's
 // RegisterBuffers set is not disturbed). Its pages are pinned for the
-// loop's life: without CAP_IPC_LOCK they count against RLIMIT_MEMLOCK, and
-// where the kernel refuses them the loop's files simply use the pool (the
-// reason is logged at Info). The arena is unmapped when the loop is done
-// and the last File using it is closed.
+// loop's life. Without CAP_IPC_LOCK the kernel counts them against
+// RLIMIT_MEMLOCK, summed over all of the user's processes (8 MiB by
+// default on Debian), so an arena then takes at most a quarter of that
+// limit; where the kernel refuses it anyway the loop's files simply use the
+// pool (the reason is logged at Info). The arena is unmapped when the loop
+// is done and the last File using it is closed.
 //
 // Sizes: a File holds one append chunk (256 KiB) plus up to MaxInflight (8)
 // chunks being written, and each ReadAt or WriteAt that needs a buffer of
@@ -50,12 +52,13 @@
 // memory (about 160 µs to register). Reads into a caller's aligned buffer
 // go straight into it (no copy); that memory is the caller's and is not
 // registered. What registration saves is the kernel's pin and unpin of the
-// pages per op: measured on ext4 on zram with the uring package's
-// BenchmarkFixedDirect (batches of 32 O_DIRECT ops, no engine), about a
-// fifth of a 4 KiB read or write and a third of a 64 KiB write. Through a
-// loop it is a small share of an op: on this project's shared 2-core test
-// machine the difference drowns in the engine's thread hand-offs
-// (BenchmarkArena, dio/BENCH.md).
+// pages per op: measured with the uring package's BenchmarkFixedDirect
+// (batches of 32 O_DIRECT ops on one thread, no engine) on ext4 on zram,
+// 15-25% of a 4 KiB read or write and 20-40% of a 64 KiB one. Through a
+// loop it is a small share of an op, and a plain pread or pwrite (Do's
+// direct path) never uses it: on the project's shared 2-core test machine
+// dio with and without the arena are within noise of each other
+// (BenchmarkArena; figures in dio/BENCH.md).
 //
 // ReadAt widens a read to the aligned blocks around it, reads them into
 // such a buffer and copies out the requested bytes (head and tail
