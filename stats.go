@@ -136,6 +136,9 @@ func (s Stats) String() string {
 	if s.Flushes > 0 {
 		fmt.Fprintf(&b, " mean-batch=%.1f", float64(s.FlushedOps)/float64(s.Flushes))
 	}
+	if s.FixedBufferOps > 0 {
+		fmt.Fprintf(&b, " fixed-buffer-ops=%d", s.FixedBufferOps)
+	}
 	return b.String()
 }
 
