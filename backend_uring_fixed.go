@@ -103,6 +103,11 @@ func (b *uringBackend) registerBuffers(bufs [][]byte) error {
 			return fmt.Errorf("buffer %d is empty: %w", i, unix.EINVAL)
 		}
 	}
+	if room := f.free() + f.userN; len(bufs) > room {
+		// Refused before the old set is touched.
+		return fmt.Errorf("%d buffers do not fit in the %d slots of the loop's registered-buffer table that others do not hold: %w",
+			len(bufs), room, unix.ENOSPC)
+	}
 	if f.userN > 0 {
 		err := b.ring.UpdateBuffers(f.userOff, make([][]byte, f.userN))
 		b.other.Add(1)
@@ -119,8 +124,9 @@ func (b *uringBackend) registerBuffers(bufs [][]byte) error {
 	}
 	off, ok := f.freeRun(len(bufs))
 	if !ok {
-		return fmt.Errorf("%d buffers do not fit in the %d free slots of the loop's registered-buffer table (%d slots): %w",
-			len(bufs), f.free(), len(f.slots), unix.ENOSPC)
+		// Enough slots, but not in one run (AddFixedBuffer's are
+		// scattered between them): the old set is gone already.
+		return fmt.Errorf("%d buffers: no run of that many free slots in the loop's registered-buffer table: %w", len(bufs), unix.ENOSPC)
 	}
 	err := b.ring.UpdateBuffers(off, bufs)
 	b.other.Add(1)

@@ -132,6 +132,31 @@ func TestFixedBuffersCompose(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		// A set too big for the table is refused and the old one stays.
+		if err := l.RegisterBuffers([][]byte{other}); err != nil {
+			t.Fatal(err)
+		}
+		keep, err := l.AddFixedBuffer(arena)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tiny := make([]byte, 16384)
+		huge := make([][]byte, 16384) // one more than the slots keep leaves
+		for i := range huge {
+			huge[i] = tiny[i : i+1]
+		}
+		if err := l.RegisterBuffers(huge); !errors.Is(err, unix.ENOSPC) {
+			t.Fatalf("RegisterBuffers of 16384 beside an added buffer = %v, want ENOSPC", err)
+		}
+		if n := fixedProbe(t, l, fd, other[:4096]); n != 2 {
+			t.Fatalf("the set after a refused replacement: %d fixed ops, want 2", n)
+		}
+		if err := l.RemoveFixedBuffer(keep); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.RegisterBuffers(nil); err != nil {
+			t.Fatal(err)
+		}
 		// Bad input.
 		if err := l.RegisterBuffers([][]byte{arena, {}}); !errors.Is(err, unix.EINVAL) {
 			t.Fatalf("RegisterBuffers with an empty buffer = %v, want EINVAL", err)
