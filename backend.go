@@ -48,8 +48,9 @@ type backend interface {
 	// newPoolRing gives a BufferPool a kernel-side buffer ring (buffer
 	// group index), or errNotNative when the engine must select buffers.
 	newPoolRing(index int) (poolRing, error)
-	// registerBuffers makes bufs the backend's registered buffers (nil:
-	// none); reads and writes that lie in one then use it.
+	// registerBuffers makes bufs RegisterBuffers' set of registered
+	// buffers (nil: none); addFixed and removeFixed add and remove single
+	// ones beside it (fixedbuf.go). Reads and writes that lie in one use it.
 	registerBuffers(bufs [][]byte) error
 	// registerFile puts fd in the backend's registered file table (of
 	// size slots, created at the first call); ops on fd then use it.
@@ -57,6 +58,8 @@ type backend interface {
 	registerFile(fd, size int) error
 	unregisterFile(fd int) error
 	fileRegistered(fd int) bool
+	addFixed(b []byte) (slot uint16, gen uint32, err error)
+	removeFixed(slot uint16, gen uint32) error
 	Wake() error
 	Counters() backendCounters
 	Close() error
@@ -75,6 +78,7 @@ type backendCounters struct {
 
 	CQOverflows, DroppedCQEs uint64 // io_uring
 	FixedFileOps             uint64 // io_uring: ops sent with a registered file
+	FixedBufferOps           uint64 // io_uring READ_FIXED and WRITE_FIXED
 	AIOContexts, AIOEvents   uint64 // AIO
 }
 

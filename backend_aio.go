@@ -718,6 +718,11 @@ func (b *aioBackend) SubmitsOnWait() bool { return false }
 // registerBuffers: AIO has no registered buffers (every op pins its pages).
 func (b *aioBackend) registerBuffers([][]byte) error { return nil }
 
+var errFixedAIO = &NotSupportedError{Backend: BackendAIO, Feature: "registered buffers (an io_uring feature)"}
+
+func (b *aioBackend) addFixed([]byte) (uint16, uint32, error) { return 0, 0, errFixedAIO }
+func (b *aioBackend) removeFixed(uint16, uint32) error        { return errFixedGone }
+
 // newPoolRing: AIO has no provided buffers; the engine selects them.
 func (b *aioBackend) newPoolRing(int) (poolRing, error) { return nil, errNotNative }
 

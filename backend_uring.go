@@ -41,7 +41,7 @@ type uringBackend struct {
 	log          *zap.Logger
 	bufRings     []*uring.BufRing // BufferPools' provided buffer rings
 	noMultishot  bool             // the kernel refused IORING_RECV_MULTISHOT (before 6.0)
-	fixedOps     int              // reads and writes sent as READ_FIXED/WRITE_FIXED (tests)
+	fixed        uringFixed       // registered buffers (backend_uring_fixed.go)
 	// the kernel refused IORING_ACCEPT_MULTISHOT (before 5.19)
 	noMultishotAccept bool
 	files             fileTable // registered files (RegisterFile)
@@ -193,7 +193,7 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 	case OpRead:
 		if idx, ok := b.ring.FixedBuffer(op.Buf); ok {
 			sqe.PrepReadFixed(op.Fd, clampRW(op.Buf), op.Offset, idx)
-			b.fixedOps++
+			b.fixed.fixedOp()
 		} else {
 			sqe.PrepRead(op.Fd, clampRW(op.Buf), op.Offset)
 		}
@@ -201,7 +201,7 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 	case OpWrite:
 		if idx, ok := b.ring.FixedBuffer(op.Buf); ok {
 			sqe.PrepWriteFixed(op.Fd, clampRW(op.Buf), op.Offset, idx)
-			b.fixedOps++
+			b.fixed.fixedOp()
 		} else {
 			sqe.PrepWrite(op.Fd, clampRW(op.Buf), op.Offset)
 		}
@@ -312,6 +312,7 @@ func (b *uringBackend) Flush() (int, error) {
 		b.armDoorbell()
 	}
 	b.stageCancels()
+	b.fixed.publish()
 	return b.ring.Submit()
 }
 
@@ -399,6 +400,7 @@ func (b *uringBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uin
 		b.armDoorbell()
 	}
 	b.stageCancels()
+	b.fixed.publish()
 	n, err := b.ring.SubmitAndWait(1, timeout)
 	if err != nil {
 		return n, 0, err
@@ -407,19 +409,6 @@ func (b *uringBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uin
 }
 
 func (b *uringBackend) SubmitsOnWait() bool { return true }
-
-// registerBuffers replaces the ring's registered buffers.
-func (b *uringBackend) registerBuffers(bufs [][]byte) error {
-	if err := b.ring.UnregisterBuffers(); err != nil {
-		return err
-	}
-	b.other.Add(1)
-	if len(bufs) == 0 {
-		return nil
-	}
-	b.other.Add(1)
-	return b.ring.RegisterBuffers(bufs)
-}
 
 // newPoolRing registers a provided buffer ring (5.19+) for a BufferPool:
 // the pool keeps poolRingTarget buffers in it, so that many slots suffice.
@@ -458,7 +447,8 @@ func (b *uringBackend) Counters() backendCounters {
 		CQOverflows: b.overflows.load(),
 		DroppedCQEs: b.droppedTotal.Load(),
 
-		FixedFileOps: b.files.pub.load(),
+		FixedFileOps:   b.files.pub.load(),
+		FixedBufferOps: b.fixed.pub.load(),
 	}
 }
 

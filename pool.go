@@ -294,23 +294,3 @@ func (l *Loop) poolRetry(p *BufferPool, id OpID, s *slot) {
 	}
 	p.wait(id, s)
 }
-
-// RegisterBuffers registers bufs with the kernel, replacing the loop's
-// earlier set (nil or empty: none). From then on a read or write whose Buf
-// lies entirely inside one of them goes out as io_uring's READ_FIXED or
-// WRITE_FIXED, which saves the kernel pinning and unpinning the buffer's
-// pages on every op (O_DIRECT I/O pays that per op otherwise). The memory
-// must stay alive, and its contents are the caller's as usual; no op may be
-// using the old set when it is replaced. AIO has no registered buffers: the
-// call succeeds and changes nothing. Call it from any goroutine but the
-// loop's (it waits for the loop, as Do does).
-func (l *Loop) RegisterBuffers(bufs [][]byte) error {
-	errc := make(chan error, 1)
-	if err := l.Post(func(Handle) { errc <- l.b.registerBuffers(bufs) }); err != nil {
-		return err
-	}
-	if err := <-errc; err != nil {
-		return fmt.Errorf("uio: RegisterBuffers(%d buffers): %w", len(bufs), err)
-	}
-	return nil
-}

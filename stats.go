@@ -59,6 +59,10 @@ type Stats struct {
 	// the ops in flight outgrow them; AIOEvents is their total capacity.
 	AIOContexts uint64
 	AIOEvents   uint64
+	// FixedBufferOps counts the reads and writes that went out as
+	// io_uring's READ_FIXED or WRITE_FIXED, their buffer lying in a
+	// registered one (RegisterBuffers, AddFixedBuffer).
+	FixedBufferOps uint64
 }
 
 // Syscalls is the total number of syscalls the engine made.
@@ -93,6 +97,7 @@ func (s Stats) Sub(old Stats) Stats {
 	d.CQOverflows -= old.CQOverflows
 	d.DroppedCQEs -= old.DroppedCQEs
 	d.FixedFileOps -= old.FixedFileOps
+	d.FixedBufferOps -= old.FixedBufferOps
 	for i := range d.Batches {
 		d.Batches[i] -= old.Batches[i]
 	}
@@ -123,6 +128,7 @@ func (s *Stats) add(o Stats) {
 	s.FixedFileOps += o.FixedFileOps
 	s.AIOContexts += o.AIOContexts
 	s.AIOEvents += o.AIOEvents
+	s.FixedBufferOps += o.FixedBufferOps
 	for i := range s.Batches {
 		s.Batches[i] += o.Batches[i]
 	}
@@ -135,6 +141,9 @@ func (s Stats) String() string {
 		s.ReapedUser, s.ReapedSyscall, s.Rounds)
 	if s.Flushes > 0 {
 		fmt.Fprintf(&b, " mean-batch=%.1f", float64(s.FlushedOps)/float64(s.Flushes))
+	}
+	if s.FixedBufferOps > 0 {
+		fmt.Fprintf(&b, " fixed-buffer-ops=%d", s.FixedBufferOps)
 	}
 	return b.String()
 }
@@ -207,5 +216,6 @@ func (l *Loop) Stats() Stats {
 	s.CQOverflows, s.DroppedCQEs = c.CQOverflows, c.DroppedCQEs
 	s.FixedFileOps = c.FixedFileOps
 	s.AIOContexts, s.AIOEvents = c.AIOContexts, c.AIOEvents
+	s.FixedBufferOps = c.FixedBufferOps
 	return s
 }

@@ -62,9 +62,14 @@ func (p *bufPool) get(n int) ([]byte, error) {
 	return b[:n], nil
 }
 
-// put returns a buffer obtained from get. The caller must not use it again.
+// put returns a buffer obtained from get, or from File.buf (which may have
+// cut it from an arena). The caller must not use it again.
 func (p *bufPool) put(b []byte) {
 	if b == nil {
+		return
+	}
+	if a := arenaOwning(b); a != nil {
+		a.put(b)
 		return
 	}
 	b = b[:cap(b)]

@@ -22,6 +22,44 @@
 // Options.Align can raise it. Every buffer dio hands the kernel comes from
 // an anonymous mmap (page aligned, outside the Go heap), pooled by size.
 //
+// # Registered buffers
+//
+// On io_uring, the first direct File opened on a loop maps an arena for
+// that loop (4 MiB by default, SetArenaSize) and registers it with the
+// loop's ring once (uio.Loop.AddFixedBuffer, Linux 5.13+). The buffers of
+// that loop's files (append chunks, read widening, read-modify-write) are
+// cut from it, power-of-two blocks from 4 KiB, so their reads and writes go
+// out as READ_FIXED/WRITE_FIXED (uio.Stats.FixedBufferOps) and the kernel
+// does not pin and unpin their pages per op. A read-only file's append
+// chunk, which is never written, stays out of the arena. When the arena
+// has no block free, and on AIO, buffers come from the pool as before; the
+// arena sits beside the loop's other registered buffers (a user's
+// RegisterBuffers set is not disturbed). Its pages are pinned for the
+// loop's life. Without CAP_IPC_LOCK the kernel counts them against
+// RLIMIT_MEMLOCK, summed over all of the user's processes (8 MiB by
+// default on Debian), so an arena then takes at most a quarter of that
+// limit; where the kernel refuses it anyway the loop's files simply use the
+// pool (the reason is logged at Info). The arena is unmapped when the loop
+// is done and the last File using it is closed.
+//
+// Sizes: a File holds one append chunk (256 KiB) plus up to MaxInflight (8)
+// chunks being written, and each ReadAt or WriteAt that needs a buffer of
+// dio's holds one for its I/O (4 KiB for a widened 4 KiB read). Measured
+// in BenchmarkArena, the most a benchmark's files held at once was 260 KiB
+// for 4 KiB reads by one goroutine, 384 KiB by 32, 1.25 MiB for four
+// files doing 64 KiB writes and 512 KiB for one 64 KiB append-and-Sync
+// writer: 4 MiB serves a few busy files per loop, and costs 4 MiB of pinned
+// memory (about 160 µs to register). Reads into a caller's aligned buffer
+// go straight into it (no copy); that memory is the caller's and is not
+// registered. What registration saves is the kernel's pin and unpin of the
+// pages per op: measured with the uring package's BenchmarkFixedDirect
+// (batches of 32 O_DIRECT ops on one thread, no engine) on ext4 on zram,
+// 15-25% of a 4 KiB read or write and 20-40% of a 64 KiB one. Through a
+// loop it is a small share of an op, and a plain pread or pwrite (Do's
+// direct path) never uses it: on the project's shared 2-core test machine
+// dio with and without the arena are within noise of each other
+// (BenchmarkArena; figures in dio/BENCH.md).
+//
 // ReadAt widens a read to the aligned blocks around it, reads them into
 // such a buffer and copies out the requested bytes (head and tail
 // trimmed); when p, off and len(p) are already aligned the kernel reads

@@ -58,6 +58,8 @@ type File struct {
 	bs     int64 // offset and length alignment (1 when buffered)
 	mem    int   // memory alignment of direct I/O
 	log    *zap.Logger
+	arena  *arena // the loop's registered memory for direct I/O buffers (arena.go), or nil
+	ronly  bool   // opened O_RDONLY: no arena memory for the append chunk
 
 	mu       sync.Mutex
 	closed   bool
@@ -143,7 +145,7 @@ func Open(l *uio.Loop, path string, flag int, perm os.FileMode, opts *Options) (
 	if err != nil {
 		return nil, &Error{Op: "open", Path: path, Off: -1, Err: err}
 	}
-	f := &File{l: l, fd: fd, path: path, direct: direct, bs: 1, mem: 1, log: log}
+	f := &File{l: l, fd: fd, path: path, direct: direct, bs: 1, mem: 1, log: log, ronly: flag&unix.O_ACCMODE == unix.O_RDONLY}
 	if err := f.init(o); err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -196,7 +198,7 @@ func (f *File) init(o Options) error {
 	}
 	f.size, f.diskSize = st.Size, st.Size
 	var err error
-	if f.cbuf, err = pool.get(f.ccap); err != nil {
+	if f.cbuf, err = f.firstChunk(); err != nil {
 		return &Error{Op: "open", Path: f.path, Off: -1, Err: err}
 	}
 	// The chunk starts at the last aligned offset and holds the partial
@@ -332,7 +334,7 @@ func (f *File) readDisk(dst []byte, off int64) error {
 		return f.readFull(dst, off)
 	}
 	a0, a1 := f.alignDown(off), f.alignUp(end)
-	b, err := pool.get(int(a1 - a0))
+	b, err := f.buf(int(a1 - a0))
 	if err != nil {
 		return err
 	}
@@ -446,7 +448,7 @@ func (f *File) rotate() error {
 	if inline {
 		return f.writeChunk()
 	}
-	nb, err := pool.get(f.ccap)
+	nb, err := f.buf(f.ccap)
 	if err != nil {
 		return err
 	}
@@ -608,7 +610,7 @@ func (f *File) writeAtDisk(p []byte, off int64) error {
 		f.waitFlights(f.alignDown(off), f.alignUp(end))
 	}
 	a0, a1 := f.alignDown(off), f.alignUp(end)
-	b, err := pool.get(int(a1 - a0))
+	b, err := f.buf(int(a1 - a0))
 	if err != nil {
 		return err
 	}

@@ -49,6 +49,9 @@ func TestMain(m *testing.M) {
 	if readFilePath != "" {
 		os.RemoveAll(filepath.Dir(readFilePath))
 	}
+	for _, fn := range benchCleanups {
+		fn()
+	}
 	for _, l := range loops {
 		l.Close()
 	}

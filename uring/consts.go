@@ -199,13 +199,9 @@ const (
 	IORING_UNREGISTER_FILES      uint32 = 3
 	IORING_REGISTER_FILES_UPDATE uint32 = 6 // 5.5
 	IORING_REGISTER_PROBE        uint32 = 8
-	IORING_REGISTER_FILES2       uint32 = 13 // 5.13: struct io_uring_rsrc_register
 	IORING_REGISTER_PBUF_RING    uint32 = 22 // 5.19
 	IORING_UNREGISTER_PBUF_RING  uint32 = 23
 )
-
-// IORING_REGISTER_FILES2 flags (io_uring_rsrc_register.flags).
-const IORING_RSRC_REGISTER_SPARSE uint32 = 1 << 0 // 5.19: every slot empty, no fd array
 
 // IORING_REGISTER_FILES_SKIP in a file update leaves that slot as it is.
 const IORING_REGISTER_FILES_SKIP int32 = -2

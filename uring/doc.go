@@ -1,8 +1,9 @@
 // Package uring is uio's thin io_uring binding on golang.org/x/sys/unix raw
 // syscalls: ring setup (io_uring_setup and the three mmaps), submission,
 // waiting, completion reaping, io_uring_register (eventfd, opcode probe,
-// registered buffers and files, provided buffer rings) and every SQE
-// encoding are done here, with no cgo and no linker flags.
+// registered buffers: whole sets or a sparse table updated slot by slot;
+// registered files; provided buffer rings) and every SQE encoding are done
+// here, with no cgo and no linker flags.
 //
 // # The model
 //

@@ -25,15 +25,6 @@ import (
 // RLIMIT_NOFILE, fails with EMFILE).
 const maxFixedFiles = 1 << 20
 
-// rsrcRegister is struct io_uring_rsrc_register (IORING_REGISTER_FILES2).
-type rsrcRegister struct {
-	nr    uint32
-	flags uint32 // IORING_RSRC_REGISTER_*; "resv" (must be 0) before 5.19
-	resv2 uint64
-	data  uint64 // __s32 fds[nr]
-	tags  uint64 // __u64 tags[nr]; none here
-}
-
 // filesUpdate is struct io_uring_files_update (IORING_REGISTER_FILES_UPDATE).
 type filesUpdate struct {
 	offset uint32
@@ -42,8 +33,6 @@ type filesUpdate struct {
 }
 
 var (
-	_ [32 - unsafe.Sizeof(rsrcRegister{})]struct{}
-	_ [unsafe.Sizeof(rsrcRegister{}) - 32]struct{}
 	_ [16 - unsafe.Sizeof(filesUpdate{})]struct{}
 	_ [unsafe.Sizeof(filesUpdate{}) - 16]struct{}
 )
@@ -69,7 +58,7 @@ func (r *Ring) RegisterFiles(fds []int32) error {
 	if r.files != 0 {
 		return fmt.Errorf("uring: RegisterFiles(%d fds): the ring has a table of %d slots; UnregisterFiles first: %w", len(fds), r.files, unix.EBUSY)
 	}
-	reg := &rsrcRegister{nr: uint32(len(fds)), data: addr(unsafe.Pointer(&fds[0]))}
+	reg := &rsrcRegister{Nr: uint32(len(fds)), Data: addr(unsafe.Pointer(&fds[0]))}
 	_, errno := ioUringRegister(r.fd, IORING_REGISTER_FILES2, unsafe.Pointer(reg), uint32(unsafe.Sizeof(*reg)))
 	runtime.KeepAlive(fds)
 	if errno != 0 {
@@ -93,7 +82,7 @@ func (r *Ring) RegisterFilesSparse(n uint32) error {
 	if r.files != 0 {
 		return fmt.Errorf("uring: RegisterFilesSparse(%d): the ring has a table of %d slots; UnregisterFiles first: %w", n, r.files, unix.EBUSY)
 	}
-	reg := &rsrcRegister{nr: n, flags: IORING_RSRC_REGISTER_SPARSE}
+	reg := &rsrcRegister{Nr: n, Flags: IORING_RSRC_REGISTER_SPARSE}
 	_, errno := ioUringRegister(r.fd, IORING_REGISTER_FILES2, unsafe.Pointer(reg), uint32(unsafe.Sizeof(*reg)))
 	if errno == 0 {
 		r.files = n

@@ -85,6 +85,7 @@ type Ring struct {
 
 	fixed []fixedRegion // registered buffers, by start address
 	files uint32        // slots in the registered file table; 0: none
+	table []fixedRegion // RegisterBufferTable's slots (empty: end == 0); nil without a table
 }
 
 // errClosed is returned by methods called after Close.
