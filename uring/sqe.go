@@ -191,8 +191,9 @@ func (s *SQE) PrepTimeout(ts *unix.Timespec, count uint32, flags uint32) {
 // when that request is issued, not at submit. If it passes first, the
 // kernel cancels the request (which completes with -ECANCELED, or -EINTR
 // if it was running in an io-wq worker) and this entry completes with
-// -ETIME (-EALREADY when the request could only be interrupted); if the
-// request completes first, this entry completes with -ECANCELED. Give it
+// -ETIME, or -ENOENT when the request was completing or could only be
+// interrupted (6.1 and 6.12; -EALREADY on some kernels); if the request
+// completes first, this entry completes with -ECANCELED. Give it
 // IOSQE_IO_LINK itself when more requests are linked after the pair. flags
 // are IORING_TIMEOUT_* (0: ts is relative). ts must stay alive until this
 // entry's CQE.
