@@ -248,6 +248,9 @@ type loopHooks struct {
 	// uringRefused: "auto" finds io_uring unusable with this error, as an
 	// old kernel would make it
 	uringRefused error
+	// engineChains: the engine keeps every chain, even where the kernel
+	// could link it (to measure one against the other)
+	engineChains bool
 }
 
 var testHooks atomic.Pointer[loopHooks]
