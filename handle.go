@@ -48,8 +48,10 @@ func (h Handle) Start(op Op) (OpID, error) {
 // (a negative result) or moves fewer bytes than it asked for (a read,
 // write, recv or send that came up short) breaks the chain: the ops after
 // it complete with -ECANCELED, each Done still running once, in order.
-// Cancelling an op of the chain cancels it and, so, the rest. Each op's
-// Timeout, if set, counts from when that op starts.
+// Cancelling an op of the chain cancels it and, so, the rest; an op
+// cancelled before it started completes, with -ECANCELED, once the op
+// before it has, so that the Dones stay in order. Each op's Timeout, if
+// set, counts from when that op starts.
 //
 // On io_uring a chain whose ops the kernel can link with these rules
 // (reads, writes, readv, writev, fsync, fdatasync, poll, close, openat,

@@ -137,8 +137,8 @@ func (l *Loop) advanceChain(id OpID, ok bool) {
 
 // prepareChain stages a kernel-linked chain from its head: the head and
 // every member still waiting behind it go to the backend as one run of
-// linked SQEs. A member cancelled before that (its Done already queued)
-// ends the run; the members after it are ended by advanceChain.
+// linked SQEs. A member cancelled before that ends the run: it and the
+// members after it are ended by advanceChain when the run's last op is.
 func (l *Loop) prepareChain(id OpID, s *slot) error {
 	ids, ops := append(l.linkIDs[:0], id), append(l.linkOps[:0], &s.op)
 	for t := s; t.next != 0; {

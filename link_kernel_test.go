@@ -226,9 +226,7 @@ func TestLinkedCancelNotStarted(t *testing.T) {
 		if byID[ids[0]].Res&unix.POLLIN == 0 || !errors.Is(byID[ids[1]].Err(), unix.ECANCELED) || !errors.Is(byID[ids[2]].Err(), unix.ECANCELED) {
 			t.Fatalf("chain with its middle op cancelled: %+v", rs)
 		}
-		if l.Backend() == BackendUring {
-			wantInOrder(t, ids, rs)
-		}
+		wantInOrder(t, ids, rs)
 		var st unix.Stat_t
 		if err := unix.Fstat(fd, &st); err != nil || st.Size != 0 {
 			t.Fatalf("the write after the cancelled op ran: size %d %v", st.Size, err)
@@ -357,5 +355,59 @@ func BenchmarkDoLinkedSync(b *testing.B) {
 				b.ReportMetric(float64(d.Rounds)/n, "rounds/chain")
 			})
 		}
+	}
+}
+
+// The same chain kept by the engine on io_uring takes a submission per op:
+// what TestKernelLinkedChainOneSubmit measures would fail without links.
+func TestEngineChainOneSubmitPerOp(t *testing.T) {
+	setHooks(t, &loopHooks{engineChains: true})
+	l, err := NewLoop(Config{Backend: BackendUring, NoDirect: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	fd := tempFd(t, "f")
+	mustDo(t, l, Op{Kind: OpFsync, Fd: fd})
+	before := l.Stats()
+	res, err := l.DoLinked(context.Background(),
+		Op{Kind: OpWrite, Fd: fd, Buf: []byte("hello"), Offset: 0},
+		Op{Kind: OpFdatasync, Fd: fd},
+		Op{Kind: OpRead, Fd: fd, Buf: make([]byte, 5), Offset: 0})
+	d := l.Stats().Sub(before)
+	if err != nil || res[2].Res != 5 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	if oneSubmit(d) || d.Flushes < 3 {
+		t.Fatalf("engine-kept chain: %d flushes by size %v, want one per op", d.Flushes, d.Batches)
+	}
+}
+
+// Close with a chain in the kernel ends it: every Done runs, in order.
+func TestLinkedChainClose(t *testing.T) {
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			l, err := NewLoop(Config{Backend: backend, NoDirect: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			fd := tempFd(t, "f")
+			pr, _ := testPipe(t)
+			ids, ch := startChain(t, l,
+				Op{Kind: OpPoll, Fd: pr, Events: unix.POLLIN, Timeout: time.Hour},
+				Op{Kind: OpWrite, Fd: fd, Buf: []byte("never"), Offset: 0},
+				Op{Kind: OpFsync, Fd: fd})
+			time.Sleep(10 * time.Millisecond)
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+			rs := results(t, ch, 3)
+			wantInOrder(t, ids, rs)
+			for _, r := range rs {
+				if !errors.Is(r.Err(), unix.ECANCELED) {
+					t.Fatalf("after Close: %+v", rs)
+				}
+			}
+		})
 	}
 }

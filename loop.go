@@ -277,7 +277,10 @@ func (l *Loop) cancel(id OpID) {
 		s.timer.Stop()
 		s.timer = nil
 		l.finishLater(id, -int32(unix.ECANCELED))
-	case slotLinked, slotPoolWait:
+	case slotLinked:
+		// It ends with -ECANCELED when the op before it does
+		// (advanceChain), so that the chain's Dones stay in order.
+	case slotPoolWait:
 		l.finishLater(id, -int32(unix.ECANCELED))
 	case slotKernel:
 		if err := l.b.Cancel(id); err != nil {
