@@ -37,7 +37,10 @@ import (
 //     worker) and completes -ETIME (-ENOENT when the request was completing
 //     or running in a worker); else it completes -ECANCELED. Its CQE and its
 //     request's come in either order: the backend pairs them and gives the
-//     request -ETIME when the deadline had passed.
+//     request -ETIME when the deadline had passed. (A request that
+//     completes in full as its deadline fires keeps its result and the
+//     kernel goes on with the chain; an engine-kept chain would end there.
+//     Either is a cancel that came too late.)
 //   - IORING_OP_ASYNC_CANCEL finds no linked request that has not been
 //     issued (-ENOENT: it looks in io-wq, polls, timeouts), and a request
 //     is issued by task work after its predecessor's CQE is posted (so even
