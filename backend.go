@@ -45,6 +45,15 @@ type backend interface {
 	// it sleeps in (io_uring_enter can; io_getevents cannot).
 	SubmitsOnWait() bool
 	Cancel(id OpID) error
+	// canLink reports whether the kernel can run ops as one chain of
+	// linked requests with the engine's chain rules (see link.go); AIO has
+	// no links and says no.
+	canLink(ops []Op) bool
+	// PrepareLinked stages a chain canLink accepted, all or nothing: the
+	// ops go to the kernel in one Flush, and each starts when the one
+	// before it completed in full. errSQFull: this round's SQ has no room
+	// for the whole chain (the loop flushes and tries again).
+	PrepareLinked(ids []OpID, ops []*Op) error
 	// newPoolRing gives a BufferPool a kernel-side buffer ring (buffer
 	// group index), or errNotNative when the engine must select buffers.
 	newPoolRing(index int) (poolRing, error)

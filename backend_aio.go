@@ -715,6 +715,14 @@ func (b *aioBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uint3
 
 func (b *aioBackend) SubmitsOnWait() bool { return false }
 
+// canLink: AIO has no linked iocbs (io_submit runs each on its own, in no
+// set order), so the engine keeps every chain itself.
+func (b *aioBackend) canLink([]Op) bool { return false }
+
+func (b *aioBackend) PrepareLinked([]OpID, []*Op) error {
+	return errors.New("uio: aio: no linked submissions") // canLink said no
+}
+
 // registerBuffers: AIO has no registered buffers (every op pins its pages).
 func (b *aioBackend) registerBuffers([][]byte) error { return nil }
 

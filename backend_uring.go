@@ -31,7 +31,7 @@ type uringBackend struct {
 	wakeBuf   [8]byte
 	wakeArmed bool
 
-	cancels []OpID // cancellations that found the SQ full; staged next round
+	cancels []uringCancel // cancellations that found the SQ full; staged next round
 
 	hasOp [opKindEnd]bool // kinds whose opcode the kernel has (native)
 
@@ -65,6 +65,7 @@ type uringSlot struct {
 	// starts as what it is; with internalTag set, which no op's ID has, so
 	// the zero value names no op (ID 0 is an op's).
 	asRW OpID
+	link *uringLinked // the op is a member of a linked chain (PrepareLinked)
 }
 
 // uringMaxCQ is IORING_MAX_CQ_ENTRIES (2 * IORING_MAX_ENTRIES).
@@ -300,8 +301,8 @@ func (b *uringBackend) stageCancels() {
 		if sqe == nil {
 			return
 		}
-		sqe.PrepCancel(uint64(b.cancels[0]), 0)
-		sqe.SetData(uint64(uringCancelTag))
+		sqe.PrepCancel(uint64(b.cancels[0].target), 0)
+		sqe.SetData(uint64(b.cancels[0].tag))
 		b.cancels = b.cancels[1:]
 	}
 }
@@ -356,8 +357,9 @@ func (b *uringBackend) complete(c *uring.CQE, deliver func(OpID, int32, uint32))
 		if id == uringWakeTag {
 			b.wakeArmed = false
 			b.armDoorbell()
+			return 0
 		}
-		return 0
+		return b.completeLinkTag(c, deliver)
 	}
 	res := c.Res
 	s := b.slots.at(id.index())
@@ -386,6 +388,9 @@ func (b *uringBackend) complete(c *uring.CQE, deliver func(OpID, int32, uint32))
 		m := s.op.Msg
 		m.OobN, m.Flags = s.msg.ControlLen(), s.msg.Flags()
 		m.Addr, _ = s.msg.From()
+	}
+	if s.link != nil && s.link.active && s.link.id == id {
+		return b.completeLinked(s, id, res, c.Flags, deliver)
 	}
 	deliver(id, res, c.Flags)
 	return 1
@@ -427,7 +432,10 @@ func (b *uringBackend) newPoolRing(index int) (poolRing, error) {
 // it. The cancel's own CQE is the backend's; the target's is the op's one
 // completion.
 func (b *uringBackend) Cancel(id OpID) error {
-	b.cancels = append(b.cancels, id)
+	if b.cancelLinked(id) {
+		return nil
+	}
+	b.cancels = append(b.cancels, uringCancel{target: id, tag: uringCancelTag})
 	b.stageCancels()
 	return nil
 }

@@ -251,6 +251,9 @@ type loopHooks struct {
 	// filesRefused: the registered file table's creation fails with this
 	// error, as a kernel before 5.13 would make it
 	filesRefused error
+	// engineChains: the engine keeps every chain, even where the kernel
+	// could link it (to measure one against the other)
+	engineChains bool
 }
 
 var testHooks atomic.Pointer[loopHooks]

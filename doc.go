@@ -126,6 +126,17 @@
 // op is cancelled and completes with -ETIME. Deadlines live in the loop's
 // timer heap, like AfterFunc, so they cost no syscall until one fires.
 //
+// On io_uring a chain of ops the kernel links with the same rules (file
+// reads, writes, syncs, polls, close, openat, fallocate, ftruncate) goes to
+// the kernel in one io_uring_enter as SQEs with IOSQE_IO_LINK, and a linked
+// op's deadline is an IORING_OP_LINK_TIMEOUT, armed by the kernel when the
+// op starts: a write and the fdatasync behind it cost one submission, not
+// one round each. Chains with a stream op (a short recv or send does not
+// break a kernel link, and the engine retries their EAGAIN), a splice, a
+// uring_cmd, an op the engine offloads, or more SQEs than the SQ holds, and
+// every chain on AIO (which has no links), are kept by the engine, one round
+// per op. The rules are the same either way.
+//
 // # Ops a backend cannot run asynchronously
 //
 // AIO has no asynchronous openat, fallocate or ftruncate (io_uring before

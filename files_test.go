@@ -614,3 +614,26 @@ func TestHandleRegisterFile(t *testing.T) {
 		t.Errorf("the zero Handle's RegisterFile = %v, want ErrNotOnLoop", err)
 	}
 }
+
+// A chain that closes a registered fd is kept by the engine, not linked in
+// the kernel: the fd must leave the file table when its close starts, on
+// the loop (linked, the CLOSE would run in the kernel with the table still
+// holding the file, whose slot a reused fd number would then hit).
+func TestChainClosingRegisteredFile(t *testing.T) {
+	l := uringLoop(t, Config{NoDirect: true})
+	fd := openWith(t, "")
+	if err := l.RegisterFile(fd); err != nil {
+		t.Fatal(err)
+	}
+	res, err := l.DoLinked(context.Background(),
+		Op{Kind: OpWrite, Fd: fd, Buf: []byte("bye"), Offset: 0},
+		Op{Kind: OpClose, Fd: fd})
+	if err != nil || res[0].Res != 3 || res[1].Res != 0 {
+		t.Fatalf("write+close chain = %+v, %v", res, err)
+	}
+	var still bool
+	runOnLoop(l, func(Handle) error { still = l.b.(*uringBackend).fileRegistered(fd); return nil })
+	if still {
+		t.Fatal("the closed fd is still in the registered file table")
+	}
+}

@@ -48,11 +48,19 @@ func (h Handle) Start(op Op) (OpID, error) {
 // (a negative result) or moves fewer bytes than it asked for (a read,
 // write, recv or send that came up short) breaks the chain: the ops after
 // it complete with -ECANCELED, each Done still running once, in order.
-// Cancelling an op of the chain cancels it and, so, the rest. Each op's
-// Timeout, if set, counts from when that op starts.
+// Cancelling an op of the chain cancels it and, so, the rest; an op
+// cancelled before it started completes, with -ECANCELED, once the op
+// before it has, so that the Dones stay in order. Each op's Timeout, if
+// set, counts from when that op starts.
 //
-// The chain is kept by the engine on both backends: an op goes to the
-// kernel in the round after the one before it completed.
+// On io_uring a chain whose ops the kernel can link with these rules
+// (reads, writes, readv, writev, fsync, fdatasync, poll, close, openat,
+// fallocate, ftruncate; at most the SQ's size in SQEs) goes to the kernel
+// in one submission, as linked SQEs, each deadline an IORING_OP_LINK_TIMEOUT
+// after its op; a cancelled op that has not started yet is cancelled by the
+// engine when it starts. Other chains, and every chain on AIO, are kept by
+// the engine: an op goes to the kernel in the round after the one before it
+// completed. See link.go for the rule and why.
 func (h Handle) StartLinked(ops ...Op) ([]OpID, error) {
 	if err := h.check(); err != nil {
 		return nil, err

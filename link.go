@@ -4,8 +4,66 @@ import (
 	"context"
 	"fmt"
 
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
+
+// Chains (Handle.StartLinked, DoLinked) run one of two ways, under the same
+// rules: an op starts when the one before it completed in full; a negative
+// result or a short transfer ends the chain, the rest completing with
+// -ECANCELED; Dones run once each, in chain order; cancelling an op cancels
+// it and the rest; an op's Timeout counts from its start and ends it with
+// -ETIME.
+//
+// Kernel-linked (io_uring, backend.canLink): the chain's ops go out as one
+// run of SQEs with IOSQE_IO_LINK, in one io_uring_enter, and a Timeout is an
+// IORING_OP_LINK_TIMEOUT right after its op (linked itself when the chain
+// goes on, or the kernel would end the chain at it). The kernel then keeps
+// the rules itself, checked on 6.1 and 6.12 sources and by the tests in
+// uring/link_test.go on the running kernel:
+//
+//   - A failed request fails the link: io_disarm_next -> io_fail_links
+//     completes the rest with -ECANCELED in task work queued after the
+//     failed request's CQE, so in chain order.
+//   - A read or write whose result differs from the length in its SQE fails
+//     the link (rw.c __io_complete_rw_common: res != req->cqe.res, cqe.res
+//     set to the iov_iter count at issue): the engine's short rule. A recv
+//     or send does not unless MSG_WAITALL (net.c: ret < min_ret, min_ret 0
+//     without it), so stream ops are not linked (their EAGAIN retry by
+//     poll is the engine's too); splice fails on ret != len, stricter than
+//     the engine, so it is not linked either.
+//   - LINK_TIMEOUT arms when its request is issued (REQ_F_ARM_LTIMEOUT); on
+//     firing it cancels the request (-ECANCELED, or -EINTR from an io-wq
+//     worker) and completes -ETIME (-ENOENT when the request was completing
+//     or running in a worker); else it completes -ECANCELED. Its CQE and its
+//     request's come in either order: the backend pairs them and gives the
+//     request -ETIME when the deadline had passed. (A request that
+//     completes in full as its deadline fires keeps its result and the
+//     kernel goes on with the chain; an engine-kept chain would end there.
+//     Either is a cancel that came too late.)
+//   - IORING_OP_ASYNC_CANCEL finds no linked request that has not been
+//     issued (-ENOENT: it looks in io-wq, polls, timeouts), and a request
+//     is issued by task work after its predecessor's CQE is posted (so even
+//     a cancel sent on seeing that CQE may miss it on a DEFER_TASKRUN ring).
+//     The engine marks the op and the ops after it; the backend sends the
+//     cancel once the predecessor's CQE is in, and again on -ENOENT, until
+//     the op's own CQE arrives. An op that completes at once when issued
+//     (a cached read) keeps its result, as with any cancel that comes late.
+//   - The kernel issues a chain cut short by the end of a submission as a
+//     shorter chain (io_submit_state_end), so a chain is staged whole or
+//     not at all (PrepareLinked checks the SQ's room first; the loop
+//     flushes and stages it next), and one longer than the SQ is not
+//     linked.
+//
+// The completions may still reach the loop out of order (an op held for its
+// LINK_TIMEOUT's CQE, the next op's CQE in first): an op whose predecessor's
+// Done has not run waits in slotHeld.
+//
+// Engine-kept (AIO, which has no links; and on io_uring chains with an op
+// of a kind canLink refuses): only the head is started; each other op waits
+// in slotLinked and advanceChain starts it, or ends it, from its
+// predecessor's finish, so each op costs a round of its own. Deadlines are
+// the loop's timers.
 
 // startLinked is Handle.StartLinked.
 func (l *Loop) startLinked(ops ...Op) ([]OpID, error) {
@@ -27,9 +85,14 @@ func (l *Loop) startLinked(ops ...Op) ([]OpID, error) {
 		return nil, ErrClosed
 	}
 	ids := make([]OpID, len(ops))
+	kernel := l.b.canLink(ops)
+	if h := testHooks.Load(); h != nil && h.engineChains {
+		kernel = false
+	}
 	var prev *slot
 	for i, op := range ops {
 		id, s := l.newSlot(op)
+		s.kchain = kernel
 		ids[i] = id
 		if prev == nil {
 			l.start(id, s)
@@ -73,6 +136,67 @@ func (l *Loop) advanceChain(id OpID, ok bool) {
 		return
 	}
 	l.finish(id, s, -int32(unix.ECANCELED), 0)
+}
+
+// prepareChain stages a kernel-linked chain from its head: the head and
+// every member still waiting behind it go to the backend as one run of
+// linked SQEs. A member cancelled before that ends the run: it and the
+// members after it are ended by advanceChain when the run's last op is.
+func (l *Loop) prepareChain(id OpID, s *slot) error {
+	ids, ops := append(l.linkIDs[:0], id), append(l.linkOps[:0], &s.op)
+	for t := s; t.next != 0; {
+		n := l.lookup(t.next)
+		if n == nil || n.state != slotLinked || n.cancel {
+			break
+		}
+		ids, ops = append(ids, t.next), append(ops, &n.op)
+		t = n
+	}
+	err := l.b.PrepareLinked(ids, ops)
+	if err == nil {
+		for i, mid := range ids {
+			m := l.slots.at(mid.index())
+			m.state, m.klink, m.behind = slotKernel, i < len(ids)-1, i > 0
+		}
+		l.inflight += len(ids)
+	}
+	clear(ops) // no references to the ops' buffers beyond their slots
+	l.linkIDs, l.linkOps = ids[:0], ops[:0]
+	return err
+}
+
+// predecessorDone runs after the Done of the op before id in a
+// kernel-linked chain: id's own Done may run now, if its completion is in.
+func (l *Loop) predecessorDone(id OpID) {
+	s := l.lookup(id)
+	if s == nil {
+		return
+	}
+	s.behind = false
+	if s.state == slotHeld {
+		l.finish(id, s, s.heldRes, s.heldFlags)
+	}
+}
+
+// cancelLinked cancels the ops linked after s in the kernel, which the
+// kernel starts on its own once s completes: cancelling an op of a chain
+// cancels the rest even if that op completes in full anyway. The backend
+// sends each cancel when its op has started (see backend_uring_link.go).
+func (l *Loop) cancelLinked(s *slot) {
+	for s.klink {
+		id := s.next
+		if s = l.lookup(id); s == nil {
+			return
+		}
+		if !s.cancel {
+			s.cancel = true
+			if s.state == slotKernel {
+				if err := l.b.Cancel(id); err != nil {
+					l.log.Debug("uio: cancel", zap.Uint64("op", uint64(id)), zap.Error(err))
+				}
+			}
+		}
+	}
 }
 
 // DoLinked is Do for a chain (see Handle.StartLinked): it waits for every op of

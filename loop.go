@@ -87,6 +87,9 @@ type Loop struct {
 	offloading int
 	// pools with a kernel buffer ring, refilled every round
 	pools []*BufferPool
+	// a kernel-linked chain being staged (prepareChain), kept for reuse
+	linkIDs []OpID
+	linkOps []*Op
 
 	// Posting from other goroutines: a mutex-guarded queue, and a doorbell
 	// rung only when the loop is (about to be) asleep.
@@ -123,6 +126,7 @@ const (
 	slotTimer               // an OpTimeout waiting in the timer heap
 	slotOffloaded           // running as a blocking syscall on a goroutine of its own
 	slotLinked              // waiting in a chain for the op before it (StartLinked)
+	slotHeld                // completed in a kernel-linked chain, its Done waiting for the op before it
 	slotPoolWait            // a pool recv waiting for a buffer to come back (BufferPool)
 )
 
@@ -138,6 +142,14 @@ type slot struct {
 	timer   *Timer
 	// next is the op that waits for this one in a chain (StartLinked).
 	next OpID
+	// kchain: the op is a member of a chain the kernel links (link.go):
+	// it is staged with the op before it and its Timeout is a
+	// LINK_TIMEOUT. klink: next went to the kernel linked to this op.
+	// behind: its predecessor's Done has not run, so its own waits
+	// (slotHeld, with heldRes and heldFlags) to keep Dones in order.
+	kchain, klink, behind bool
+	heldRes               int32
+	heldFlags             uint32
 	// deadline cancels the op when its Op.Timeout passes; timedOut turns
 	// that cancellation's -ECANCELED into -ETIME.
 	deadline *Timer
@@ -237,7 +249,7 @@ func (l *Loop) newSlot(op Op) (OpID, *slot) {
 func (l *Loop) start(id OpID, s *slot) {
 	s.state = slotPending
 	l.pending = append(l.pending, id.index())
-	if d := s.op.Timeout; d > 0 {
+	if d := s.op.Timeout; d > 0 && !s.kchain { // a kernel chain's is a LINK_TIMEOUT
 		s.deadline = l.addTimer(d, func() {
 			s.deadline = nil
 			if !s.cancel { // a cancel asked for before the deadline stays a cancel
@@ -274,12 +286,18 @@ func (l *Loop) cancel(id OpID) {
 		s.timer.Stop()
 		s.timer = nil
 		l.finishLater(id, -int32(unix.ECANCELED))
-	case slotLinked, slotPoolWait:
+	case slotLinked:
+		// It ends with -ECANCELED when the op before it does
+		// (advanceChain), so that the chain's Dones stay in order.
+	case slotPoolWait:
 		l.finishLater(id, -int32(unix.ECANCELED))
 	case slotKernel:
 		if err := l.b.Cancel(id); err != nil {
 			l.log.Debug("uio: cancel", zap.Uint64("op", uint64(id)), zap.Error(err))
 		}
+		l.cancelLinked(s)
+	case slotHeld:
+		l.cancelLinked(s)
 	}
 }
 
@@ -327,6 +345,7 @@ func (l *Loop) finish(id OpID, s *slot, res int32, flags uint32) {
 	// an op that finished anyway (a file read in flight on AIO, an
 	// offloaded syscall) still ends the chain it was asked to end.
 	next, ok := s.next, chainHolds(&s.op, res) && !s.cancel && !s.timedOut
+	klink := s.klink
 	if p := s.op.Pool; p != nil {
 		flags = p.completed(id, s, res, flags)
 	}
@@ -336,13 +355,17 @@ func (l *Loop) finish(id OpID, s *slot, res int32, flags uint32) {
 		*s.pollOp = Op{}
 	}
 	s.state, s.polling, s.cancel, s.timedOut, s.next, s.poolBuf = slotFree, false, false, false, 0, 0
+	s.kchain, s.klink, s.behind = false, false, false
 	s.gen = (s.gen + 1) & (1<<31 - 1)
 	l.free = append(l.free, id.index())
 	l.stats.cur.completions++
 	if done != nil {
 		done(Handle{l}, Result{ID: id, Kind: kind, Res: res, Flags: flags})
 	}
-	if next != 0 {
+	switch {
+	case klink:
+		l.predecessorDone(next)
+	case next != 0:
 		l.advanceChain(next, ok)
 	}
 }
@@ -355,6 +378,17 @@ func (l *Loop) deliver(id OpID, res int32, flags uint32) {
 		return
 	}
 	l.inflight--
+	if s.kchain {
+		// Linkable kinds are never polled, pooled or retried: the
+		// result is final, and the kernel has already run or cancelled
+		// the rest of the chain by it.
+		if s.behind {
+			s.state, s.heldRes, s.heldFlags = slotHeld, res, flags
+			return
+		}
+		l.finish(id, s, res, flags)
+		return
+	}
 	if s.polling {
 		s.polling = false
 		if s.cancel || res < 0 {
@@ -514,16 +548,14 @@ func (l *Loop) stage() {
 			} else if op.Kind == OpClose {
 				l.closeFixed(op.Fd)
 			}
-			err := l.b.Prepare(id, op)
+			err := l.prepare(id, s, op)
 			if err == errSQFull {
 				// More ops this round than the io_uring SQ holds:
 				// hand these to the kernel now and go on.
 				l.flush()
-				err = l.b.Prepare(id, op)
+				err = l.prepare(id, s, op)
 			}
 			if err == nil {
-				s.state = slotKernel
-				l.inflight++
 				continue
 			}
 			full = true // errBackendFull: the rest wait for room
@@ -532,6 +564,20 @@ func (l *Loop) stage() {
 		kept++
 	}
 	l.pending = l.pending[:kept]
+}
+
+// prepare hands an op (and, for the head of a kernel-linked chain, the
+// rest of the chain) to the backend.
+func (l *Loop) prepare(id OpID, s *slot, op *Op) error {
+	if s.kchain {
+		return l.prepareChain(id, s)
+	}
+	if err := l.b.Prepare(id, op); err != nil {
+		return err
+	}
+	s.state = slotKernel
+	l.inflight++
+	return nil
 }
 
 // yieldEvery is how often the loop passes through the Go scheduler.

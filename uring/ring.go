@@ -262,6 +262,16 @@ func (r *Ring) GetSQE() *SQE {
 	return (*SQE)(p)
 }
 
+// LastSQE returns the SQE GetSQE handed out last, while it is still
+// unpublished (before the next Submit), or nil: a caller can add flags
+// (IOSQE_IO_LINK) to an entry that a helper filled.
+func (r *Ring) LastSQE() *SQE {
+	if r.closed || r.sq.sqeTail == r.sq.sqeHead {
+		return nil
+	}
+	return (*SQE)(r.sqeAt(r.sq.sqeTail - 1))
+}
+
 // sqeAt returns the slot SQ index i (free-running) maps to. The SQ array
 // maps index i to slot i (set up at creation), so slot = i & mask.
 func (r *Ring) sqeAt(i uint32) unsafe.Pointer {

@@ -186,6 +186,22 @@ func (s *SQE) PrepTimeout(ts *unix.Timespec, count uint32, flags uint32) {
 	s.OpcodeFlags = flags
 }
 
+// PrepLinkTimeout prepares IORING_OP_LINK_TIMEOUT (5.5): a deadline for
+// the SQE right before it, which must carry IOSQE_IO_LINK. The clock starts
+// when that request is issued, not at submit. If it passes first, the
+// kernel cancels the request (which completes with -ECANCELED, or -EINTR
+// if it was running in an io-wq worker) and this entry completes with
+// -ETIME, or -ENOENT when the request was completing or could only be
+// interrupted (6.1 and 6.12; -EALREADY on some kernels); if the request
+// completes first, this entry completes with -ECANCELED. Give it
+// IOSQE_IO_LINK itself when more requests are linked after the pair. flags
+// are IORING_TIMEOUT_* (0: ts is relative). ts must stay alive until this
+// entry's CQE.
+func (s *SQE) PrepLinkTimeout(ts *unix.Timespec, flags uint32) {
+	s.reset(IORING_OP_LINK_TIMEOUT, -1, addr(unsafe.Pointer(ts)), 1, 0)
+	s.OpcodeFlags = flags
+}
+
 // PrepCancel prepares IORING_OP_ASYNC_CANCEL of the request whose user_data
 // is targetUserData (flags IORING_ASYNC_CANCEL_*; 0 cancels the first match).
 // The target completes with -ECANCELED (or its real result if it won the
