@@ -15,8 +15,9 @@ import (
 // On a kernel with IORING_REGISTER_BUFFERS2 (5.13) the ring gets a sparse
 // table the first time either is used, and each change is one
 // IORING_REGISTER_BUFFERS_UPDATE of the slots it concerns, so neither user
-// disturbs the other. Before 5.13 only RegisterBuffers works, replacing the
-// ring's whole set as it always has.
+// disturbs the other. Before 5.13 neither works (NotSupportedError): the
+// only registration there quiesces the ring, which never happens for a
+// loop.
 type uringFixed struct {
 	mode  uint8 // fixedUnknown until first used
 	slots []fixedSlot
@@ -47,6 +48,10 @@ const (
 // errFixedWhole: a kernel before 5.13 has only whole sets of registered
 // buffers, which RegisterBuffers owns.
 var errFixedWhole = &NotSupportedError{Backend: BackendUring, Feature: "IORING_REGISTER_BUFFERS2 (Linux 5.13), for registered buffers added one at a time"}
+
+// errFixedQuiesce: before 5.13 the only way to register buffers waits for
+// the ring to have nothing in flight.
+var errFixedQuiesce = &NotSupportedError{Backend: BackendUring, Feature: "IORING_REGISTER_BUFFERS2 (Linux 5.13): the older IORING_REGISTER_BUFFERS waits for every op in flight, and a loop always has its doorbell's read in flight"}
 
 // fixedNoTable lets tests make the kernel refuse sparse tables, as one
 // before 5.13 does.
@@ -88,15 +93,14 @@ func (b *uringBackend) registerBuffers(bufs [][]byte) error {
 		return err
 	}
 	if f.mode == fixedWhole {
-		if err := b.ring.UnregisterBuffers(); err != nil {
-			return err
-		}
-		b.other.Add(1)
+		// The older IORING_REGISTER_BUFFERS quiesces the ring on those
+		// kernels: it waits for every op in flight to complete, and a
+		// loop always has one (its doorbell's read), so it would never
+		// return. Refused instead; dropping nothing is nothing to do.
 		if len(bufs) == 0 {
 			return nil
 		}
-		b.other.Add(1)
-		return b.ring.RegisterBuffers(bufs)
+		return errFixedQuiesce
 	}
 	for i, buf := range bufs {
 		if len(buf) == 0 {

@@ -17,8 +17,9 @@ import (
 // buffers added one at a time with AddFixedBuffer (any number of users, for
 // example one dio arena per loop beside an application's own set). On
 // Linux 5.13+ the table is sparse and each change touches only its own
-// slots, while ops run; before 5.13 there is only RegisterBuffers, which
-// replaces the whole table, and AddFixedBuffer fails with ErrNotSupported.
+// slots, while ops run. Before 5.13 both fail with ErrNotSupported: the
+// only registration there (IORING_REGISTER_BUFFERS) waits for the ring to
+// have nothing in flight, which a loop never has.
 // AIO has no registered buffers: RegisterBuffers succeeds and changes
 // nothing, AddFixedBuffer fails with ErrNotSupported.
 
@@ -73,7 +74,7 @@ func (l *Loop) RemoveFixedBuffer(fb FixedBuffer) error {
 // slots (16384 less what AddFixedBuffer holds). The memory must stay
 // alive; no op may be using the old set when it is replaced (its slots
 // are reused). On AIO the call succeeds and changes nothing; before Linux
-// 5.13 it replaces the loop's whole table. Call it from any goroutine but
+// 5.13 it fails with ErrNotSupported. Call it from any goroutine but
 // the loop's (it waits for the loop, as Do does).
 func (l *Loop) RegisterBuffers(bufs [][]byte) error {
 	if err := l.waitOnLoop(func() error { return l.b.registerBuffers(bufs) }); err != nil {
