@@ -17,7 +17,11 @@ import (
 // DEFER_TASKRUN ring, runs the completions' task work so the CQEs are in the
 // ring when the loop reaps right after it.
 type uringBackend struct {
-	ring *uring.Ring
+	// unissued: Prepare is encoding a linked chain's member after its
+	// head, which the kernel issues later; it then names plain fds and
+	// buffers, never registered slots (see PrepareLinked).
+	unissued bool
+	ring     *uring.Ring
 	// dropped is the CQ overflow counter last seen: CQEs the kernel lost.
 	dropped uint32
 
@@ -192,7 +196,7 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 	}
 	switch op.Kind {
 	case OpRead:
-		if idx, ok := b.ring.FixedBuffer(op.Buf); ok {
+		if idx, ok := b.ring.FixedBuffer(op.Buf); ok && !b.unissued {
 			sqe.PrepReadFixed(op.Fd, clampRW(op.Buf), op.Offset, idx)
 			b.fixed.fixedOp()
 		} else {
@@ -200,7 +204,7 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 		}
 		sqe.OpcodeFlags = op.Flags
 	case OpWrite:
-		if idx, ok := b.ring.FixedBuffer(op.Buf); ok {
+		if idx, ok := b.ring.FixedBuffer(op.Buf); ok && !b.unissued {
 			sqe.PrepWriteFixed(op.Fd, clampRW(op.Buf), op.Offset, idx)
 			b.fixed.fixedOp()
 		} else {
@@ -290,7 +294,9 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 		sqe.SetData(uint64(uringCancelTag))
 		return nil
 	}
-	b.useFixedFile(sqe, op)
+	if !b.unissued {
+		b.useFixedFile(sqe, op)
+	}
 	sqe.SetData(uint64(id))
 	return nil
 }

@@ -128,7 +128,15 @@ func (b *uringBackend) PrepareLinked(ids []OpID, ops []*Op) error {
 	for i, op := range ops {
 		last := i == len(ops)-1
 		before := b.ring.SQReady()
-		if err := b.Prepare(ids[i], op); err != nil {
+		// The kernel looks a registered file or buffer up when it issues
+		// a request, and it issues a member only once the one before it
+		// has completed: by then the slot may hold another file (an
+		// UnregisterFile and a RegisterFile in between) or nothing. So
+		// only the head, issued at submit, uses the tables.
+		b.unissued = i > 0
+		err := b.Prepare(ids[i], op)
+		b.unissued = false
+		if err != nil {
 			return err // cannot happen: the space is there
 		}
 		sqe := b.ring.LastSQE()

@@ -51,6 +51,9 @@ func (l *Loop) Do(ctx context.Context, op Op) (Result, error) {
 		// Not a seekable file after all (a pipe, a socket): the loop
 		// knows how to wait for those.
 	}
+	if err := l.waiting(); err != nil {
+		return Result{}, err
+	}
 	w := doWaiters.Get().(*doWaiter)
 	w.l = l
 	w.op = op

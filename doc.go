@@ -34,7 +34,10 @@
 // while the loop is busy. Ops from many goroutines posted in the same
 // round go to the kernel in the same syscall. A Handle kept and used from
 // another goroutine is caught while the loop sleeps (until a Post wakes
-// it) or after it exited (ErrNotOnLoop). "Submit" is kept for what it is in the kernel's and
+// it) or after it exited (ErrNotOnLoop); the other way round, a call that
+// waits for the loop (Do through the rounds, DoLinked, Close, the
+// registrations) made from the loop's own code fails with ErrWaitOnLoop
+// rather than wait for itself. "Submit" is kept for what it is in the kernel's and
 // liburing's words: the syscall that hands ops over.
 //
 // Do takes a context: when it ends, the op is cancelled, and Do returns

@@ -83,30 +83,26 @@ func (cfg *Config) checkFiles() error {
 // offloaded to a blocking syscall, use the fd itself.
 //
 // Call it from any goroutine but the loop's (it waits for the loop, as Do
-// does); the loop's own code has Handle.RegisterFile.
+// does; from the loop's own code it returns ErrWaitOnLoop, and that code
+// has Handle.RegisterFile).
 func (l *Loop) RegisterFile(fd int) error {
-	errc := make(chan error, 1)
-	if err := l.Post(func(h Handle) { errc <- l.registerFile(fd) }); err != nil {
-		return err // ErrClosed
-	}
-	return <-errc
+	return l.waitOnLoop(func() error { return l.registerFile(fd) })
 }
 
 // UnregisterFile takes fd out of the loop's registered file table: ops on
 // it go out plain again. Ops already in the kernel keep the file they
 // took; ops submitted before it are handed to the kernel first, so they
-// still find it. The table's own reference to the file goes when the
+// still find it (a kernel-linked chain's members after its head name
+// their fds plainly: the kernel would look a slot up only when it starts
+// them, when it may hold another file). The table's own reference to the file goes when the
 // kernel lets it: at once on 6.18, but on 6.1 (measured) only once the ops
 // that were in flight when the slot was emptied have completed, so a
 // socket closed with a plain close(2) may show its peer end of stream
 // only later. It does nothing for an fd that is not registered, and on
-// AIO. Call it from any goroutine but the loop's.
+// AIO. Call it from any goroutine but the loop's (there it returns
+// ErrWaitOnLoop; the loop's own code has Handle.UnregisterFile).
 func (l *Loop) UnregisterFile(fd int) error {
-	errc := make(chan error, 1)
-	if err := l.Post(func(h Handle) { errc <- l.unregisterFile(fd) }); err != nil {
-		return err // ErrClosed
-	}
-	return <-errc
+	return l.waitOnLoop(func() error { return l.unregisterFile(fd) })
 }
 
 // RegisterFile is Loop.RegisterFile for the loop's own code (a proxy

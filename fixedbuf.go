@@ -54,7 +54,9 @@ func (l *Loop) AddFixedBuffer(b []byte) (FixedBuffer, error) {
 
 // RemoveFixedBuffer takes fb out of the loop's registered buffers. Ops
 // already submitted with it finish with it (the kernel keeps its pages
-// pinned until they complete); later ones go out as ordinary reads and
+// pinned until they complete; a kernel-linked chain's members after its
+// head never use registered buffers, because the kernel would look them
+// up only when it starts them); later ones go out as ordinary reads and
 // writes, so b may be unmapped once RemoveFixedBuffer returns and the ops
 // using it have completed.
 func (l *Loop) RemoveFixedBuffer(fb FixedBuffer) error {
@@ -85,6 +87,9 @@ func (l *Loop) RegisterBuffers(bufs [][]byte) error {
 
 // waitOnLoop runs fn on the loop's goroutine and waits for it.
 func (l *Loop) waitOnLoop(fn func() error) error {
+	if err := l.waiting(); err != nil {
+		return err
+	}
 	errc := make(chan error, 1)
 	if err := l.Post(func(Handle) { errc <- fn() }); err != nil {
 		return err

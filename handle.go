@@ -3,6 +3,8 @@ package uio
 import (
 	"errors"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Handle is a Loop as the code the loop runs sees it. Only that code gets
@@ -57,8 +59,13 @@ func (h Handle) Start(op Op) (OpID, error) {
 // (reads, writes, readv, writev, fsync, fdatasync, poll, close, openat,
 // fallocate, ftruncate; at most the SQ's size in SQEs) goes to the kernel
 // in one submission, as linked SQEs, each deadline an IORING_OP_LINK_TIMEOUT
-// after its op; a cancelled op that has not started yet is cancelled by the
-// engine when it starts. Other chains, and every chain on AIO, are kept by
+// after its op. A cancelled op of such a chain that has not started yet
+// cannot be held back: the kernel starts it when the op before it
+// completes, and the engine's cancel reaches it then, so one that finishes
+// at once (a write to the page cache) may keep its real result, as Cancel
+// allows. To stop a chain for certain, cancel the op that is running (a
+// DoLinked whose context ends cancels every op of its chain, that one
+// included). Other chains, and every chain on AIO, are kept by
 // the engine: an op goes to the kernel in the round after the one before it
 // completed. See link.go for the rule and why.
 func (h Handle) StartLinked(ops ...Op) ([]OpID, error) {
@@ -106,6 +113,26 @@ func (h Handle) check() error {
 func (l *Loop) onLoop() error {
 	if l.sleeping.Load() || l.exited.Load() {
 		return ErrNotOnLoop
+	}
+	return nil
+}
+
+// ErrWaitOnLoop is what a call that waits for the loop (Do or DoLinked
+// going through the loop's rounds, Close, RegisterFile, UnregisterFile,
+// RegisterBuffers, AddFixedBuffer, RemoveFixedBuffer) returns when the
+// loop's own code makes it: the loop would wait for itself, forever. From
+// there, start ops with the Handle.
+var ErrWaitOnLoop = errors.New("uio: a call that waits for the loop made from the loop's own goroutine (a Done, a Posted function, a timer), where it would wait forever; use the Handle")
+
+// waiting reports ErrWaitOnLoop when the caller is the loop's own
+// goroutine: the loop's goroutine is locked to its thread, and no other
+// goroutine runs there, so the thread id tells. One gettid, on paths that
+// hand work to the loop's thread and back anyway (tens of microseconds);
+// counted in Stats.Other.
+func (l *Loop) waiting() error {
+	l.stats.gettids.Add(1)
+	if unix.Gettid() == l.tid {
+		return ErrWaitOnLoop
 	}
 	return nil
 }

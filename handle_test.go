@@ -1,6 +1,7 @@
 package uio
 
 import (
+	"context"
 	"errors"
 	"testing"
 	"time"
@@ -141,5 +142,36 @@ func TestHandleInEveryCallback(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatal("the chain Post -> AfterFunc -> Start -> Done -> Post did not finish in 5 s")
 		}
+	})
+}
+
+// A call that waits for the loop, made from the loop's own code, fails
+// with ErrWaitOnLoop instead of waiting for itself forever.
+func TestWaitingCallsFromTheLoop(t *testing.T) {
+	forEachBackend(t, Config{NoDirect: true}, func(t *testing.T, l *Loop) {
+		a, _ := socketpair(t)
+		errs := make(chan map[string]error, 1)
+		l.Post(func(h Handle) {
+			m := map[string]error{}
+			_, m["Do"] = l.Do(context.Background(), Op{Kind: OpRecv, Fd: a, Buf: make([]byte, 1)})
+			_, m["DoLinked"] = l.DoLinked(context.Background(), Op{Kind: OpFsync, Fd: a})
+			m["RegisterFile"] = l.RegisterFile(a)
+			m["UnregisterFile"] = l.UnregisterFile(a)
+			m["RegisterBuffers"] = l.RegisterBuffers(nil)
+			m["Close"] = l.Close()
+			errs <- m
+		})
+		select {
+		case m := <-errs:
+			for name, err := range m {
+				if !errors.Is(err, ErrWaitOnLoop) {
+					t.Errorf("%s from the loop = %v, want ErrWaitOnLoop", name, err)
+				}
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a waiting call made from the loop hung")
+		}
+		// The loop still runs and closes normally.
+		mustDo(t, l, Op{Kind: OpTimeout, Timeout: time.Millisecond})
 	})
 }

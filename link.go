@@ -243,6 +243,9 @@ func (l *Loop) DoLinked(ctx context.Context, ops ...Op) ([]Result, error) {
 		}
 		return res, err
 	}
+	if err := l.waiting(); err != nil {
+		return nil, err
+	}
 	left := len(ops)
 	done := make(chan struct{})
 	chain := make([]Op, len(ops))

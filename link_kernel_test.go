@@ -411,3 +411,54 @@ func TestLinkedChainClose(t *testing.T) {
 		})
 	}
 }
+
+// A kernel-linked chain's member after its head names its fd and buffer
+// plainly, not by registered slot: the kernel looks a slot up when it
+// issues the member, after the op before it, and by then the slot may
+// hold another file (here: UnregisterFile of b and RegisterFile of c while
+// the head waits) or a removed buffer. Found in review: the write landed in
+// c, or failed with EFAULT.
+func TestLinkedMemberUsesNoSlot(t *testing.T) {
+	l := uringLoop(t, Config{NoDirect: true})
+	r, w := testPipe(t)
+	b, c := openWith(t, ""), openWith(t, "")
+	defer unix.Close(b)
+	defer unix.Close(c)
+	if err := l.RegisterFile(b); err != nil {
+		t.Fatal(err)
+	}
+	mem, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(mem)
+	copy(mem, "X")
+	fb, err := l.AddFixedBuffer(mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, out := startChain(t, l,
+		Op{Kind: OpRead, Fd: r, Buf: make([]byte, 1), Offset: -1},
+		Op{Kind: OpWrite, Fd: b, Buf: mem[:1], Offset: 0})
+	time.Sleep(50 * time.Millisecond) // the chain is in the kernel, its read waiting
+	if err := l.UnregisterFile(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.RegisterFile(c); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.RemoveFixedBuffer(fb); err != nil {
+		t.Fatal(err)
+	}
+	unix.Write(w, []byte("y"))
+	rs := results(t, out, 2)
+	wantInOrder(t, ids, rs)
+	got := func(fd int) string {
+		buf := make([]byte, 8)
+		n, _ := unix.Pread(fd, buf, 0)
+		return string(buf[:max(n, 0)])
+	}
+	if rs[1].Res != 1 || got(b) != "X" || got(c) != "" {
+		t.Fatalf("member write = %d (%v); b holds %q, c %q; want 1, \"X\", \"\"", rs[1].Res, rs[1].Err(), got(b), got(c))
+	}
+}

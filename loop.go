@@ -99,6 +99,7 @@ type Loop struct {
 	shut     bool // under mu: the loop has run its last posted function
 	sleeping atomic.Bool
 	closed   atomic.Bool // Close has been called
+	tid      int         // the loop's thread (gettid), set before NewLoop returns
 	exited   atomic.Bool // the loop has run its last code (see Handle)
 	done     chan struct{}
 
@@ -178,6 +179,7 @@ func NewLoop(cfg Config) (*Loop, error) {
 		// A SINGLE_ISSUER ring belongs to the thread that created it, and
 		// the loop never gives its thread back.
 		runtime.LockOSThread()
+		l.tid = unix.Gettid()
 		if err := pinThread(cfg.CPUs); err != nil {
 			errc <- err
 			close(l.done)
@@ -775,9 +777,12 @@ func (l *Loop) flush() {
 // Close stops the loop: new submissions fail with ErrClosed, every op in
 // flight is cancelled and its Done runs (offloaded ops, which cannot be
 // cancelled, are waited for), then the backend is closed. It waits for the
-// loop to exit, however many goroutines call it at once.
-// Call it from outside the loop.
+// loop to exit, however many goroutines call it at once. From the loop's
+// own code it returns ErrWaitOnLoop.
 func (l *Loop) Close() error {
+	if err := l.waiting(); err != nil {
+		return err
+	}
 	if l.closed.Swap(true) {
 		<-l.done
 		return nil

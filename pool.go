@@ -106,8 +106,10 @@ func (p *BufferPool) Bytes(id int) []byte {
 }
 
 // Put gives buffer id back to the pool. It belongs to the loop's
-// goroutine, like Handle: off it, it returns ErrNotOnLoop and the buffer
-// stays out. An id the pool never gave out is an error too.
+// goroutine, like Handle: called off it while the loop sleeps or after it
+// exited, it returns ErrNotOnLoop and the buffer stays out (a call that
+// races a running round is not caught). An id the pool never gave out is
+// an error too.
 func (p *BufferPool) Put(id int) error {
 	if err := p.l.onLoop(); err != nil {
 		return err

@@ -288,10 +288,12 @@ func TestMultishotRecv(t *testing.T) {
 		if result != string(want) {
 			t.Fatalf("multishot recv got %q, want %q", result, want)
 		}
-		// Not an op started, and not an SQE either: a re-arm by the
-		// engine (a kernel that refused the multishot) is an SQE.
-		if l.Backend() == BackendUring && (d.OpsStarted != 0 || d.FlushedOps != 0) {
-			t.Errorf("io_uring multishot: %d ops started and %d SQEs for 19 chunks, want 0 and 0 (one armed SQE)", d.OpsStarted, d.FlushedOps)
+		// Not an op started, and hardly an SQE either: a re-arm by the
+		// engine (a kernel that refused the multishot: 6.12 did with a
+		// length) is an SQE per chunk. One SQE may be the doorbell's
+		// re-arm after runOnLoop's Post, flushed late under load.
+		if l.Backend() == BackendUring && (d.OpsStarted != 0 || d.FlushedOps > 1) {
+			t.Errorf("io_uring multishot: %d ops started and %d SQEs for 19 chunks, want 0 and at most 1 (one armed SQE)", d.OpsStarted, d.FlushedOps)
 		}
 		// Cancel ends a multishot recv that is waiting.
 		c, _ := socketpair(t)

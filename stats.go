@@ -161,6 +161,7 @@ type loopStats struct {
 	batches    [BatchBuckets]counter
 	direct     atomic.Uint64 // ops Do ran on the caller's goroutine (any goroutine adds)
 	offloaded  atomic.Uint64 // ops run as a blocking syscall on a goroutine of the engine's
+	gettids    atomic.Uint64 // gettid calls of the waiting entry points (Loop.waiting)
 
 	cur struct{ opsStarted, completions uint64 }
 	pub struct{ opsStarted, completions counter }
@@ -211,7 +212,7 @@ func (l *Loop) Stats() Stats {
 		s.Batches[i] = ls.batches[i].load()
 	}
 	c := l.b.Counters()
-	s.Submits, s.GetEvents, s.Enters, s.Other = c.Submits, c.GetEvents, c.Enters, c.Other
+	s.Submits, s.GetEvents, s.Enters, s.Other = c.Submits, c.GetEvents, c.Enters, c.Other+ls.gettids.Load()
 	s.ReapedUser, s.ReapedSyscall = c.ReapedUser, c.ReapedSyscall
 	s.CQOverflows, s.DroppedCQEs = c.CQOverflows, c.DroppedCQEs
 	s.FixedFileOps = c.FixedFileOps

@@ -143,7 +143,10 @@ func newArena(l *uio.Loop, size int, log *zap.Logger) *arena {
 // process lacks CAP_IPC_LOCK: the kernel then counts registered pages
 // against that limit, for all of the user's processes together (Debian's
 // default is 8 MiB), and dio should leave room for the application's own
-// registrations and other loops.
+// registrations. The cap is per loop: four loops' arenas can take the
+// whole limit, and then a later registration (the application's, or a
+// fifth loop's arena, which then goes without) fails with ENOMEM; give
+// such a process CAP_IPC_LOCK, a larger RLIMIT_MEMLOCK or SetArenaSize.
 func lockableSize(size int) int {
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	var data [2]unix.CapUserData
