@@ -470,6 +470,7 @@ func (l *Loop) shot(id OpID, s *slot, res int32, flags uint32) {
 		l.finish(id, s, -int32(unix.ECANCELED), 0)
 		return
 	}
+	l.stats.rearms++
 	if s.op.Kind == OpRecv {
 		// Armed again by the engine: right after a chunk the socket is
 		// most likely empty (a request waits for its answer), so wait
@@ -531,6 +532,12 @@ func (l *Loop) stage() {
 				}
 				s.poolBuf, s.op.Buf = uint32(bid)+1, p.Bytes(int(bid))
 			}
+		}
+		if s.op.Kind == OpSplice && s.op.Flags&unix.SPLICE_F_NONBLOCK != 0 && !s.polling {
+			// Inline: one nonblocking syscall, no io-wq worker (see
+			// OpSplice). It completes here, like a cancelled op.
+			l.finish(id, s, l.spliceNow(&s.op), 0)
+			continue
 		}
 		if !s.polling && !l.b.native(s.op.Kind) {
 			if l.offloading < maxOffloaded {
@@ -846,4 +853,29 @@ func pinThread(cpus []int) error {
 		return fmt.Errorf("uio: sched_setaffinity(CPUs %v): %w", cpus, err)
 	}
 	return nil
+}
+
+// spliceNow is a nonblocking OpSplice's one splice(2), on the loop's
+// thread; counted in Stats.Other.
+func (l *Loop) spliceNow(op *Op) int32 {
+	var off, offOut *int64
+	if op.Offset >= 0 {
+		o := op.Offset
+		off = &o
+	}
+	if op.OffsetOut >= 0 {
+		o := op.OffsetOut
+		offOut = &o
+	}
+	l.stats.syscalls.Add(1)
+	for {
+		n, err := unix.Splice(op.Fd, off, op.FdOut, offOut, min(op.Len, maxRW), int(op.Flags))
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return errnoRes(err)
+		}
+		return int32(n)
+	}
 }

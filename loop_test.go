@@ -460,6 +460,50 @@ func TestSpliceSupport(t *testing.T) {
 	})
 }
 
+// A nonblocking splice (SPLICE_F_NONBLOCK) is one splice(2) on the loop's
+// thread, on both backends: no io-wq worker on io_uring, and AIO, which
+// has no splice, gets one. Not ready is -EAGAIN, for a poll and a retry;
+// data and end of stream come through, both ways round a pipe.
+func TestSpliceNonblocking(t *testing.T) {
+	forEachBackend(t, Config{NoDirect: true}, func(t *testing.T, l *Loop) {
+		a, b := socketpair(t)
+		c, d := socketpair(t)
+		var p [2]int
+		if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(p[0])
+		defer unix.Close(p[1])
+		in := Op{Kind: OpSplice, Fd: b, Offset: -1, FdOut: p[1], OffsetOut: -1, Len: 64, Flags: unix.SPLICE_F_NONBLOCK}
+		out := Op{Kind: OpSplice, Fd: p[0], Offset: -1, FdOut: c, OffsetOut: -1, Len: 64, Flags: unix.SPLICE_F_NONBLOCK}
+		inline0 := l.stats.syscalls.Load()
+		if r := mustDo(t, l, in); r.Res != -int32(unix.EAGAIN) {
+			t.Fatalf("splice from an empty socket = %d (%v), want -EAGAIN", r.Res, r.Err())
+		}
+		unix.Write(a, []byte("spliced"))
+		if r := mustDo(t, l, Op{Kind: OpPoll, Fd: b, Events: unix.POLLIN}); r.Res&unix.POLLIN == 0 {
+			t.Fatalf("poll = %#x", r.Res)
+		}
+		if r := mustDo(t, l, in); r.Res != 7 {
+			t.Fatalf("splice socket -> pipe = %d (%v), want 7", r.Res, r.Err())
+		}
+		if r := mustDo(t, l, out); r.Res != 7 {
+			t.Fatalf("splice pipe -> socket = %d (%v), want 7", r.Res, r.Err())
+		}
+		buf := make([]byte, 16)
+		if n, _ := unix.Read(d, buf); string(buf[:max(n, 0)]) != "spliced" {
+			t.Fatalf("the far socket got %q", buf[:max(n, 0)])
+		}
+		unix.Shutdown(a, unix.SHUT_WR)
+		if r := mustDo(t, l, in); r.Res != 0 {
+			t.Fatalf("splice at end of stream = %d (%v), want 0", r.Res, r.Err())
+		}
+		if got := l.stats.syscalls.Load() - inline0; got != 4 {
+			t.Errorf("%d splices made inline, want all 4", got)
+		}
+	})
+}
+
 func TestAutoBackend(t *testing.T) {
 	l, err := NewLoop(Config{Backend: BackendAuto})
 	if err != nil {

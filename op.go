@@ -45,8 +45,15 @@ const (
 	// completed: the kernel may otherwise act on a reused fd number.
 	OpClose
 	// OpSplice moves up to Len bytes from Fd (at Offset, -1 for pipes and
-	// sockets) to FdOut (at OffsetOut); one side must be a pipe. io_uring
-	// only: the AIO backend completes it with -EOPNOTSUPP.
+	// sockets) to FdOut (at OffsetOut); one side must be a pipe. With
+	// SPLICE_F_NONBLOCK in Flags, on both backends, it is one splice(2) on
+	// the loop's thread when the round stages it, which completes at once:
+	// -EAGAIN when a side is not ready (wait with OpPoll, then splice again;
+	// both fds must be nonblocking, O_NONBLOCK, for the socket side not to
+	// block). That is how a proxy should splice: io_uring runs a SPLICE SQE
+	// in an io-wq worker thread, which costs more CPU per byte than copying
+	// (measured: bench/proxy). Without SPLICE_F_NONBLOCK it is io_uring's
+	// SPLICE, and on AIO -EOPNOTSUPP.
 	OpSplice
 	// OpTimeout completes after Timeout with -ETIME; the engine's own timer,
 	// so it costs no syscall on either backend.

@@ -162,6 +162,8 @@ type loopStats struct {
 	direct     atomic.Uint64 // ops Do ran on the caller's goroutine (any goroutine adds)
 	offloaded  atomic.Uint64 // ops run as a blocking syscall on a goroutine of the engine's
 	gettids    atomic.Uint64 // gettid calls of the waiting entry points (Loop.waiting)
+	syscalls   atomic.Uint64 // syscalls the loop makes itself (a nonblocking splice)
+	rearms     uint64        // multishot ops the engine armed again (loop goroutine only; tests)
 
 	cur struct{ opsStarted, completions uint64 }
 	pub struct{ opsStarted, completions counter }
@@ -212,7 +214,7 @@ func (l *Loop) Stats() Stats {
 		s.Batches[i] = ls.batches[i].load()
 	}
 	c := l.b.Counters()
-	s.Submits, s.GetEvents, s.Enters, s.Other = c.Submits, c.GetEvents, c.Enters, c.Other+ls.gettids.Load()
+	s.Submits, s.GetEvents, s.Enters, s.Other = c.Submits, c.GetEvents, c.Enters, c.Other+ls.gettids.Load()+ls.syscalls.Load()
 	s.ReapedUser, s.ReapedSyscall = c.ReapedUser, c.ReapedSyscall
 	s.CQOverflows, s.DroppedCQEs = c.CQOverflows, c.DroppedCQEs
 	s.FixedFileOps = c.FixedFileOps

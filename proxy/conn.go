@@ -995,7 +995,7 @@ func (d *direction) eof() {
 	}
 }
 
-// --- splice forwarding (io_uring) -------------------------------------------
+// --- splice forwarding ------------------------------------------------------
 
 const spliceFlags = unix.SPLICE_F_MOVE | unix.SPLICE_F_NONBLOCK
 

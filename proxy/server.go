@@ -50,7 +50,7 @@ type Server struct {
 	group  *uio.Group
 	ws     []*worker
 	maps   []*mapState
-	splice bool // -splice and a backend that can do it
+	splice bool // -splice: forward through a pipe per direction
 	dns    *dnsCache
 
 	// Active health checks: one goroutine per upstream that has them.
@@ -124,14 +124,7 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 		s.access = log.Named("access") // info lines: -log-level warn turns them off
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	backend := g.Loops()[0].Backend()
-	if cfg.Splice {
-		if backend == uio.BackendUring {
-			s.splice = true
-		} else {
-			log.Warn("-splice needs the io_uring backend; the aio backend forwards through buffers", zap.String("backend", backend))
-		}
-	}
+	s.splice = cfg.Splice // nonblocking splices run inline on both backends
 	for _, m := range cfg.Mappings {
 		ms := s.newMapState(m)
 		if err := s.listen(ms); err != nil { // closes its own partial fds
