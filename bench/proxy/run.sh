@@ -24,6 +24,7 @@
 #   STRACE_SECONDS=N   seconds of the extra echo x64 run under strace (default 2,
 #                      QUICK 1); once per proxy, in the last round
 #   PROXIES="..."      subset/order of: direct haproxy nginx socat iocopy uioproxy-aio uioproxy-uring
+#                      uioproxy-aio-splice uioproxy-uring-splice
 #   IDLE_PROXIES="..." which of PROXIES also run the idle cells (default: haproxy nginx
 #                      uioproxy-aio uioproxy-uring; "" = none)
 #   IDLE_CONNS="..."   idle connections per idle cell (default: 0 1000 4000 9000)
@@ -67,7 +68,7 @@ if ! [[ $ROUNDS =~ ^[1-9][0-9]*$ ]]; then
 	echo "run.sh: ROUNDS must be a positive integer, not '$ROUNDS'" >&2
 	exit 2
 fi
-PROXIES=${PROXIES:-"direct haproxy nginx socat iocopy uioproxy-aio uioproxy-uring"}
+PROXIES=${PROXIES:-"direct haproxy nginx socat iocopy uioproxy-aio uioproxy-uring uioproxy-aio-splice uioproxy-uring-splice"}
 UIOPROXY=${UIOPROXY:-$ROOT/bin/uioproxy}
 BASE_PORT=${BASE_PORT:-19000}
 RESULTS=${RESULTS:-$ROOT/bench/RESULTS.md}
@@ -303,6 +304,11 @@ start_proxy() {
 	uioproxy-aio | uioproxy-uring)
 		[[ -x $UIOPROXY ]] || { NA_REASON="n/a (not built)"; return 1; }
 		start "$name" "$UIOPROXY" -backend "${name#uioproxy-}" -loops "$PROXY_WORKERS" -log-level warn "127.0.0.1:$port:127.0.0.1:$UPSTREAM_PORT"
+		;;
+	uioproxy-aio-splice | uioproxy-uring-splice)
+		[[ -x $UIOPROXY ]] || { NA_REASON="n/a (not built)"; return 1; }
+		b=${name#uioproxy-}
+		start "$name" "$UIOPROXY" -backend "${b%-splice}" -splice -loops "$PROXY_WORKERS" -log-level warn "127.0.0.1:$port:127.0.0.1:$UPSTREAM_PORT"
 		;;
 	*)
 		log "unknown proxy $name in PROXIES"
