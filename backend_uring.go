@@ -234,8 +234,9 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 			sqe.SelectBuffer(p.ring.Group())
 			if op.Multishot && !b.noMultishot {
 				// Len 0: each shot fills one ring buffer (p.size).
-				// Kernels before 6.17 refuse a multishot RECV with a
-				// length (EINVAL), and later ones read it as a cap.
+				// Debian's 6.12 refused a multishot RECV with a length
+				// (EINVAL: the engine then re-armed every chunk;
+				// measured under qemu), and 6.18 reads it as a cap.
 				sqe.IoPrio |= uring.IORING_RECV_MULTISHOT
 				sqe.Len = 0
 			}
