@@ -413,7 +413,27 @@ func (b *uringBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uin
 	}
 	b.stageCancels()
 	b.fixed.publish()
+	submitted := 0
+	for !b.wakeArmed || len(b.cancels) > 0 {
+		// The SQ is full (a round staged exactly as many ops as it
+		// holds): the doorbell's read found no SQE, and a sleep without
+		// it would never see a Post (a Do hung so under -race in CI).
+		// Hand the SQ over first, then stage what did not fit.
+		k, err := b.ring.Submit()
+		submitted += k
+		if err != nil {
+			return submitted, 0, err
+		}
+		if !b.wakeArmed {
+			b.armDoorbell()
+		}
+		b.stageCancels()
+		if k == 0 {
+			break // nothing taken: the kernel's CQ is the limit; completions are due
+		}
+	}
 	n, err := b.ring.SubmitAndWait(1, timeout)
+	n += submitted
 	if err != nil {
 		return n, 0, err
 	}

@@ -116,3 +116,82 @@ func runOnLoop(l *Loop, fn func(Handle) error) error {
 	}
 	return <-errc
 }
+
+// A round that leaves the io_uring SQ exactly full, just after the
+// doorbell fired (a Post), must not sleep without the doorbell's read in
+// the kernel: its re-arm found no SQE free, and the loop slept with
+// nothing to wake it, so the next Post was never run (a Do hung in CI with
+// 200 idle recvs at depth 8). It submits the full SQ first.
+func TestDoorbellRearmedOnFullSQ(t *testing.T) {
+	l, err := NewLoop(Config{Backend: BackendUring, Depth: 8})
+	if err != nil {
+		t.Skip(err)
+	}
+	defer l.Close()
+	for round := 0; round < 20; round++ {
+		sq := int(l.b.(*uringBackend).ring.SQEntries())
+		if err := runOnLoop(l, func(h Handle) error {
+			for range sq { // fills the SQ: the doorbell just fired and is not in it
+				a, _ := socketpair(t)
+				if _, err := h.Start(Op{Kind: OpRecv, Fd: a, Buf: make([]byte, 8)}); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond) // the loop goes to sleep
+		ran := make(chan struct{})
+		if err := l.Post(func(Handle) { close(ran) }); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-ran:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("round %d: a Post to a loop that slept with a full SQ never ran: no doorbell to wake it", round)
+		}
+	}
+}
+
+// The same when the doorbell's re-arm is what found the SQ full: the loop
+// reaps the doorbell's completion right after a round that staged exactly
+// as many ops as the SQ holds (the Post came while it staged them).
+func TestDoorbellRearmAfterFullRound(t *testing.T) {
+	l, err := NewLoop(Config{Backend: BackendUring, Depth: 8})
+	if err != nil {
+		t.Skip(err)
+	}
+	defer l.Close()
+	sq := int(l.b.(*uringBackend).ring.SQEntries())
+	for round := 0; round < 20; round++ {
+		staged := make(chan struct{})
+		release := make(chan struct{})
+		if err := l.Post(func(h Handle) {
+			for range 3 * sq { // ends with the SQ full, unflushed
+				a, _ := socketpair(t)
+				h.Start(Op{Kind: OpRecv, Fd: a, Buf: make([]byte, 8)})
+			}
+			close(staged)
+			<-release // the loop stages them after this returns
+		}); err != nil {
+			t.Fatal(err)
+		}
+		<-staged
+		// Ring the doorbell now: the loop is running, so the Post does
+		// not, but the read armed since the last wake completes on this
+		// write, and the loop reaps it after staging a full SQ.
+		l.b.(*uringBackend).Wake()
+		close(release)
+		time.Sleep(10 * time.Millisecond) // the loop goes to sleep
+		ran := make(chan struct{})
+		if err := l.Post(func(Handle) { close(ran) }); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-ran:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("round %d: a Post to a loop that slept after a full round never ran: no doorbell to wake it", round)
+		}
+	}
+}
