@@ -11,7 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func TestSubmitLinked(t *testing.T) {
+func TestStartLinked(t *testing.T) {
 	dir := t.TempDir()
 	forEachBackend(t, Config{NoDirect: true}, func(t *testing.T, l *Loop) {
 		f, err := os.Create(filepath.Join(dir, l.Backend()))

@@ -169,7 +169,7 @@ func TestPoolMisuse(t *testing.T) {
 			t.Errorf("Do of a multishot accept: %v", err)
 		}
 		if err := runOnLoop(l, func(h Handle) error { _, err := h.StartLinked(Op{Kind: OpAccept, Fd: a, Multishot: true}); return err }); err == nil {
-			t.Error("SubmitLinked of a multishot accept succeeded")
+			t.Error("StartLinked of a multishot accept succeeded")
 		}
 		l2, err := NewLoop(Config{Backend: l.Backend()})
 		if err != nil {
