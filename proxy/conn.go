@@ -168,6 +168,7 @@ type direction struct {
 	paused    bool    // we cancelled the recv: a chunk had to wait
 	oneShot   bool    // it did once: one recv per chunk from then on
 	eofSeen   bool    // src's end of stream, passed on once queue is sent
+	srcErr    error   // src's error (a reset), passed on once queue is sent
 	queue     []chunk // received chunks waiting for the send in flight
 
 	recvDone, sendDone func(uio.Handle, uio.Result)
@@ -919,6 +920,13 @@ func (d *direction) onRecv(h uio.Handle, r uio.Result) {
 			d.recv() // the queue drained before the cancel came back
 		}
 	default:
+		if d.busy {
+			// What src sent before its error goes on first: the
+			// chunks of this round may have their sends still staged
+			// (a reset seen in the same reap as the data before it).
+			d.srcErr = r.Err()
+			return
+		}
 		c.fail(r.Err(), d.src)
 	}
 }
@@ -951,6 +959,10 @@ func (d *direction) sendNext() {
 		ch := d.queue[0]
 		d.queue = d.queue[:copy(d.queue, d.queue[1:])]
 		d.sendChunk(w, ch.id, ch.n)
+		return
+	}
+	if d.srcErr != nil {
+		d.c.fail(d.srcErr, d.src)
 		return
 	}
 	if d.eofSeen {
