@@ -119,6 +119,14 @@ type counter struct{ v atomic.Uint64 }
 func (c *counter) add(n uint64) { c.v.Store(c.v.Load() + n) }
 func (c *counter) load() uint64 { return c.v.Load() }
 
+// publish stores v for other goroutines to load, only when it changed:
+// a loop-only count made visible once per round or flush.
+func (c *counter) publish(v uint64) {
+	if c.v.Load() != v {
+		c.v.Store(v)
+	}
+}
+
 // buildIovecs fills dst with iovecs for bufs and returns it.
 func buildIovecs(dst []unix.Iovec, bufs [][]byte) []unix.Iovec {
 	dst = dst[:0]

@@ -17,11 +17,7 @@ import (
 // DEFER_TASKRUN ring, runs the completions' task work so the CQEs are in the
 // ring when the loop reaps right after it.
 type uringBackend struct {
-	// unissued: Prepare is encoding a linked chain's member after its
-	// head, which the kernel issues later; it then names plain fds and
-	// buffers, never registered slots (see PrepareLinked).
-	unissued bool
-	ring     *uring.Ring
+	ring *uring.Ring
 	// dropped is the CQ overflow counter last seen: CQEs the kernel lost.
 	dropped uint32
 
@@ -152,7 +148,12 @@ func (b *uringBackend) Staged() int          { return int(b.ring.SQReady()) }
 // Prepare fills an SQE for op. It fails (errSQFull) only when this round's
 // SQ is full; the loop then flushes and goes on. Nothing bounds the
 // ops in the kernel: the CQ is sized for them, and overflow is flushed.
-func (b *uringBackend) Prepare(id OpID, op *Op) error {
+func (b *uringBackend) Prepare(id OpID, op *Op) error { return b.prepare(id, op, true) }
+
+// prepare is Prepare; slots says whether the SQE may name registered files
+// and buffers, which a linked chain's member after its head must not (see
+// PrepareLinked).
+func (b *uringBackend) prepare(id OpID, op *Op, slots bool) error {
 	if b.ring.SQSpace() == 0 {
 		return errSQFull
 	}
@@ -196,7 +197,7 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 	}
 	switch op.Kind {
 	case OpRead:
-		if idx, ok := b.ring.FixedBuffer(op.Buf); ok && !b.unissued {
+		if idx, ok := b.ring.FixedBuffer(op.Buf); ok && slots {
 			sqe.PrepReadFixed(op.Fd, clampRW(op.Buf), op.Offset, idx)
 			b.fixed.fixedOp()
 		} else {
@@ -204,7 +205,7 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 		}
 		sqe.OpcodeFlags = op.Flags
 	case OpWrite:
-		if idx, ok := b.ring.FixedBuffer(op.Buf); ok && !b.unissued {
+		if idx, ok := b.ring.FixedBuffer(op.Buf); ok && slots {
 			sqe.PrepWriteFixed(op.Fd, clampRW(op.Buf), op.Offset, idx)
 			b.fixed.fixedOp()
 		} else {
@@ -295,7 +296,7 @@ func (b *uringBackend) Prepare(id OpID, op *Op) error {
 		sqe.SetData(uint64(uringCancelTag))
 		return nil
 	}
-	if !b.unissued {
+	if slots {
 		b.useFixedFile(sqe, op)
 	}
 	sqe.SetData(uint64(id))

@@ -196,9 +196,7 @@ func (b *uringBackend) removeFixed(slot uint16, gen uint32) error {
 func (f *uringFixed) fixedOp() { f.ops++ }
 
 func (f *uringFixed) publish() {
-	if f.ops != f.pub.load() {
-		f.pub.v.Store(f.ops)
-	}
+	f.pub.publish(f.ops)
 }
 
 func (f *uringFixed) next() uint32 {

@@ -133,10 +133,7 @@ func (b *uringBackend) PrepareLinked(ids []OpID, ops []*Op) error {
 		// has completed: by then the slot may hold another file (an
 		// UnregisterFile and a RegisterFile in between) or nothing. So
 		// only the head, issued at submit, uses the tables.
-		b.unissued = i > 0
-		err := b.Prepare(ids[i], op)
-		b.unissued = false
-		if err != nil {
+		if err := b.prepare(ids[i], op, i == 0); err != nil {
 			return err // cannot happen: the space is there
 		}
 		sqe := b.ring.LastSQE()

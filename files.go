@@ -207,9 +207,7 @@ func (t *fileTable) take(sqEmpty bool) (uint32, bool) {
 // publish makes the count of fixed-file ops visible to Stats; called once
 // per flush, not per op.
 func (t *fileTable) publish() {
-	if t.ops != t.pub.load() {
-		t.pub.v.Store(t.ops)
-	}
+	t.pub.publish(t.ops)
 }
 
 func (b *uringBackend) fileRegistered(fd int) bool {

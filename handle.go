@@ -130,7 +130,7 @@ var ErrWaitOnLoop = errors.New("uio: a call that waits for the loop made from th
 // hand work to the loop's thread and back anyway (tens of microseconds);
 // counted in Stats.Other.
 func (l *Loop) waiting() error {
-	l.stats.gettids.Add(1)
+	l.stats.syscalls.Add(1)
 	if unix.Gettid() == l.tid {
 		return ErrWaitOnLoop
 	}

@@ -2,6 +2,7 @@ package uio
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -141,16 +142,7 @@ func TestDoorbellRearmedOnFullSQ(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(5 * time.Millisecond) // the loop goes to sleep
-		ran := make(chan struct{})
-		if err := l.Post(func(Handle) { close(ran) }); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case <-ran:
-		case <-time.After(5 * time.Second):
-			t.Fatalf("round %d: a Post to a loop that slept with a full SQ never ran: no doorbell to wake it", round)
-		}
+		mustWakeSleeping(t, l, fmt.Sprintf("round %d, a loop that slept with a full SQ", round))
 	}
 }
 
@@ -183,15 +175,22 @@ func TestDoorbellRearmAfterFullRound(t *testing.T) {
 		// write, and the loop reaps it after staging a full SQ.
 		l.b.(*uringBackend).Wake()
 		close(release)
-		time.Sleep(10 * time.Millisecond) // the loop goes to sleep
-		ran := make(chan struct{})
-		if err := l.Post(func(Handle) { close(ran) }); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case <-ran:
-		case <-time.After(5 * time.Second):
-			t.Fatalf("round %d: a Post to a loop that slept after a full round never ran: no doorbell to wake it", round)
-		}
+		mustWakeSleeping(t, l, fmt.Sprintf("round %d, a loop that slept after a full round", round))
+	}
+}
+
+// mustWakeSleeping lets the loop fall asleep, then wants a Post run within
+// 5 s: the doorbell must be in the kernel to wake it.
+func mustWakeSleeping(t *testing.T, l *Loop, what string) {
+	t.Helper()
+	time.Sleep(10 * time.Millisecond)
+	ran := make(chan struct{})
+	if err := l.Post(func(Handle) { close(ran) }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ran:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s: a Post never ran: no doorbell to wake it", what)
 	}
 }

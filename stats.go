@@ -161,8 +161,7 @@ type loopStats struct {
 	batches    [BatchBuckets]counter
 	direct     atomic.Uint64 // ops Do ran on the caller's goroutine (any goroutine adds)
 	offloaded  atomic.Uint64 // ops run as a blocking syscall on a goroutine of the engine's
-	gettids    atomic.Uint64 // gettid calls of the waiting entry points (Loop.waiting)
-	syscalls   atomic.Uint64 // syscalls the loop makes itself (a nonblocking splice)
+	syscalls   atomic.Uint64 // syscalls the loop makes itself (a nonblocking splice, Loop.waiting's gettid)
 	rearms     uint64        // multishot ops the engine armed again (loop goroutine only; tests)
 
 	cur struct{ opsStarted, completions uint64 }
@@ -171,12 +170,8 @@ type loopStats struct {
 
 // publish makes the round's per-op counts visible to Stats.
 func (ls *loopStats) publish() {
-	if ls.cur.opsStarted != ls.pub.opsStarted.load() {
-		ls.pub.opsStarted.v.Store(ls.cur.opsStarted)
-	}
-	if ls.cur.completions != ls.pub.completions.load() {
-		ls.pub.completions.v.Store(ls.cur.completions)
-	}
+	ls.pub.opsStarted.publish(ls.cur.opsStarted)
+	ls.pub.completions.publish(ls.cur.completions)
 }
 
 func (ls *loopStats) batch(n int) {
@@ -214,7 +209,7 @@ func (l *Loop) Stats() Stats {
 		s.Batches[i] = ls.batches[i].load()
 	}
 	c := l.b.Counters()
-	s.Submits, s.GetEvents, s.Enters, s.Other = c.Submits, c.GetEvents, c.Enters, c.Other+ls.gettids.Load()+ls.syscalls.Load()
+	s.Submits, s.GetEvents, s.Enters, s.Other = c.Submits, c.GetEvents, c.Enters, c.Other+ls.syscalls.Load()
 	s.ReapedUser, s.ReapedSyscall = c.ReapedUser, c.ReapedSyscall
 	s.CQOverflows, s.DroppedCQEs = c.CQOverflows, c.DroppedCQEs
 	s.FixedFileOps = c.FixedFileOps
