@@ -128,17 +128,21 @@ func TestLinkTimeoutFires(t *testing.T) {
 				if res := m.get(t, 1).Res; res != -int32(unix.EINTR) && res != -int32(unix.ECANCELED) {
 					t.Fatalf("timed-out io-wq read = %d", res)
 				}
-				if res := m.get(t, 2).Res; res != -int32(unix.EALREADY) && res != -int32(unix.ENOENT) && res != -int32(unix.ETIME) {
+				// 6.1's plain ring (measured under qemu) also answered
+				// -ECANCELED here, the read ended early and the NOP's CQE
+				// came before the timeout's: an io-wq read is what the
+				// kernel cancels as it can.
+				if res := m.get(t, 2).Res; res != -int32(unix.EALREADY) && res != -int32(unix.ENOENT) && res != -int32(unix.ETIME) && res != -int32(unix.ECANCELED) {
 					t.Fatalf("link timeout of an io-wq read = %d", res)
 				}
 			} else {
 				wantRes(t, m.get(t, 1), -int32(unix.ECANCELED))
 				wantRes(t, m.get(t, 2), -int32(unix.ETIME))
+				if got[2].UserData != 3 {
+					t.Fatalf("the op after the timeout completed before it: %v", udOrder(got))
+				}
 			}
 			wantRes(t, m.get(t, 3), -int32(unix.ECANCELED))
-			if got[2].UserData != 3 {
-				t.Fatalf("the op after the timeout completed before it: %v", udOrder(got))
-			}
 			runtime.KeepAlive(&ts)
 			runtime.KeepAlive(buf)
 		}
