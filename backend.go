@@ -55,8 +55,12 @@ type backend interface {
 	// for the whole chain (the loop flushes and tries again).
 	PrepareLinked(ids []OpID, ops []*Op) error
 	// newPoolRing gives a BufferPool a kernel-side buffer ring (buffer
-	// group index), or errNotNative when the engine must select buffers.
-	newPoolRing(index int) (poolRing, error)
+	// group index, room for entries buffers, a power of two), or
+	// errNotNative when the engine must select buffers.
+	newPoolRing(index, entries int) (poolRing, error)
+	// capsBundles reports whether a multishot Bundle recv's Len caps each
+	// completion (io_uring, Linux 6.17+); fixed when the backend opens.
+	capsBundles() bool
 	// registerBuffers makes bufs RegisterBuffers' set of registered
 	// buffers (nil: none); addFixed and removeFixed add and remove single
 	// ones beside it (fixedbuf.go). Reads and writes that lie in one use it.

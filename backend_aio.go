@@ -732,7 +732,10 @@ func (b *aioBackend) addFixed([]byte) (uint16, uint32, error) { return 0, 0, err
 func (b *aioBackend) removeFixed(uint16, uint32) error        { return errFixedGone }
 
 // newPoolRing: AIO has no provided buffers; the engine selects them.
-func (b *aioBackend) newPoolRing(int) (poolRing, error) { return nil, errNotNative }
+func (b *aioBackend) newPoolRing(int, int) (poolRing, error) { return nil, errNotNative }
+
+// capsBundles: AIO has no bundles; a Bundle recv fills one buffer.
+func (b *aioBackend) capsBundles() bool { return false }
 
 func (b *aioBackend) Cancel(id OpID) error {
 	s := b.slots.at(id.index())

@@ -41,6 +41,9 @@ type uringBackend struct {
 	log          *zap.Logger
 	bufRings     []*uring.BufRing // BufferPools' provided buffer rings
 	noMultishot  bool             // the kernel refused IORING_RECV_MULTISHOT (before 6.0)
+	// recvCap: the kernel caps each completion of a multishot recv at its
+	// length (6.17+, uring.ProbeRecvCap), and has bundles (6.10+).
+	recvCap bool
 	fixed        uringFixed       // registered buffers (backend_uring_fixed.go)
 	// the kernel refused IORING_ACCEPT_MULTISHOT (before 5.19)
 	noMultishotAccept bool
@@ -118,6 +121,13 @@ func newUringBackend(depth, maxInFlight int, sqe128 bool, log *zap.Logger) (*uri
 	for k, op := range map[OpKind]uint8{OpOpenat: uring.IORING_OP_OPENAT, OpFallocate: uring.IORING_OP_FALLOCATE, OpFtruncate: uring.IORING_OP_FTRUNCATE,
 		OpSendmsg: uring.IORING_OP_SENDMSG, OpRecvmsg: uring.IORING_OP_RECVMSG, OpUringCmd: uring.IORING_OP_URING_CMD} {
 		b.hasOp[k] = ring.OpSupported(op)
+	}
+	if ring.Features()&uring.IORING_FEAT_RECVSEND_BUNDLE != 0 {
+		// Nothing is in flight yet, as the probe needs.
+		b.recvCap, err = ring.ProbeRecvCap()
+		if err != nil {
+			log.Debug("uio: io_uring: probe of multishot recv caps failed; bundles with a cap take one buffer per completion", zap.Error(err))
+		}
 	}
 	b.wakeFd, err = unix.Eventfd(0, unix.EFD_CLOEXEC)
 	b.other.Add(1)
@@ -241,11 +251,21 @@ func (b *uringBackend) prepare(id OpID, op *Op, slots bool) error {
 				sqe.IoPrio |= uring.IORING_RECV_MULTISHOT
 				sqe.Len = 0
 			}
-			if op.Bundle && b.ring.Features()&uring.IORING_FEAT_RECVSEND_BUNDLE != 0 {
-				// Len caps a bundle's total; 0 lets it take as many
-				// ring buffers as the data needs.
+			switch {
+			case !op.Bundle || b.ring.Features()&uring.IORING_FEAT_RECVSEND_BUNDLE == 0:
+			case op.Len == 0:
+				// As many ring buffers as the data needs (a one-shot
+				// bundle's length is no reliable cap: on 6.18 one of
+				// 8 KiB took 36 KiB).
 				sqe.IoPrio |= uring.IORING_RECVSEND_BUNDLE
 				sqe.Len = 0
+			case op.Multishot && !b.noMultishot && b.recvCap:
+				// 6.17+: each completion takes whole buffers up to Len.
+				sqe.IoPrio |= uring.IORING_RECVSEND_BUNDLE
+				sqe.Len = uint32(op.Len)
+			default:
+				// No cap the kernel keeps: one buffer per completion,
+				// which is within it (Len >= the buffer size).
 			}
 			break
 		}
@@ -443,10 +463,13 @@ func (b *uringBackend) Wait(timeout time.Duration, deliver func(OpID, int32, uin
 
 func (b *uringBackend) SubmitsOnWait() bool { return true }
 
+func (b *uringBackend) capsBundles() bool { return b.recvCap }
+
 // newPoolRing registers a provided buffer ring (5.19+) for a BufferPool:
-// the pool keeps poolRingTarget buffers in it, so that many slots suffice.
-func (b *uringBackend) newPoolRing(index int) (poolRing, error) {
-	br, err := b.ring.SetupBufRing(poolRingTarget, uint16(index))
+// the pool keeps its ring target of buffers in it, so that many slots
+// suffice.
+func (b *uringBackend) newPoolRing(index, entries int) (poolRing, error) {
+	br, err := b.ring.SetupBufRing(uint32(entries), uint16(index))
 	b.other.Add(1)
 	if err != nil {
 		return nil, err

@@ -214,6 +214,13 @@ func NewLoop(cfg Config) (*Loop, error) {
 // Backend returns the name of the backend the loop runs on.
 func (l *Loop) Backend() string { return l.stats.backend }
 
+// CapsBundles reports whether a multishot Bundle recv with a cap (Op.Len)
+// fills several pool buffers per completion on this loop: io_uring on
+// Linux 6.17+, found by uring.ProbeRecvCap when the loop started.
+// Elsewhere such a recv fills one buffer per completion, so a caller may
+// pick large buffers there and small ones here.
+func (l *Loop) CapsBundles() bool { return l.b.capsBundles() }
+
 // startOp is Handle.Start.
 func (l *Loop) startOp(op Op) (OpID, error) {
 	if err := op.validate(); err != nil {

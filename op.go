@@ -124,7 +124,8 @@ type Op struct {
 	Events uint32
 	// Addr is the peer for OpConnect.
 	Addr unix.Sockaddr
-	// FdOut, OffsetOut and Len describe the output side of OpSplice.
+	// FdOut, OffsetOut and Len describe the output side of OpSplice; Len
+	// is also OpFallocate's length and a Bundle recv's cap (see Bundle).
 	FdOut     int
 	OffsetOut int64
 	Len       int
@@ -157,11 +158,18 @@ type Op struct {
 	// them, in order, all full but the last. Elsewhere a completion still
 	// has one buffer, which Bundle lists too. How many the kernel fills is
 	// its own choice: Debian's 6.12 filled one per completion in our tests,
-	// 6.18 as many as the queued bytes needed. A bundle takes as many of
-	// the pool's ring buffers as the data fills (up to the 32 the engine
-	// keeps in the ring): nothing caps it per op (on 6.18 a recv's length
-	// did not; measured), so a caller that must bound what it holds, such
-	// as a proxy facing slow readers, should not bundle.
+	// 6.18 as many as the queued bytes needed, up to the buffers the
+	// engine keeps in the pool's ring.
+	//
+	// Len, on a Bundle recv, caps the bytes one completion takes (at least
+	// the pool's buffer size; the kernel fills whole buffers up to it). A
+	// multishot recv on io_uring 6.17+ keeps it in the kernel (the
+	// per-shot cap, uring.ProbeRecvCap; Loop.CapsBundles reports it);
+	// everywhere else such a recv fills one buffer per completion, within
+	// the cap too. A caller that must bound what a connection holds, such
+	// as a proxy facing slow readers, bundles with a cap or not at all.
+	// On 6.18 a capped bundle on a unix stream socket can miss the end of
+	// stream queued behind its data (measured; TCP did not): cap on TCP.
 	Bundle bool
 
 	// Done is called on the loop's goroutine with the op's one and only
@@ -251,7 +259,7 @@ var opFieldNames = [fieldCount]string{"Buf", "Iovecs", "Offset", "Flags", "Event
 var opFields = [opKindEnd]opField{
 	OpRead: fBuf | fOffset | fFlags, OpWrite: fBuf | fOffset | fFlags,
 	OpReadv: fIovecs | fOffset | fFlags, OpWritev: fIovecs | fOffset | fFlags,
-	OpRecv: fBuf | fFlags, OpSend: fBuf | fFlags,
+	OpRecv: fBuf | fFlags | fLen, OpSend: fBuf | fFlags,
 	OpSendmsg: fBuf | fIovecs | fMsg | fFlags, OpRecvmsg: fBuf | fIovecs | fMsg | fFlags,
 	OpPoll: fEvents, OpConnect: fAddr,
 	OpSplice:    fOffset | fFdOut | fLen | fFlags,
@@ -358,6 +366,12 @@ func (op *Op) validate() error {
 		}
 		if op.Pool != nil && (op.Buf != nil || op.Flags != 0) {
 			return fmt.Errorf("uio: recv fd %d: Pool set with Buf or Flags; a pool recv takes its buffer from the pool and no MSG_* flags", op.Fd)
+		}
+		if op.Len != 0 && (!op.Bundle || op.Len < op.Pool.Size() || op.Len > maxRW) {
+			if !op.Bundle {
+				return fmt.Errorf("uio: recv fd %d: Len %d set without Bundle; only a bundle recv takes a cap", op.Fd, op.Len)
+			}
+			return fmt.Errorf("uio: recv fd %d: bundle cap Len %d out of range (the pool's buffer size %d..%d)", op.Fd, op.Len, op.Pool.Size(), maxRW)
 		}
 	case OpFtruncate:
 		if op.Offset < 0 {

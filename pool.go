@@ -41,8 +41,9 @@ type BufferPool struct {
 	// The kernel's buffer ring (io_uring): set up on first use, on the
 	// loop's thread; ringTried records the attempt, so a kernel without
 	// provided buffer rings falls back to the engine's selection once.
-	ring      poolRing
-	ringTried bool
+	ring       poolRing
+	ringTried  bool
+	ringTarget int      // free buffers kept in the kernel's ring (see poolRingBytes)
 	ringOrder []uint16 // the buffers in the kernel's ring, in the order it takes them
 	// bundle lists the buffers of the completion being delivered (see
 	// Bundle); valid while its Done runs.
@@ -65,13 +66,18 @@ const (
 	// poolChunkBytes the most bytes (large buffers come one at a time).
 	poolChunk      = 64
 	poolChunkBytes = 1 << 20
-	// poolRingTarget is how many free buffers the engine keeps in the
-	// kernel's ring. The kernel takes them in ring order, so every one of
-	// them gets touched over time: a small target keeps the pool's memory
-	// near the data in flight. A round with more recvs completing than
-	// this has the rest fail with ENOBUFS inside the engine; they wait
-	// for buffers and go out again in the next round.
-	poolRingTarget = 32
+	// A pool keeps poolRingBytes of free buffers in the kernel's ring,
+	// and from poolRingMin to poolRingMax buffers whatever their size. The
+	// kernel takes them in ring order, so every one of them gets touched
+	// over time: a small target keeps the pool's memory near the data in
+	// flight. A round with more recvs completing than the ring holds has
+	// the rest fail with ENOBUFS inside the engine; they wait for buffers
+	// and go out again in the next round. Bundles take several buffers per
+	// completion, so small buffers get more of them (1 MiB: 64 of 16 KiB,
+	// the 32 of 64 KiB that every pool had before).
+	poolRingBytes = 1 << 20
+	poolRingMin   = 32
+	poolRingMax   = 256
 	// MaxPoolBuffers is the most buffers a pool can have (io_uring buffer
 	// ids are 16 bits).
 	MaxPoolBuffers = 1 << 15
@@ -91,7 +97,11 @@ func (l *Loop) NewBufferPool(size, count int) (*BufferPool, error) {
 	if count <= 0 || count > MaxPoolBuffers {
 		return nil, fmt.Errorf("uio: NewBufferPool: %d buffers, want 1..%d", count, MaxPoolBuffers)
 	}
-	return &BufferPool{l: l, size: size, max: count, per: max(1, min(poolChunk, poolChunkBytes/size))}, nil
+	target := poolRingMin
+	for target < poolRingMax && target*size < poolRingBytes {
+		target *= 2 // the kernel's ring has a power of two slots
+	}
+	return &BufferPool{l: l, size: size, max: count, per: max(1, min(poolChunk, poolChunkBytes/size)), ringTarget: target}, nil
 }
 
 // Size returns the size of each buffer.
@@ -167,13 +177,13 @@ func (p *BufferPool) wait(id OpID, s *slot) {
 	p.waiters = append(p.waiters, id)
 }
 
-// refill keeps poolRingTarget free buffers in the kernel's ring.
+// refill keeps ringTarget free buffers in the kernel's ring.
 func (p *BufferPool) refill() {
-	if p.ring == nil || len(p.ringOrder) >= poolRingTarget {
+	if p.ring == nil || len(p.ringOrder) >= p.ringTarget {
 		return
 	}
 	added := false
-	for len(p.ringOrder) < poolRingTarget {
+	for len(p.ringOrder) < p.ringTarget {
 		bid, ok := p.take()
 		if !ok {
 			break
@@ -194,7 +204,7 @@ func (p *BufferPool) setup() {
 		return
 	}
 	p.ringTried = true
-	r, err := p.l.b.newPoolRing(len(p.l.pools))
+	r, err := p.l.b.newPoolRing(len(p.l.pools), p.ringTarget)
 	if err != nil {
 		if err != errNotNative {
 			p.l.log.Debug("uio: no provided buffer ring; the engine selects buffers", zap.Error(err))

@@ -1,9 +1,11 @@
 package uio
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"testing"
@@ -38,11 +40,12 @@ func waitResult(t *testing.T, c <-chan Result, what string) Result {
 
 // A pool recv gets its buffer when data arrives, names it, and an idle one
 // holds none: 200 idle pool recvs allocate no more than one chunk of
-// buffers (AIO: each attempt's buffer goes back on EAGAIN; io_uring: the
-// kernel's ring holds the pool's few free buffers, shared by all).
+// buffers, or what the kernel's ring holds (AIO: each attempt's buffer goes
+// back on EAGAIN; io_uring: the kernel's ring holds the pool's few free
+// buffers, 64 of 16 KiB, shared by all).
 func TestPoolRecv(t *testing.T) {
 	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
-		p, err := l.NewBufferPool(128, 1024)
+		p, err := l.NewBufferPool(16<<10, 1024)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -59,8 +62,8 @@ func TestPoolRecv(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 		var alloc, held int
 		runOnLoop(l, func(h Handle) error { alloc, held = p.Stats(); return nil })
-		if alloc > poolChunk || held != 0 {
-			t.Fatalf("%d idle pool recvs: %d buffers allocated, %d held; want at most %d and 0", idle, alloc, held, poolChunk)
+		if most := max(poolChunk, p.ringTarget); alloc > most || held != 0 {
+			t.Fatalf("%d idle pool recvs: %d buffers allocated, %d held; want at most %d and 0", idle, alloc, held, most)
 		}
 		for i := 0; i < 10; i++ {
 			unix.Write(peers[i], []byte(strings.Repeat(string(rune('a'+i)), i+1)))
@@ -506,4 +509,136 @@ func TestPoolFirstRecvFindsRingEmpty(t *testing.T) {
 		unix.Shutdown(a, unix.SHUT_WR) // ends the recv
 		<-got
 	}
+}
+
+// A multishot Bundle recv with a cap (Op.Len) never takes more than the cap
+// in one completion, on every backend: on a loop that CapsBundles (io_uring
+// 6.17+) it fills several buffers up to it, elsewhere one. All the bytes
+// and the end of stream behind them arrive (TCP: see Op.Bundle on unix
+// sockets).
+func TestBundleCap(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		const size, capLen, total = 1024, 4096, 50000
+		p, _ := l.NewBufferPool(size, 256)
+		src, dst := tcpConnPair(t)
+		if _, err := src.Write(bytes.Repeat([]byte("0123456789"), total/10)); err != nil {
+			t.Fatal(err)
+		}
+		src.CloseWrite()
+		type shot struct{ n, bufs int }
+		out := make(chan shot, 256)
+		var got []byte
+		err := runOnLoop(l, func(h Handle) error {
+			_, err := h.Start(Op{Kind: OpRecv, Fd: dst, Pool: p, Multishot: true, Bundle: true, Len: capLen, Done: func(h Handle, r Result) {
+				ids := p.Bundle(r)
+				left := int(r.Res)
+				for _, id := range ids {
+					k := min(left, size)
+					got = append(got, p.Bytes(id)[:k]...)
+					left -= k
+					p.Put(id)
+				}
+				out <- shot{int(r.Res), len(ids)}
+				if !r.More() {
+					close(out)
+				}
+			}})
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		timeout := time.After(5 * time.Second)
+		n, most := 0, 0
+	loop:
+		for {
+			select {
+			case s, ok := <-out:
+				if !ok {
+					break loop
+				}
+				if s.n > capLen {
+					t.Errorf("a completion of %d bytes in %d buffers, over the cap of %d", s.n, s.bufs, capLen)
+				}
+				if s.n > 0 {
+					n += s.n
+				}
+				most = max(most, s.bufs)
+			case <-timeout:
+				t.Fatalf("capped bundle recv did not end: %d of %d bytes", n, total)
+			}
+		}
+		var whole []byte
+		runOnLoop(l, func(h Handle) error { whole = got; return nil })
+		if n != total || !bytes.Equal(whole, bytes.Repeat([]byte("0123456789"), total/10)) {
+			t.Fatalf("capped bundle recv got %d bytes (%d checked), want %d in order", n, len(whole), total)
+		}
+		switch {
+		case l.CapsBundles() && most < 2:
+			t.Errorf("a loop that caps bundles filled at most %d buffer per completion", most)
+		case !l.CapsBundles() && most > 1:
+			t.Errorf("a loop that cannot cap bundles filled %d buffers in one completion", most)
+		}
+		t.Logf("%s: caps bundles %v, at most %d buffers per completion", l.Backend(), l.CapsBundles(), most)
+	})
+}
+
+// A cap is only for bundles, and never below one buffer.
+func TestBundleCapInvalid(t *testing.T) {
+	l, err := NewLoop(Config{Backend: BackendAIO})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	p, _ := l.NewBufferPool(1024, 4)
+	for _, op := range []Op{
+		{Kind: OpRecv, Fd: 0, Pool: p, Len: 4096},
+		{Kind: OpRecv, Fd: 0, Pool: p, Bundle: true, Len: 512},
+		{Kind: OpRecv, Fd: 0, Buf: make([]byte, 8), Len: 8},
+	} {
+		if err := op.validate(); err == nil || !strings.Contains(err.Error(), "Len") && !strings.Contains(err.Error(), "cap") {
+			t.Errorf("recv with Len %d, Bundle %v, pool %v: error %v, want one naming the cap", op.Len, op.Bundle, op.Pool != nil, err)
+		}
+	}
+}
+
+// Smaller buffers get more of them in the kernel's ring (bundles take
+// several per completion), within 32..256.
+func TestPoolRingTarget(t *testing.T) {
+	l, err := NewLoop(Config{Backend: BackendAIO})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for _, tc := range []struct{ size, target int }{{1 << 10, 256}, {16 << 10, 64}, {64 << 10, 32}, {1 << 20, 32}} {
+		if p, _ := l.NewBufferPool(tc.size, 100); p.ringTarget != tc.target {
+			t.Errorf("buffers of %d bytes: %d in the ring, want %d", tc.size, p.ringTarget, tc.target)
+		}
+	}
+}
+
+// tcpConnPair returns a loopback TCP connection's client end and the fd of
+// its accepted end (closed by the test's cleanup).
+func tcpConnPair(t *testing.T) (*net.TCPConn, int) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := a.(*net.TCPConn).File()
+	a.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); f.Close() })
+	return c.(*net.TCPConn), int(f.Fd())
 }

@@ -9,12 +9,19 @@
 # all its threads, from /proc/PID/stat) per GB forwarded.
 #
 # Usage: bench/proxy/bulk-cpu.sh      (ROUNDS=5 SECONDS_PER=4 by default)
+#   VARIANTS='name a:flags;name b:flags' replaces the four variants, for
+#   example VARIANTS='uring 64k:-backend uring -buffer 64k;uring 256k:-backend uring -buffer 256k'
+#   (each name is two words: the table matches them)
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 ROUNDS=${ROUNDS:-5}
 SECONDS_PER=${SECONDS_PER:-4}
-VARIANTS=("uring copy:-backend uring" "uring splice:-backend uring -splice" "aio copy:-backend aio" "aio splice:-backend aio -splice")
+if [[ -n ${VARIANTS:-} ]]; then
+	IFS=';' read -r -a VARIANTS <<<"$VARIANTS"
+else
+	VARIANTS=("uring copy:-backend uring" "uring splice:-backend uring -splice" "aio copy:-backend aio" "aio splice:-backend aio -splice")
+fi
 WORK=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
