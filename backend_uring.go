@@ -243,13 +243,19 @@ func (b *uringBackend) prepare(id OpID, op *Op, slots bool) error {
 			sqe.PrepRecv(op.Fd, nil, 0)
 			sqe.Len = uint32(p.size)
 			sqe.SelectBuffer(p.ring.Group())
-			if op.Multishot && !b.noMultishot {
+			// A Limit the kernel cannot count (before 6.17) makes the
+			// recv one-shot: one completion is within it.
+			multishot := op.Multishot && !b.noMultishot && (op.Limit == 0 || b.recvCap)
+			if multishot {
 				// Len 0: each shot fills one ring buffer (p.size).
 				// Debian's 6.12 refused a multishot RECV with a length
 				// (EINVAL: the engine then re-armed every chunk;
 				// measured under qemu), and 6.18 reads it as a cap.
 				sqe.IoPrio |= uring.IORING_RECV_MULTISHOT
 				sqe.Len = 0
+				if op.Limit > 0 {
+					sqe.SpliceFdIn = int32(op.Limit) // optlen: the total (6.17)
+				}
 			}
 			switch {
 			case !op.Bundle || b.ring.Features()&uring.IORING_FEAT_RECVSEND_BUNDLE == 0:
@@ -259,7 +265,7 @@ func (b *uringBackend) prepare(id OpID, op *Op, slots bool) error {
 				// 8 KiB took 36 KiB).
 				sqe.IoPrio |= uring.IORING_RECVSEND_BUNDLE
 				sqe.Len = 0
-			case op.Multishot && !b.noMultishot && b.recvCap:
+			case multishot && b.recvCap:
 				// 6.17+: each completion takes whole buffers up to Len.
 				sqe.IoPrio |= uring.IORING_RECVSEND_BUNDLE
 				sqe.Len = uint32(op.Len)

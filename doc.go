@@ -103,7 +103,12 @@
 // A pool recv with Op.Multishot runs until end of stream, an error or a
 // cancel, its Done called once per chunk (Result.More): on io_uring 6.0+ one
 // RECV the kernel keeps armed, so a chunk costs no SQE; elsewhere the engine
-// re-arms it.
+// re-arms it. With Op.Bundle a completion may fill several buffers
+// (BufferPool.Bundle lists them), up to the cap Op.Len; Op.Limit ends a
+// multishot recv once it has taken that many bytes. On io_uring 6.17+ the
+// kernel keeps both (Loop.CapsBundles); elsewhere a capped bundle fills one
+// buffer per completion and a limited recv ends after its first, so what a
+// recv can hold is bounded the same way on every kernel.
 //
 // # Registered buffers and files
 //

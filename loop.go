@@ -448,6 +448,12 @@ func (l *Loop) deliver(id OpID, res int32, flags uint32) {
 		return
 	}
 	if s.op.Multishot && (res > 0 || flags&ResultMore != 0) {
+		if s.op.Limit > 0 && flags&ResultMore == 0 {
+			// The kernel counted to the limit, or it cannot and this
+			// was the one completion: the end, with its data.
+			l.finish(id, s, res, flags)
+			return
+		}
 		l.shot(id, s, res, flags)
 		return
 	}

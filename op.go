@@ -171,6 +171,14 @@ type Op struct {
 	// On 6.18 a capped bundle on a unix stream socket can miss the end of
 	// stream queued behind its data (measured; TCP did not): cap on TCP.
 	Bundle bool
+	// Limit ends a multishot pool recv once it has taken Limit bytes (at
+	// least the pool's buffer size), in one completion or several, the
+	// last with More() false and its data: a recv that can hold no more
+	// than Limit however fast the data comes. io_uring 6.17+ counts in the
+	// kernel (the multishot length limit, with Loop.CapsBundles);
+	// elsewhere such a recv ends after its first completion, which is
+	// within the limit too.
+	Limit int
 
 	// Done is called on the loop's goroutine with the op's one and only
 	// completion (a multishot op's: with each), and the loop's Handle to
@@ -248,10 +256,11 @@ const (
 	fPath
 	fMode
 	fCmd       // CmdOp and Cmd
+	fLimit
 	fieldCount = iota
 )
 
-var opFieldNames = [fieldCount]string{"Buf", "Iovecs", "Offset", "Flags", "Events", "Addr", "FdOut/OffsetOut", "Len", "Msg", "Path", "Mode", "CmdOp/Cmd"}
+var opFieldNames = [fieldCount]string{"Buf", "Iovecs", "Offset", "Flags", "Events", "Addr", "FdOut/OffsetOut", "Len", "Msg", "Path", "Mode", "CmdOp/Cmd", "Limit"}
 
 // opFields are the fields each kind reads. A field set on an op whose kind
 // does not read it is refused: it is always a mistake (a readv's buffers in
@@ -259,7 +268,7 @@ var opFieldNames = [fieldCount]string{"Buf", "Iovecs", "Offset", "Flags", "Event
 var opFields = [opKindEnd]opField{
 	OpRead: fBuf | fOffset | fFlags, OpWrite: fBuf | fOffset | fFlags,
 	OpReadv: fIovecs | fOffset | fFlags, OpWritev: fIovecs | fOffset | fFlags,
-	OpRecv: fBuf | fFlags | fLen, OpSend: fBuf | fFlags,
+	OpRecv: fBuf | fFlags | fLen | fLimit, OpSend: fBuf | fFlags,
 	OpSendmsg: fBuf | fIovecs | fMsg | fFlags, OpRecvmsg: fBuf | fIovecs | fMsg | fFlags,
 	OpPoll: fEvents, OpConnect: fAddr,
 	OpSplice:    fOffset | fFdOut | fLen | fFlags,
@@ -287,6 +296,7 @@ func (op *Op) fieldsSet() opField {
 	set(op.Path != "", fPath)
 	set(op.Mode != 0, fMode)
 	set(op.CmdOp != 0 || op.Cmd != nil, fCmd)
+	set(op.Limit != 0, fLimit)
 	return f
 }
 
@@ -366,6 +376,12 @@ func (op *Op) validate() error {
 		}
 		if op.Pool != nil && (op.Buf != nil || op.Flags != 0) {
 			return fmt.Errorf("uio: recv fd %d: Pool set with Buf or Flags; a pool recv takes its buffer from the pool and no MSG_* flags", op.Fd)
+		}
+		if op.Limit != 0 && (!op.Multishot || op.Limit < op.Pool.Size() || op.Limit > maxRW) {
+			if !op.Multishot {
+				return fmt.Errorf("uio: recv fd %d: Limit %d set without Multishot; a one-shot recv takes one completion anyway", op.Fd, op.Limit)
+			}
+			return fmt.Errorf("uio: recv fd %d: Limit %d out of range (the pool's buffer size %d..%d)", op.Fd, op.Limit, op.Pool.Size(), maxRW)
 		}
 		if op.Len != 0 && (!op.Bundle || op.Len < op.Pool.Size() || op.Len > maxRW) {
 			if !op.Bundle {

@@ -583,7 +583,8 @@ func TestBundleCap(t *testing.T) {
 	})
 }
 
-// A cap is only for bundles, and never below one buffer.
+// A cap is only for bundles, a limit only for multishot recvs, and neither
+// is below one buffer.
 func TestBundleCapInvalid(t *testing.T) {
 	l, err := NewLoop(Config{Backend: BackendAIO})
 	if err != nil {
@@ -595,9 +596,11 @@ func TestBundleCapInvalid(t *testing.T) {
 		{Kind: OpRecv, Fd: 0, Pool: p, Len: 4096},
 		{Kind: OpRecv, Fd: 0, Pool: p, Bundle: true, Len: 512},
 		{Kind: OpRecv, Fd: 0, Buf: make([]byte, 8), Len: 8},
+		{Kind: OpRecv, Fd: 0, Pool: p, Limit: 4096},
+		{Kind: OpRecv, Fd: 0, Pool: p, Multishot: true, Limit: 100},
 	} {
-		if err := op.validate(); err == nil || !strings.Contains(err.Error(), "Len") && !strings.Contains(err.Error(), "cap") {
-			t.Errorf("recv with Len %d, Bundle %v, pool %v: error %v, want one naming the cap", op.Len, op.Bundle, op.Pool != nil, err)
+		if err := op.validate(); err == nil || !strings.Contains(err.Error(), "Len") && !strings.Contains(err.Error(), "Limit") {
+			t.Errorf("recv with Len %d, Limit %d, Bundle %v, pool %v: error %v, want one naming the field", op.Len, op.Limit, op.Bundle, op.Pool != nil, err)
 		}
 	}
 }
@@ -641,4 +644,83 @@ func tcpConnPair(t *testing.T) (*net.TCPConn, int) {
 	}
 	t.Cleanup(func() { c.Close(); f.Close() })
 	return c.(*net.TCPConn), int(f.Fd())
+}
+
+// A multishot recv with a Limit ends once it has taken that much, its last
+// completion carrying data; recv after recv, every byte and the end of
+// stream arrive, and no recv takes more than its Limit or a completion more
+// than its cap.
+func TestRecvLimit(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, l *Loop) {
+		const size, capLen, limit, total = 1024, 2048, 8192, 50000
+		p, _ := l.NewBufferPool(size, 256)
+		src, dst := tcpConnPair(t)
+		want := bytes.Repeat([]byte("0123456789"), total/10)
+		if _, err := src.Write(want); err != nil {
+			t.Fatal(err)
+		}
+		src.CloseWrite()
+		var got []byte
+		var recvs, shots int
+		ended := make(chan error, 1)
+		var start func(h Handle)
+		start = func(h Handle) {
+			recvs++
+			took := 0
+			_, err := h.Start(Op{Kind: OpRecv, Fd: dst, Pool: p, Multishot: true, Bundle: true, Len: capLen, Limit: limit, Done: func(h Handle, r Result) {
+				shots++
+				if r.Res > capLen {
+					ended <- fmt.Errorf("a completion of %d bytes, over the cap of %d", r.Res, capLen)
+					return
+				}
+				left := int(r.Res)
+				for _, id := range p.Bundle(r) {
+					k := min(left, size)
+					got = append(got, p.Bytes(id)[:k]...)
+					left -= k
+					p.Put(id)
+				}
+				if r.Res > 0 {
+					took += int(r.Res)
+				}
+				if took > limit {
+					ended <- fmt.Errorf("one recv took %d bytes, over its limit of %d", took, limit)
+					return
+				}
+				switch {
+				case r.More():
+				case r.Res > 0:
+					start(h) // the limit ended it: the next one
+				case r.Res == 0:
+					ended <- nil
+				default:
+					ended <- r.Err()
+				}
+			}})
+			if err != nil {
+				ended <- err
+			}
+		}
+		if err := runOnLoop(l, func(h Handle) error { start(h); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-ended:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("limited recvs did not reach the end of stream")
+		}
+		var whole []byte
+		var n, k int
+		runOnLoop(l, func(h Handle) error { whole, n, k = got, recvs, shots; return nil })
+		if !bytes.Equal(whole, want) {
+			t.Fatalf("limited recvs got %d bytes, want %d in order", len(whole), total)
+		}
+		if n < total/limit {
+			t.Errorf("%d recvs for %d bytes at a limit of %d", n, total, limit)
+		}
+		t.Logf("%s: %d recvs, %d completions", l.Backend(), n, k)
+	})
 }

@@ -23,6 +23,7 @@ type Config struct {
 	MaxConns       int           // 0: no limit beyond file descriptors
 	BufferSize     int           // bytes per receive buffer (pool buffers, held only while bytes move)
 	Splice         bool
+	NoBundles      bool          // -bundles=false: one -buffer sized pool buffer per chunk, even where recvs could bundle
 	LogLevel       string        // "debug", "info", "warn" or "error"
 	LogFormat      string        // "console" or "json"
 	LogFile        string        // append logs here instead of stderr; SIGHUP reopens it
@@ -258,7 +259,8 @@ func newFlagSet() (*Config, *flag.FlagSet) {
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 10*time.Second, "give up on an upstream after this long (all its addresses together, each with its share); a pool then tries the next, up to three")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "reset a connection that moved no byte in either direction for this long (0 = never)")
 	fs.IntVar(&cfg.MaxConns, "max-conns", 0, "stop accepting while this many connections are open (0 = no limit)")
-	fs.Var((*byteSizeFlag)(&cfg.BufferSize), "buffer", fmt.Sprintf("receive buffer `SIZE` (%s..%s); a direction holds one from the loop's pool only while its bytes are being forwarded", byteSize(MinBufferSize), byteSize(MaxBufferSize)))
+	fs.Var((*byteSizeFlag)(&cfg.BufferSize), "buffer", fmt.Sprintf("receive buffer `SIZE` (%s..%s): the most one recv takes; a direction holds its buffer from the loop's pool only while its bytes are being forwarded (on io_uring 6.17+ a TCP recv bundles 16 KiB pool buffers up to SIZE)", byteSize(MinBufferSize), byteSize(MaxBufferSize)))
+	fs.Var((*notFlag)(&cfg.NoBundles), "bundles", "on io_uring 6.17+, receive TCP chunks as bundles of 16 KiB pool buffers up to -buffer (-bundles=false: one -buffer sized buffer per chunk, as on other kernels)")
 	fs.BoolVar(&cfg.Splice, "splice", false, "move data with splice(2) through a pipe per direction instead of user-space buffers: less CPU per byte for bulk streams, but two splice syscalls per chunk (small request/response traffic is cheaper without it) and two more fds per connection")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "least severe level logged: debug, info, warn or error")
 	fs.StringVar(&cfg.LogFormat, "log-format", "console", "log format: console or json")
@@ -386,4 +388,19 @@ func byteSize(n int) string {
 	default:
 		return strconv.Itoa(n)
 	}
+}
+
+// notFlag is a boolean flag that sets the negation of its variable: -bundles
+// (default true) for Config.NoBundles, whose zero value is the default.
+type notFlag bool
+
+func (f *notFlag) IsBoolFlag() bool { return true }
+func (f *notFlag) String() string   { return strconv.FormatBool(f == nil || !bool(*f)) }
+func (f *notFlag) Set(v string) error {
+	on, err := strconv.ParseBool(v)
+	if err != nil {
+		return fmt.Errorf("want true or false, not %q", v)
+	}
+	*f = notFlag(!on)
+	return nil
 }

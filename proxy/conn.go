@@ -157,7 +157,11 @@ type direction struct {
 	buf    []byte
 	pooled bool
 	bufID  int
-	n, off int // bytes in buf, bytes of them sent
+	// rest are the pool buffers after bufID of a bundle (the bytes span
+	// buf and them, each full but the last), sent with one sendmsg.
+	rest   []int
+	iov    [][]byte // the sendmsg's buffers, kept until its Done
+	n, off int      // bytes in buf (and rest), bytes of them sent
 	done   bool
 	busy   bool // a send (or, with splice, any op) in flight: id
 	id     uio.OpID
@@ -182,8 +186,12 @@ type direction struct {
 	spliceOutDone func(uio.Handle, uio.Result)
 }
 
-// chunk is a received pool buffer waiting to be sent.
-type chunk struct{ id, n int }
+// chunk is a received pool buffer, or a bundle of them (id, then rest),
+// waiting to be sent.
+type chunk struct {
+	id, n int
+	rest  []int
+}
 
 var epoch = time.Now()
 
@@ -799,7 +807,18 @@ func (d *direction) submit(op uio.Op) {
 
 func (d *direction) recv() {
 	c := d.c
-	id, err := c.w.h.Start(uio.Op{Kind: uio.OpRecv, Fd: d.src, Pool: c.w.pool, Multishot: !d.oneShot, Done: d.recvDone})
+	op := uio.Op{Kind: uio.OpRecv, Fd: d.src, Pool: c.w.pool, Multishot: !d.oneShot, Done: d.recvDone}
+	if bc := c.w.bundleCap; bc > 0 && d.srcTCP() {
+		// A bundle takes up to -buffer bytes in small pool buffers; after
+		// a pause, the recv ends once it has taken that much (Limit),
+		// which bounds what a direction to a slow reader holds as one
+		// recv per chunk does without bundles.
+		op.Bundle, op.Len, op.Multishot = true, bc, true
+		if d.oneShot {
+			op.Limit = bc
+		}
+	}
+	id, err := c.w.h.Start(op)
 	if err != nil {
 		c.abort(endError, rstBoth)
 		return
@@ -815,8 +834,22 @@ func (d *direction) dropBuf(w *worker) {
 	d.putCurrent(w)
 	for _, ch := range d.queue {
 		w.pool.Put(ch.id)
+		for _, id := range ch.rest {
+			w.pool.Put(id)
+		}
 	}
 	d.queue = d.queue[:0]
+}
+
+// srcTCP reports whether src is a TCP socket: bundles are capped only on
+// TCP (on 6.18 a capped bundle on a unix socket can miss the end of stream
+// queued behind its data; see uio.Op.Bundle).
+func (d *direction) srcTCP() bool {
+	c := d.c
+	if d.src == c.ufd {
+		return !c.up.isUnix()
+	}
+	return !c.ms.unixListen
 }
 
 // putCurrent gives back the buffer being sent: to the pool, or (the
@@ -825,20 +858,45 @@ func (d *direction) putCurrent(w *worker) {
 	switch {
 	case d.pooled:
 		w.pool.Put(d.bufID)
+		for _, id := range d.rest {
+			w.pool.Put(id)
+		}
 	case d.buf != nil:
 		w.putBuf(d.buf)
 	}
-	d.buf, d.pooled = nil, false
+	d.buf, d.pooled, d.rest = nil, false, d.rest[:0]
+	clear(d.iov)
 }
 
-// sendChunk makes pool buffer id, holding n bytes, the one being sent.
-func (d *direction) sendChunk(w *worker, id, n int) {
+// sendChunk makes pool buffer id, holding n bytes, the one being sent;
+// with rest, the bundle of id and rest.
+func (d *direction) sendChunk(w *worker, id, n int, rest []int) {
 	d.buf, d.pooled, d.bufID, d.n, d.off = w.pool.Bytes(id), true, id, n, 0
+	d.rest = append(d.rest[:0], rest...)
 	d.send()
 }
 
 func (d *direction) send() {
-	d.submit(uio.Op{Kind: uio.OpSend, Fd: d.dst, Buf: d.buf[d.off:d.n], Done: d.sendDone})
+	if len(d.rest) == 0 {
+		d.submit(uio.Op{Kind: uio.OpSend, Fd: d.dst, Buf: d.buf[d.off:d.n], Done: d.sendDone})
+		return
+	}
+	// A bundle: its unsent bytes, buffer by buffer, in one sendmsg.
+	pool := d.c.w.pool
+	size := pool.Size()
+	d.iov = d.iov[:0]
+	for i := -1; i < len(d.rest); i++ {
+		b := d.buf
+		if i >= 0 {
+			b = pool.Bytes(d.rest[i])
+		}
+		lo, hi := (i+1)*size, min((i+2)*size, d.n)
+		if hi <= d.off {
+			continue
+		}
+		d.iov = append(d.iov, b[max(d.off-lo, 0):hi-lo])
+	}
+	d.submit(uio.Op{Kind: uio.OpSendmsg, Fd: d.dst, Iovecs: d.iov, Done: d.sendDone})
 }
 
 // completed does the bookkeeping every completion starts with, and reports
@@ -893,11 +951,16 @@ func (d *direction) onRecv(h uio.Handle, r uio.Result) {
 	switch {
 	case has:
 		d.received(r.Res)
+		ids := c.w.pool.Bundle(r)[1:] // id first, then the rest of a bundle
 		if !d.busy {
-			d.sendChunk(c.w, id, int(r.Res))
+			d.sendChunk(c.w, id, int(r.Res), ids)
 			return
 		}
-		d.queue = append(d.queue, chunk{id, int(r.Res)})
+		ch := chunk{id: id, n: int(r.Res)}
+		if len(ids) > 0 {
+			ch.rest = append([]int(nil), ids...) // Bundle's slice is reused
+		}
+		d.queue = append(d.queue, ch)
 		if d.recvArmed && !d.paused {
 			// dst takes bytes more slowly than src sends them: stop
 			// reading until what we hold is sent (what arrives before
@@ -958,7 +1021,7 @@ func (d *direction) sendNext() {
 	if len(d.queue) > 0 {
 		ch := d.queue[0]
 		d.queue = d.queue[:copy(d.queue, d.queue[1:])]
-		d.sendChunk(w, ch.id, ch.n)
+		d.sendChunk(w, ch.id, ch.n, ch.rest)
 		return
 	}
 	if d.srcErr != nil {

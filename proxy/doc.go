@@ -44,7 +44,16 @@
 // receiving (its recv is cancelled, so the data stays in the socket and TCP
 // pushes back on the peer) until what it holds is sent; from then on it
 // makes one recv per chunk, after the send of the one before, so a
-// direction towards a slow reader holds at most two buffers. Every op is
+// direction towards a slow reader holds at most two chunks.
+//
+// On io_uring 6.17+ (uio.Loop.CapsBundles) the pool's buffers are 16 KiB
+// and a recv from a TCP socket is a bundle capped at -buffer: it fills as
+// many of them as the data needs, up to -buffer, and the chunk goes out in
+// one sendmsg. A 64-byte message then holds 16 KiB while it moves, a bulk
+// stream still moves -buffer per recv, and after a pause each recv ends
+// once it has taken -buffer (its Limit). Unix sockets and older kernels
+// get one -buffer sized buffer per chunk (a capped bundle on a unix socket
+// can miss the end of stream behind its data on 6.18). Every op is
 // submitted from a completion callback, so the recvs and sends of all the
 // connections of a loop that became ready in one round go to the kernel in
 // the next round's single io_submit (AIO, where socket reads and writes run

@@ -36,8 +36,11 @@ type worker struct {
 	conns     map[*conn]struct{}
 	freeBufs  [][]byte        // PROXY-header buffers of closed connections, for the next ones
 	pool      *uio.BufferPool // receive buffers, taken only while bytes move
-	parked    []parkedConn    // accepted beyond -max-conns, waiting for a slot
-	waiting   bool            // registered in Server.waiting; guarded by Server.mu
+	// bundleCap, when not 0, is -buffer on a loop whose recvs bundle small
+	// pool buffers up to it (io_uring 6.17+; uio.Loop.CapsBundles).
+	bundleCap int
+	parked    []parkedConn // accepted beyond -max-conns, waiting for a slot
+	waiting   bool         // registered in Server.waiting; guarded by Server.mu
 	resumeFn  func(uio.Handle)
 
 	openListeners atomic.Int32

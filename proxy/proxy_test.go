@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -516,8 +517,19 @@ func TestSlowReaders(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short")
 	}
+	// 4k: one small buffer per chunk. 64k: on io_uring 6.17+ a recv
+	// bundles 16 KiB pool buffers up to 64 KiB, and a paused direction's
+	// recvs end at that limit.
+	for _, bc := range []struct {
+		flag    string
+		size, n int
+	}{{"4k", 4 << 10, 1000}, {"64k", 64 << 10, 300}} {
+		t.Run(bc.flag, func(t *testing.T) { slowReaders(t, bc.flag, bc.size, bc.n) })
+	}
+}
+
+func slowReaders(t *testing.T, buffer string, size, n int) {
 	forEachBackend(t, func(t *testing.T, b string) {
-		n := 1000
 		if v, err := strconv.Atoi(os.Getenv("SLOW_N")); err == nil {
 			n = v
 		}
@@ -536,7 +548,7 @@ func TestSlowReaders(t *testing.T) {
 				}
 			}
 		})
-		p := startProxy(t, b, up.addr(), "-buffer", "4k")
+		p := startProxy(t, b, up.addr(), "-buffer", buffer)
 		conns := make([]*net.TCPConn, n)
 		for i := range conns {
 			conns[i] = dial(t, p.addr)
@@ -593,8 +605,62 @@ func TestSlowReaders(t *testing.T) {
 		if h1 > h0+8<<20 {
 			t.Errorf("heap grew from %d to %d bytes with slow readers", h0, h1)
 		}
-		if bound := uint64(n) * 2 * 4 << 10; h0 > 3*bound+64<<20 {
-			t.Errorf("heap %d bytes for %d connections with 4k buffers", h0, n)
+		if bound := uint64(n) * 2 * uint64(size); h0 > 3*bound+64<<20 {
+			t.Errorf("heap %d bytes for %d connections with %s buffers", h0, n, buffer)
+		}
+	})
+}
+
+// On io_uring 6.17+ a recv bundles 16 KiB pool buffers up to -buffer: a
+// bulk stream through the proxy arrives intact and in chunks larger than
+// one pool buffer (sent with one sendmsg each), and the pool's buffers are
+// the small ones. Elsewhere the pool's buffers are -buffer, one per chunk.
+func TestBundledForwarding(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b string) {
+		up := startUpstream(t, echoHandler)
+		p := startProxy(t, b, up.addr(), "-buffer", "256k")
+		bundles := p.ws[0].bundleCap > 0
+		if l := p.ws[0].loop; l.CapsBundles() != bundles || bundles && (p.ws[0].pool.Size() != bundleBuffer || p.ws[0].bundleCap != 256<<10) {
+			t.Fatalf("loop caps bundles %v; worker bundles up to %d in %d-byte buffers", l.CapsBundles(), p.ws[0].bundleCap, p.ws[0].pool.Size())
+		}
+		if !bundles && p.ws[0].pool.Size() != 256<<10 {
+			t.Fatalf("no bundles, but pool buffers of %d bytes, want -buffer's 256 KiB", p.ws[0].pool.Size())
+		}
+		if off := startProxy(t, b, up.addr(), "-buffer", "256k", "-bundles=false"); off.ws[0].bundleCap != 0 || off.ws[0].pool.Size() != 256<<10 {
+			t.Fatalf("-bundles=false: bundles up to %d in %d-byte buffers, want none in 256 KiB ones", off.ws[0].bundleCap, off.ws[0].pool.Size())
+		}
+		c := dial(t, p.addr)
+		const total = 16 << 20
+		want := make([]byte, total)
+		for i := range want {
+			want[i] = byte(i * 7 / 3)
+		}
+		errc := make(chan error, 1)
+		go func() {
+			for off := 0; off < total; off += 256 << 10 {
+				if _, err := c.Write(want[off : off+256<<10]); err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- c.CloseWrite()
+		}()
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		got, err := io.ReadAll(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("echo of %d bytes came back as %d, or changed", total, len(got))
+		}
+		m := p.Snapshot().Mappings[0]
+		perChunk := float64(m.BytesUp+m.BytesDown) / float64(m.MsgsUp+m.MsgsDown)
+		t.Logf("%s: bundles %v, %.0f bytes per forwarded chunk", b, bundles, perChunk)
+		if bundles && perChunk <= bundleBuffer {
+			t.Errorf("bundles on, but %.0f bytes per chunk: no more than one %d-byte buffer each", perChunk, bundleBuffer)
 		}
 	})
 }

@@ -41,6 +41,20 @@ func opsInFlight(loops int) int {
 // sent), and they are allocated as they are first needed.
 const poolBuffers = uio.MaxPoolBuffers
 
+// bundleBuffer is the pool's buffer size on a loop whose recvs bundle
+// (uio.Loop.CapsBundles): a recv still takes up to -buffer bytes, in
+// several of them, while a small message holds one.
+const bundleBuffer = 16 << 10
+
+// poolShape returns the pool buffer size and the bundle cap (0: none) for a
+// loop and -buffer.
+func poolShape(l *uio.Loop, buffer int, bundles bool) (size, bundleCap int) {
+	if bundles && l.CapsBundles() && buffer > bundleBuffer {
+		return bundleBuffer, buffer
+	}
+	return buffer, 0
+}
+
 // Server is a running uioproxy: its loops, listeners and connections.
 // New opens everything, Start begins accepting, Shutdown drains and stops.
 type Server struct {
@@ -142,13 +156,14 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 	}
 	s.inherited = nil
 	for i, l := range g.Loops() {
-		pool, err := l.NewBufferPool(cfg.BufferSize, poolBuffers)
+		size, bundleCap := poolShape(l, cfg.BufferSize, !cfg.NoBundles)
+		pool, err := l.NewBufferPool(size, poolBuffers)
 		if err != nil {
 			s.closeListeners()
 			g.Close()
 			return nil, err
 		}
-		w := &worker{s: s, idx: i, loop: l, conns: map[*conn]struct{}{}, pool: pool}
+		w := &worker{s: s, idx: i, loop: l, conns: map[*conn]struct{}{}, pool: pool, bundleCap: bundleCap}
 		for _, ms := range s.maps {
 			w.addAcceptors(ms)
 		}
@@ -472,7 +487,8 @@ func runWith(ctx context.Context, cfg Config, log *zap.Logger, logFile *LogFile)
 		log.Info("forwarding", zap.Strings("listen", addrStrings(ms.addrs)), zap.String("target", ms.m.Target()))
 	}
 	log.Info("uioproxy started", zap.String("backend", s.Backend()), zap.Int("loops", cfg.Loops),
-		zap.Bool("splice", s.splice), zap.Int("buffer", cfg.BufferSize), zap.Int("pid", os.Getpid()))
+		zap.Bool("splice", s.splice), zap.Int("buffer", cfg.BufferSize), zap.Int("pool_buffer", s.ws[0].pool.Size()),
+		zap.Bool("bundles", s.ws[0].bundleCap > 0), zap.Int("pid", os.Getpid()))
 	signalReady()
 	var stopStats func()
 	if cfg.StatsInterval > 0 {
