@@ -44,7 +44,7 @@ type uringBackend struct {
 	// recvCap: the kernel caps each completion of a multishot recv at its
 	// length (6.17+, uring.ProbeRecvCap), and has bundles (6.10+).
 	recvCap bool
-	fixed        uringFixed       // registered buffers (backend_uring_fixed.go)
+	fixed   uringFixed // registered buffers (backend_uring_fixed.go)
 	// the kernel refused IORING_ACCEPT_MULTISHOT (before 5.19)
 	noMultishotAccept bool
 	files             fileTable // registered files (RegisterFile)
@@ -243,9 +243,12 @@ func (b *uringBackend) prepare(id OpID, op *Op, slots bool) error {
 			sqe.PrepRecv(op.Fd, nil, 0)
 			sqe.Len = uint32(p.size)
 			sqe.SelectBuffer(p.ring.Group())
-			// A Limit the kernel cannot count (before 6.17) makes the
-			// recv one-shot: one completion is within it.
-			multishot := op.Multishot && !b.noMultishot && (op.Limit == 0 || b.recvCap)
+			// The kernel counts a Limit (6.17+) only for a bundle: it caps
+			// the bytes a bundle selects, while a plain shot fills a whole
+			// buffer. Any other Limit recv goes one-shot: one completion
+			// of one buffer is within it.
+			bundles := op.Bundle && b.ring.Features()&uring.IORING_FEAT_RECVSEND_BUNDLE != 0
+			multishot := op.Multishot && !b.noMultishot && (op.Limit == 0 || b.recvCap && bundles)
 			if multishot {
 				// Len 0: each shot fills one ring buffer (p.size).
 				// Debian's 6.12 refused a multishot RECV with a length
@@ -254,11 +257,15 @@ func (b *uringBackend) prepare(id OpID, op *Op, slots bool) error {
 				sqe.IoPrio |= uring.IORING_RECV_MULTISHOT
 				sqe.Len = 0
 				if op.Limit > 0 {
-					sqe.SpliceFdIn = int32(op.Limit) // optlen: the total (6.17)
+					// optlen: the total (6.17); what is left of it when
+					// the engine re-arms (Loop.shot counts it down).
+					sqe.SpliceFdIn = int32(op.Limit)
 				}
 			}
 			switch {
-			case !op.Bundle || b.ring.Features()&uring.IORING_FEAT_RECVSEND_BUNDLE == 0:
+			case !bundles:
+			case op.Limit > 0 && !multishot:
+				// The one-shot stand-in for a Limit: one buffer.
 			case op.Len == 0:
 				// As many ring buffers as the data needs (a one-shot
 				// bundle's length is no reliable cap: on 6.18 one of
@@ -397,7 +404,7 @@ func (b *uringBackend) complete(c *uring.CQE, deliver func(OpID, int32, uint32))
 	}
 	res := c.Res
 	s := b.slots.at(id.index())
-	if res == -int32(unix.EINVAL) && s.op.Multishot && !b.noMultishot && s.op.Pool != nil && s.op.Pool.ring != nil {
+	if res == -int32(unix.EINVAL) && s.op.Multishot && s.op.Limit == 0 && !b.noMultishot && s.op.Pool != nil && s.op.Pool.ring != nil {
 		// A kernel before 6.0 refuses IORING_RECV_MULTISHOT: from now on
 		// the engine re-arms each recv, and this one goes again at once
 		// (EAGAIN sends it through a readiness poll).

@@ -467,6 +467,12 @@ func (l *Loop) deliver(id OpID, res int32, flags uint32) {
 // error or a cancel.
 func (l *Loop) shot(id OpID, s *slot, res int32, flags uint32) {
 	armed := flags&ResultMore != 0
+	if s.op.Limit > 0 && res > 0 {
+		// What is left of the limit, for a re-arm (after ENOBUFS, say)
+		// to send the kernel: the op copy is the engine's. Never 0,
+		// which would mean none; the kernel ends the recv at 0 itself.
+		s.op.Limit = max(s.op.Limit-int(res), 1)
+	}
 	if p := s.op.Pool; p != nil {
 		flags = p.completed(id, s, res, flags)
 	}

@@ -255,7 +255,7 @@ const (
 	fMsg
 	fPath
 	fMode
-	fCmd       // CmdOp and Cmd
+	fCmd // CmdOp and Cmd
 	fLimit
 	fieldCount = iota
 )

@@ -44,7 +44,7 @@ type BufferPool struct {
 	ring       poolRing
 	ringTried  bool
 	ringTarget int      // free buffers kept in the kernel's ring (see poolRingBytes)
-	ringOrder []uint16 // the buffers in the kernel's ring, in the order it takes them
+	ringOrder  []uint16 // the buffers in the kernel's ring, in the order it takes them
 	// bundle lists the buffers of the completion being delivered (see
 	// Bundle); valid while its Done runs.
 	bundle   []int

@@ -100,8 +100,8 @@ Examples:
       forward localhost:8080 to port 80 of this machine
   uioproxy -backend uring -loops 4 '*:443:backend.internal:8443'
       all interfaces, io_uring, four event loops
-  uioproxy -buffer 256k -splice 5432:db1:5432 6379:cache:6379
-      two forwards in one process, 256 KiB buffers, splice(2) for the bodies
+  uioproxy -buffer 64k -splice 5432:db1:5432 6379:cache:6379
+      two forwards in one process, at most 64 KiB per recv, splice(2) for the bodies
   uioproxy -log-format json -metrics 127.0.0.1:9100 -stats 10s [::1]:8080:[2001:db8::1]:80
   uioproxy -check -config /etc/uioproxy/uioproxy.yaml
       check a config file: exit 0, or 2 with file:line: what is wrong
@@ -249,7 +249,7 @@ func (c *Config) validate(requireMappings bool) error {
 }
 
 func newFlagSet() (*Config, *flag.FlagSet) {
-	cfg := &Config{BufferSize: 64 << 10}
+	cfg := &Config{BufferSize: 256 << 10}
 	fs := flag.NewFlagSet("uioproxy", flag.ContinueOnError)
 	// ParseArgs writes errors and usage itself, in one place and once.
 	fs.SetOutput(io.Discard)
@@ -259,8 +259,8 @@ func newFlagSet() (*Config, *flag.FlagSet) {
 	fs.DurationVar(&cfg.ConnectTimeout, "connect-timeout", 10*time.Second, "give up on an upstream after this long (all its addresses together, each with its share); a pool then tries the next, up to three")
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "reset a connection that moved no byte in either direction for this long (0 = never)")
 	fs.IntVar(&cfg.MaxConns, "max-conns", 0, "stop accepting while this many connections are open (0 = no limit)")
-	fs.Var((*byteSizeFlag)(&cfg.BufferSize), "buffer", fmt.Sprintf("receive buffer `SIZE` (%s..%s): the most one recv takes; a direction holds its buffer from the loop's pool only while its bytes are being forwarded (on io_uring 6.17+ a TCP recv bundles 16 KiB pool buffers up to SIZE)", byteSize(MinBufferSize), byteSize(MaxBufferSize)))
-	fs.Var((*notFlag)(&cfg.NoBundles), "bundles", "on io_uring 6.17+, receive TCP chunks as bundles of 16 KiB pool buffers up to -buffer (-bundles=false: one -buffer sized buffer per chunk, as on other kernels)")
+	fs.Var((*byteSizeFlag)(&cfg.BufferSize), "buffer", fmt.Sprintf("receive buffer `SIZE` (%s..%s): the most one recv takes; a direction holds its buffer from the loop's pool only while its bytes are being forwarded (on io_uring 6.17+ a TCP recv bundles 16 KiB pool buffers up to SIZE, for SIZE up to 256k)", byteSize(MinBufferSize), byteSize(MaxBufferSize)))
+	fs.Var((*notFlag)(&cfg.NoBundles), "bundles", "on io_uring 6.17+, receive TCP chunks as bundles of 16 KiB pool buffers up to -buffer (if 256k or less; -bundles=false: one -buffer sized buffer per chunk, as on other kernels)")
 	fs.BoolVar(&cfg.Splice, "splice", false, "move data with splice(2) through a pipe per direction instead of user-space buffers: less CPU per byte for bulk streams, but two splice syscalls per chunk (small request/response traffic is cheaper without it) and two more fds per connection")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "least severe level logged: debug, info, warn or error")
 	fs.StringVar(&cfg.LogFormat, "log-format", "console", "log format: console or json")

@@ -23,7 +23,7 @@ func TestParseArgsDefaults(t *testing.T) {
 		Loops:          runtime.NumCPU(),
 		ConnectTimeout: 10 * time.Second,
 		DrainTimeout:   30 * time.Second,
-		BufferSize:     64 << 10,
+		BufferSize:     256 << 10,
 		LogLevel:       "info",
 		LogFormat:      "console",
 		AccessLog:      true,

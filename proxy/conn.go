@@ -807,7 +807,7 @@ func (d *direction) submit(op uio.Op) {
 
 func (d *direction) recv() {
 	c := d.c
-	op := uio.Op{Kind: uio.OpRecv, Fd: d.src, Pool: c.w.pool, Multishot: !d.oneShot, Done: d.recvDone}
+	op := uio.Op{Kind: uio.OpRecv, Fd: d.src, Pool: d.pool(), Multishot: !d.oneShot, Done: d.recvDone}
 	if bc := c.w.bundleCap; bc > 0 && d.srcTCP() {
 		// A bundle takes up to -buffer bytes in small pool buffers; after
 		// a pause, the recv ends once it has taken that much (Limit),
@@ -832,13 +832,28 @@ func (d *direction) recv() {
 // established; w always is.)
 func (d *direction) dropBuf(w *worker) {
 	d.putCurrent(w)
+	p := w.pool
+	if d.c != nil {
+		p = d.pool()
+	}
 	for _, ch := range d.queue {
-		w.pool.Put(ch.id)
+		p.Put(ch.id)
 		for _, id := range ch.rest {
-			w.pool.Put(id)
+			p.Put(id)
 		}
 	}
 	d.queue = d.queue[:0]
+}
+
+// pool is the pool the direction's recvs take buffers from: the worker's,
+// whose buffers are small where recvs bundle, or, for a unix socket there
+// (no capped bundles on unix sockets), the worker's -buffer sized one.
+func (d *direction) pool() *uio.BufferPool {
+	w := d.c.w
+	if w.bundleCap > 0 && !d.srcTCP() {
+		return w.plainPool()
+	}
+	return w.pool
 }
 
 // srcTCP reports whether src is a TCP socket: bundles are capped only on
@@ -857,9 +872,10 @@ func (d *direction) srcTCP() bool {
 func (d *direction) putCurrent(w *worker) {
 	switch {
 	case d.pooled:
-		w.pool.Put(d.bufID)
+		p := d.pool()
+		p.Put(d.bufID)
 		for _, id := range d.rest {
-			w.pool.Put(id)
+			p.Put(id)
 		}
 	case d.buf != nil:
 		w.putBuf(d.buf)
@@ -871,7 +887,7 @@ func (d *direction) putCurrent(w *worker) {
 // sendChunk makes pool buffer id, holding n bytes, the one being sent;
 // with rest, the bundle of id and rest.
 func (d *direction) sendChunk(w *worker, id, n int, rest []int) {
-	d.buf, d.pooled, d.bufID, d.n, d.off = w.pool.Bytes(id), true, id, n, 0
+	d.buf, d.pooled, d.bufID, d.n, d.off = d.pool().Bytes(id), true, id, n, 0
 	d.rest = append(d.rest[:0], rest...)
 	d.send()
 }
@@ -882,7 +898,7 @@ func (d *direction) send() {
 		return
 	}
 	// A bundle: its unsent bytes, buffer by buffer, in one sendmsg.
-	pool := d.c.w.pool
+	pool := d.pool()
 	size := pool.Size()
 	d.iov = d.iov[:0]
 	for i := -1; i < len(d.rest); i++ {
@@ -943,7 +959,9 @@ func (d *direction) onRecv(h uio.Handle, r uio.Result) {
 	}
 	if c.state != stOpen {
 		if has {
-			c.w.pool.Put(id)
+			for _, b := range d.pool().Bundle(r) { // id, and the rest of a bundle
+				d.pool().Put(b)
+			}
 		}
 		c.maybeClose()
 		return
@@ -951,7 +969,7 @@ func (d *direction) onRecv(h uio.Handle, r uio.Result) {
 	switch {
 	case has:
 		d.received(r.Res)
-		ids := c.w.pool.Bundle(r)[1:] // id first, then the rest of a bundle
+		ids := d.pool().Bundle(r)[1:] // id first, then the rest of a bundle
 		if !d.busy {
 			d.sendChunk(c.w, id, int(r.Res), ids)
 			return

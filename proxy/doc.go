@@ -46,14 +46,18 @@
 // makes one recv per chunk, after the send of the one before, so a
 // direction towards a slow reader holds at most two chunks.
 //
-// On io_uring 6.17+ (uio.Loop.CapsBundles) the pool's buffers are 16 KiB
-// and a recv from a TCP socket is a bundle capped at -buffer: it fills as
-// many of them as the data needs, up to -buffer, and the chunk goes out in
-// one sendmsg. A 64-byte message then holds 16 KiB while it moves, a bulk
-// stream still moves -buffer per recv, and after a pause each recv ends
-// once it has taken -buffer (its Limit). Unix sockets and older kernels
+// On io_uring 6.17+ (uio.Loop.CapsBundles), for a -buffer of 32 KiB to
+// 256 KiB (the default), the pool's buffers are 16 KiB and a recv from a
+// TCP socket is a bundle capped at -buffer: it fills as many of them as the
+// data needs, and the chunk goes out in one sendmsg. A 64-byte message
+// then holds 16 KiB while it moves, a bulk stream still moves -buffer per
+// recv, and after a pause each recv ends once it has taken -buffer (its
+// Limit). Directions from unix sockets (a second pool) and other kernels
 // get one -buffer sized buffer per chunk (a capped bundle on a unix socket
-// can miss the end of stream behind its data on 6.18). Every op is
+// can miss the end of stream behind its data on 6.18). The default of
+// 256 KiB is measured: a bulk stream costs 0.79x (AIO) to 0.93x (io_uring)
+// the CPU per byte of 64 KiB (bench/proxy/bulk-cpu.sh), and a buffer's
+// pages are touched only as far as data fills them. Every op is
 // submitted from a completion callback, so the recvs and sends of all the
 // connections of a loop that became ready in one round go to the kernel in
 // the next round's single io_submit (AIO, where socket reads and writes run

@@ -37,8 +37,11 @@ type worker struct {
 	freeBufs  [][]byte        // PROXY-header buffers of closed connections, for the next ones
 	pool      *uio.BufferPool // receive buffers, taken only while bytes move
 	// bundleCap, when not 0, is -buffer on a loop whose recvs bundle small
-	// pool buffers up to it (io_uring 6.17+; uio.Loop.CapsBundles).
+	// pool buffers up to it (io_uring 6.17+; uio.Loop.CapsBundles); plain
+	// is then the -buffer sized pool of unix-socket directions (a pool
+	// allocates nothing until a recv needs a buffer).
 	bundleCap int
+	plain     *uio.BufferPool
 	parked    []parkedConn // accepted beyond -max-conns, waiting for a slot
 	waiting   bool         // registered in Server.waiting; guarded by Server.mu
 	resumeFn  func(uio.Handle)
@@ -144,6 +147,15 @@ func (w *worker) closeAll() int {
 	return n
 }
 
+// plainPool returns the loop's pool of -buffer sized buffers: the worker's
+// own, or where that one's buffers are small (bundles), the second one.
+func (w *worker) plainPool() *uio.BufferPool {
+	if w.plain != nil {
+		return w.plain
+	}
+	return w.pool
+}
+
 func (w *worker) getBuf() []byte {
 	if n := len(w.freeBufs); n > 0 {
 		b := w.freeBufs[n-1]
@@ -151,11 +163,17 @@ func (w *worker) getBuf() []byte {
 		w.freeBufs = w.freeBufs[:n-1]
 		return b
 	}
-	return make([]byte, w.s.cfg.BufferSize)
+	return make([]byte, w.headerBufSize())
 }
 
+// headerBufSize is the size of a PROXY-header buffer: -buffer, at most
+// 64 KiB (a v2 header is 16 bytes and up to 65,535 of addresses and TLVs,
+// rarely more than a few hundred); bytes behind the header beyond it wait
+// in the socket for the pool recvs.
+func (w *worker) headerBufSize() int { return min(w.s.cfg.BufferSize, 64<<10) }
+
 func (w *worker) putBuf(b []byte) {
-	if len(b) == w.s.cfg.BufferSize && len(w.freeBufs) < 64 {
+	if len(b) == w.headerBufSize() && len(w.freeBufs) < 64 {
 		w.freeBufs = append(w.freeBufs, b)
 	}
 }

@@ -36,20 +36,27 @@ func opsInFlight(loops int) int {
 	return int(min(rl.Cur, 1<<20)) * 2 / max(loops, 1)
 }
 
-// poolBuffers is the most receive buffers a loop's pool hands out: at most
-// one per direction of a connection is out (while its bytes are being
-// sent), and they are allocated as they are first needed.
+// poolBuffers is the most receive buffers a loop's pool hands out: a
+// direction holds two chunks at most (one being sent, one queued), of one
+// buffer each, or with bundles of up to -buffer / 16 KiB each, and buffers
+// are allocated as they are first needed. With bundles that caps a loop's
+// bytes in flight at 512 MiB; beyond it recvs wait for buffers to come back.
 const poolBuffers = uio.MaxPoolBuffers
 
 // bundleBuffer is the pool's buffer size on a loop whose recvs bundle
 // (uio.Loop.CapsBundles): a recv still takes up to -buffer bytes, in
-// several of them, while a small message holds one.
-const bundleBuffer = 16 << 10
+// several of them, while a small message holds one. Bundles are used for a
+// -buffer up to bundleMax: the kernel's ring holds 1 MiB of them (see
+// uio.BufferPool), which a larger bundle would take alone.
+const (
+	bundleBuffer = 16 << 10
+	bundleMax    = 256 << 10
+)
 
 // poolShape returns the pool buffer size and the bundle cap (0: none) for a
 // loop and -buffer.
 func poolShape(l *uio.Loop, buffer int, bundles bool) (size, bundleCap int) {
-	if bundles && l.CapsBundles() && buffer > bundleBuffer {
+	if bundles && l.CapsBundles() && buffer > bundleBuffer && buffer <= bundleMax {
 		return bundleBuffer, buffer
 	}
 	return buffer, 0
@@ -164,6 +171,13 @@ func New(cfg Config, log *zap.Logger) (*Server, error) {
 			return nil, err
 		}
 		w := &worker{s: s, idx: i, loop: l, conns: map[*conn]struct{}{}, pool: pool, bundleCap: bundleCap}
+		if bundleCap > 0 {
+			if w.plain, err = l.NewBufferPool(cfg.BufferSize, poolBuffers); err != nil {
+				s.closeListeners()
+				g.Close()
+				return nil, err
+			}
+		}
 		for _, ms := range s.maps {
 			w.addAcceptors(ms)
 		}
