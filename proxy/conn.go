@@ -1078,8 +1078,13 @@ func (d *direction) eof() {
 		}
 	}
 	d.done = true
-	unix.Shutdown(d.dst, unix.SHUT_WR)
-	c.w.syscalls.add(1)
+	if !c.d[d.idx^1].done {
+		unix.Shutdown(d.dst, unix.SHUT_WR)
+		c.w.syscalls.add(1)
+	}
+	// Else both ways are done: the close that follows (no op is in
+	// flight, the last send has completed) sends dst its FIN, and dst has
+	// nothing unread that would turn it into a reset (src's EOF came).
 	if c.d[d.idx^1].done {
 		c.stopTimers()
 		c.state = stClosing
