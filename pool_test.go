@@ -76,7 +76,8 @@ func TestPoolRecv(t *testing.T) {
 				t.Fatalf("pool recv = %d, buffer %d (%v), seen %v", r.Res, id, ok, seen[id])
 			}
 			seen[id] = true
-			data := string(p.Bytes(id)[:r.Res])
+			var data string // the pool is the loop's: read it there
+			runOnLoop(l, func(h Handle) error { data = string(p.Bytes(id)[:r.Res]); return nil })
 			if data != strings.Repeat(data[:1], len(data)) || len(data) != int(data[0]-'a')+1 {
 				t.Fatalf("pool recv got %q", data)
 			}
@@ -227,7 +228,11 @@ func TestPoolRingOrEngine(t *testing.T) {
 		unix.Write(b, []byte("hi"))
 		r := waitResult(t, out, "pool recv")
 		id, ok := r.BufferID()
-		if !ok || string(p.Bytes(id)[:r.Res]) != "hi" {
+		var got string
+		if ok {
+			runOnLoop(l, func(h Handle) error { got = string(p.Bytes(id)[:r.Res]); return nil })
+		}
+		if !ok || got != "hi" {
 			t.Fatalf("engine selection %v: %+v", engine, r)
 		}
 		var hasRing bool
