@@ -46,8 +46,8 @@
 // makes one recv per chunk, after the send of the one before, so a
 // direction towards a slow reader holds at most two chunks.
 //
-// On io_uring 6.17+ (uio.Loop.CapsBundles), for a -buffer of 32 KiB to
-// 256 KiB (the default), the pool's buffers are 16 KiB and a recv from a
+// On io_uring 6.17+ (uio.Loop.CapsBundles), for a -buffer above 16 KiB and
+// up to 256 KiB (the default), the pool's buffers are 16 KiB and a recv from a
 // TCP socket is a bundle capped at -buffer: it fills as many of them as the
 // data needs, and the chunk goes out in one sendmsg. A 64-byte message
 // then holds 16 KiB while it moves, a bulk stream still moves -buffer per
