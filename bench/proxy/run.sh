@@ -11,7 +11,10 @@
 # gets N connections that each do one 64-byte echo and stay open and
 # silent, while 16 active connections echo; a second table shows how many
 # idle connections were served, the active req/s and p99, and the proxy's
-# RSS per idle connection. Prints the tables and writes them into
+# RSS per idle connection. A third table gives the lowest and highest round
+# of the headline cells, so a reader can see what the medians leave out
+# (this machine is shared, and a 5 s cell moves by 30%). Prints the tables
+# and writes them into
 # bench/RESULTS.md between the proxy-bench markers.
 #
 # Usage: bench/proxy/run.sh            (5 s per cell, 3 rounds, about 20 minutes)
@@ -497,8 +500,17 @@ for round in $(seq "$ROUNDS"); do
 done
 
 # One row per proxy: per cell and metric, the median over the rounds.
-ROWS=()      # tab-separated table rows
-IDLE_ROWS=() # and those of the idle table
+ROWS=()        # tab-separated table rows
+IDLE_ROWS=()   # and those of the idle table
+SPREAD_ROWS=() # and the lowest and highest round of the headline cells
+
+# spreads VALUES: each metric's lowest and highest per-round value.
+spreads() {
+	awk '/^Benchmark/ { k = $1; sub(/^Benchmark/, "", k); v = $3
+		if (!(k in lo) || v < lo[k]) lo[k] = v
+		if (!(k in hi) || v > hi[k]) hi[k] = v }
+		END { for (k in lo) print k, lo[k], hi[k] }' "$1"
+}
 i=0
 for proxy in "${PROXY_LIST[@]}"; do
 	i=$((i + 1))
@@ -531,6 +543,22 @@ for proxy in "${PROXY_LIST[@]}"; do
 			if ((n > 0)); then row+="	$(awk -v x="${M[idle${n}_rss]:-}" 'BEGIN { if (x == "") print "-"; else printf "%.1f", x / 1024 }')"; fi
 		done
 		IDLE_ROWS+=("$row")
+	fi
+	if ((ROUNDS > 1)); then
+		declare -A LO=() HI=()
+		if [[ -f $WORK/results/$i-$proxy/values ]]; then
+			while read -r k lo hi; do LO[$k]=$lo HI[$k]=$hi; done < <(spreads "$WORK/results/$i-$proxy/values")
+		fi
+		row=$proxy
+		[[ $proxy == direct ]] && row="none (direct)"
+		for k in echo64_rps echo512_rps bulk1_mbs connect_cps cpu64_us cpu512_us; do
+			if [[ -z ${LO[$k]:-} ]]; then row+="	-"; continue; fi
+			f=fmt0
+			[[ $k == cpu* ]] && f=fmt1
+			row+="	$($f "${LO[$k]}")-$($f "${HI[$k]}")"
+		done
+		SPREAD_ROWS+=("$row")
+		unset LO HI
 	fi
 	unset M
 done
@@ -569,10 +597,19 @@ if ((${#IDLE_ROWS[@]})); then
 	IDLE_TABLE=$(markdown "$IDLE_HEADER" "${IDLE_ROWS[@]}")
 fi
 
+SPREAD_TABLE=""
+if ((${#SPREAD_ROWS[@]})); then
+	SPREAD_TABLE=$(markdown "proxy	echo x64 req/s	echo x512 req/s	bulk x1 MB/s	connect/s	CPU us/req x64	CPU us/req x512" "${SPREAD_ROWS[@]}")
+fi
+
 echo "$TABLE"
 if [[ -n $IDLE_TABLE ]]; then
 	echo
 	echo "$IDLE_TABLE"
+fi
+if [[ -n $SPREAD_TABLE ]]; then
+	echo
+	echo "$SPREAD_TABLE"
 fi
 log "$ROUNDS rounds, interleaved; medians; took ${SECONDS}s"
 for n in "${ERROR_NOTES[@]}"; do echo "note: $n"; done
@@ -601,6 +638,12 @@ BLOCK=$WORK/block.md
 		echo "Idle connections (one fresh proxy process per cell; every proxy has the hard RLIMIT_NOFILE, $NOFILE_HARD descriptors; haproxy maxconn $HAPROXY_MAXCONN with maxpipes $HAPROXY_MAXPIPES, nginx worker_connections 20480): the load generator first makes 256 short connections (connect, 64-byte echo, close) as a warm-up and reads the proxy's RSS (smaps_rollup Rss of the proxy and its child processes), then opens N connections from 127.0.0.2-9, 64 at a time, each doing one 64-byte echo, and keeps them open and silent; it stops opening at the first connection whose dial or echo fails (5 s each), so *served* is how many got their echo. One second later it reads the RSS again: *RSS KiB/idle* is the growth over the warm-up baseline per served idle connection. Then $IDLE_ACTIVE connections echo 64-byte requests for ${CELL_SECONDS} s beside the idle ones: *req/s* and *p99 us* (a proxy that stopped serving shows 0 req/s). Medians over the rounds."
 		echo
 		echo "$IDLE_TABLE"
+	fi
+	if [[ -n $SPREAD_TABLE ]]; then
+		echo
+		echo "Spread: the lowest and the highest of the $ROUNDS rounds for the headline cells of the first table (its figures are their medians). A row whose range is wide, or whose ranges overlap another's, says a difference between them is not settled by this run."
+		echo
+		echo "$SPREAD_TABLE"
 	fi
 	if ((${#ERROR_NOTES[@]})); then
 		echo
