@@ -157,6 +157,11 @@ type direction struct {
 	buf    []byte
 	pooled bool
 	bufID  int
+	// pool is where the recvs take buffers; bundleCap, when not 0, caps
+	// a recv that bundles them; tcp: src is a TCP socket (set by setup).
+	pool      *uio.BufferPool
+	bundleCap int
+	tcp       bool
 	// rest are the pool buffers after bufID of a bundle (the bytes span
 	// buf and them, each full but the last), sent with one sendmsg.
 	rest   []int
@@ -522,6 +527,7 @@ func (c *conn) established() {
 	c.d[dirDown] = direction{c: c, idx: dirDown, src: c.ufd, dst: c.cfd, pipe: [2]int{-1, -1}}
 	for i := range c.d {
 		d := &c.d[i]
+		d.setup()
 		if s.splice && d.n == 0 {
 			if err := d.openPipe(s.cfg.BufferSize); err != nil {
 				s.log.Warn("splice: no pipe, closing connection", zap.String("mapping", c.ms.label), zap.Error(err))
@@ -807,8 +813,8 @@ func (d *direction) submit(op uio.Op) {
 
 func (d *direction) recv() {
 	c := d.c
-	op := uio.Op{Kind: uio.OpRecv, Fd: d.src, Pool: d.pool(), Multishot: !d.oneShot, Done: d.recvDone}
-	if bc := c.w.bundleCap; bc > 0 && d.srcTCP() {
+	op := uio.Op{Kind: uio.OpRecv, Fd: d.src, Pool: d.pool, Multishot: !d.oneShot, Done: d.recvDone}
+	if bc := d.bundleCap; bc > 0 {
 		// A bundle takes up to -buffer bytes in small pool buffers; after
 		// a pause, the recv ends once it has taken that much (Limit),
 		// which bounds what a direction to a slow reader holds as one
@@ -832,39 +838,34 @@ func (d *direction) recv() {
 // established; w always is.)
 func (d *direction) dropBuf(w *worker) {
 	d.putCurrent(w)
-	p := w.pool
-	if d.c != nil {
-		p = d.pool()
-	}
-	for _, ch := range d.queue {
-		p.Put(ch.id)
+	for _, ch := range d.queue { // queued only once established: d.pool is set
+		d.pool.Put(ch.id)
 		for _, id := range ch.rest {
-			p.Put(id)
+			d.pool.Put(id)
 		}
 	}
 	d.queue = d.queue[:0]
 }
 
-// pool is the pool the direction's recvs take buffers from: the worker's,
-// whose buffers are small where recvs bundle, or, for a unix socket there
-// (no capped bundles on unix sockets), the worker's -buffer sized one.
-func (d *direction) pool() *uio.BufferPool {
-	w := d.c.w
-	if w.bundleCap > 0 && !d.srcTCP() {
-		return w.plainPool()
-	}
-	return w.pool
-}
-
-// srcTCP reports whether src is a TCP socket: bundles are capped only on
-// TCP (on 6.18 a capped bundle on a unix socket can miss the end of stream
-// queued behind its data; see uio.Op.Bundle).
-func (d *direction) srcTCP() bool {
-	c := d.c
+// setup picks, once the connection is established, where the direction's
+// recvs take buffers: bundles of the worker's small buffers from a TCP src
+// on a loop that caps bundles, else one -buffer sized buffer per chunk. A
+// unix src never bundles: on 6.18 a capped bundle on a unix socket can miss
+// the end of stream queued behind its data (see uio.Op.Bundle).
+func (d *direction) setup() {
+	c, w := d.c, d.c.w
+	d.tcp = !c.ms.unixListen
 	if d.src == c.ufd {
-		return !c.up.isUnix()
+		d.tcp = !c.up.isUnix()
 	}
-	return !c.ms.unixListen
+	d.pool, d.bundleCap = w.pool, 0
+	switch {
+	case w.bundleCap == 0:
+	case d.tcp:
+		d.bundleCap = w.bundleCap
+	default:
+		d.pool = w.plain
+	}
 }
 
 // putCurrent gives back the buffer being sent: to the pool, or (the
@@ -872,10 +873,9 @@ func (d *direction) srcTCP() bool {
 func (d *direction) putCurrent(w *worker) {
 	switch {
 	case d.pooled:
-		p := d.pool()
-		p.Put(d.bufID)
+		d.pool.Put(d.bufID)
 		for _, id := range d.rest {
-			p.Put(id)
+			d.pool.Put(id)
 		}
 	case d.buf != nil:
 		w.putBuf(d.buf)
@@ -887,7 +887,7 @@ func (d *direction) putCurrent(w *worker) {
 // sendChunk makes pool buffer id, holding n bytes, the one being sent;
 // with rest, the bundle of id and rest.
 func (d *direction) sendChunk(w *worker, id, n int, rest []int) {
-	d.buf, d.pooled, d.bufID, d.n, d.off = d.pool().Bytes(id), true, id, n, 0
+	d.buf, d.pooled, d.bufID, d.n, d.off = d.pool.Bytes(id), true, id, n, 0
 	d.rest = append(d.rest[:0], rest...)
 	d.send()
 }
@@ -898,7 +898,7 @@ func (d *direction) send() {
 		return
 	}
 	// A bundle: its unsent bytes, buffer by buffer, in one sendmsg.
-	pool := d.pool()
+	pool := d.pool
 	size := pool.Size()
 	d.iov = d.iov[:0]
 	for i := -1; i < len(d.rest); i++ {
@@ -959,8 +959,8 @@ func (d *direction) onRecv(h uio.Handle, r uio.Result) {
 	}
 	if c.state != stOpen {
 		if has {
-			for _, b := range d.pool().Bundle(r) { // id, and the rest of a bundle
-				d.pool().Put(b)
+			for _, b := range d.pool.Bundle(r) { // id, and the rest of a bundle
+				d.pool.Put(b)
 			}
 		}
 		c.maybeClose()
@@ -969,7 +969,7 @@ func (d *direction) onRecv(h uio.Handle, r uio.Result) {
 	switch {
 	case has:
 		d.received(r.Res)
-		ids := d.pool().Bundle(r)[1:] // id first, then the rest of a bundle
+		ids := d.pool.Bundle(r)[1:] // id first, then the rest of a bundle
 		if !d.busy {
 			d.sendChunk(c.w, id, int(r.Res), ids)
 			return
@@ -1065,11 +1065,7 @@ func (d *direction) sendNext() {
 // both directions are done, close.
 func (d *direction) eof() {
 	c := d.c
-	tcp := !c.ms.unixListen
-	if d.src == c.ufd {
-		tcp = !c.up.isUnix()
-	}
-	if tcp && !c.d[d.idx^1].done {
+	if d.tcp && !c.d[d.idx^1].done {
 		ti, err := unix.GetsockoptTCPInfo(d.src, unix.IPPROTO_TCP, unix.TCP_INFO)
 		c.w.syscalls.add(1)
 		if err == nil && ti.State == tcpClose {

@@ -147,15 +147,6 @@ func (w *worker) closeAll() int {
 	return n
 }
 
-// plainPool returns the loop's pool of -buffer sized buffers: the worker's
-// own, or where that one's buffers are small (bundles), the second one.
-func (w *worker) plainPool() *uio.BufferPool {
-	if w.plain != nil {
-		return w.plain
-	}
-	return w.pool
-}
-
 func (w *worker) getBuf() []byte {
 	if n := len(w.freeBufs); n > 0 {
 		b := w.freeBufs[n-1]
