@@ -590,7 +590,7 @@ func (b *aioBackend) complete(ev aio.Event, deliver func(OpID, int32, uint32)) i
 			if h := testHooks.Load(); h != nil && h.beforeAccept != nil {
 				h.beforeAccept()
 			}
-			nfd, _, err := unix.Accept4(s.op.Fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+			nfd, err := accept4(s.op.Fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 			b.other.Add(1)
 			if err == unix.EAGAIN && !s.cancelled {
 				// Another loop took the connection: wait again.
@@ -603,7 +603,10 @@ func (b *aioBackend) complete(ev aio.Event, deliver func(OpID, int32, uint32)) i
 			}
 		}
 	case aioConnectPoll:
-		if res >= 0 {
+		if res >= 0 && res&(unix.POLLERR|unix.POLLHUP) == 0 {
+			res = 0 // writable and no error: connected, nothing to ask
+		} else if res >= 0 {
+			// A failed connect polls POLLERR|POLLHUP; SO_ERROR says why.
 			soerr, err := unix.GetsockoptInt(s.op.Fd, unix.SOL_SOCKET, unix.SO_ERROR)
 			b.other.Add(1)
 			switch {
@@ -838,4 +841,15 @@ func sendmsg(op *Op) (int, error) {
 		oob, to = op.Msg.Oob, op.Msg.Addr
 	}
 	return unix.SendmsgBuffers(op.Fd, msgBufs(op), oob, to, int(op.Flags)|unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+}
+
+// accept4 is accept4(2) without the peer's address, which nobody here
+// reads: unix.Accept4 decodes it, and for an AF_INET or AF_INET6 socket
+// that costs a getsockopt(SO_PROTOCOL) on the listener per connection.
+func accept4(fd, flags int) (int, error) {
+	nfd, _, errno := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(fd), 0, 0, uintptr(flags), 0, 0)
+	if errno != 0 {
+		return -1, errno
+	}
+	return int(nfd), nil
 }

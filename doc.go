@@ -71,7 +71,14 @@
 // once, with -ECANCELED or with the op's real result if it finished first or
 // cannot be stopped (AIO can cancel only polls; a file read in flight
 // finishes). Stream ops (OpRecv, OpSend, OpAccept) never complete with
-// EAGAIN: the engine waits for readiness with a poll and retries.
+// EAGAIN: the engine waits for readiness with a poll and retries. Nor does
+// an op outside a kernel-linked chain complete with an -ECANCELED nobody
+// asked for when running it again is the same op (a read or a
+// non-appending write at an offset, fsync, fdatasync, fallocate,
+// ftruncate, openat, splice): Linux 6.1's io_uring cancels such ops before
+// they run when io-wq cannot start a worker thread, and the engine
+// resubmits them, up to 8 times (Stats.Resubmitted). A chain the kernel
+// cut so ends as cut (see link.go).
 //
 // Nothing bounds the ops in flight but the kernel's memory: an op that
 // waits a long time (the recv of an idle connection, a poll) never keeps

@@ -158,6 +158,10 @@ type slot struct {
 	// poolBuf is 1 + the pool buffer the engine gave this recv for its
 	// attempt (pools without a kernel ring); 0: none.
 	poolBuf uint32
+	// kernelCancels counts the times the kernel ended this op with
+	// -ECANCELED nobody asked for, and the engine ran it again
+	// (rerunsAfterKernelCancel).
+	kernelCancels uint8
 }
 
 // NewLoop starts a loop on a new goroutine locked to its OS thread and
@@ -364,7 +368,7 @@ func (l *Loop) finish(id OpID, s *slot, res int32, flags uint32) {
 		*s.pollOp = Op{}
 	}
 	s.state, s.polling, s.cancel, s.timedOut, s.next, s.poolBuf = slotFree, false, false, false, 0, 0
-	s.kchain, s.klink, s.behind = false, false, false
+	s.kchain, s.klink, s.behind, s.kernelCancels = false, false, false, 0
 	s.gen = (s.gen + 1) & (1<<31 - 1)
 	l.free = append(l.free, id.index())
 	l.stats.cur.completions++
@@ -387,6 +391,9 @@ func (l *Loop) deliver(id OpID, res int32, flags uint32) {
 		return
 	}
 	l.inflight--
+	if h := testHooks.Load(); h != nil && h.kernelResult != nil {
+		res = h.kernelResult(s.op.Kind, res)
+	}
 	if s.kchain {
 		// Linkable kinds are never polled, pooled or retried: the
 		// result is final, and the kernel has already run or cancelled
@@ -409,6 +416,24 @@ func (l *Loop) deliver(id OpID, res int32, flags uint32) {
 		}
 		l.requeue(s, id) // ready now: run the op itself again
 		return
+	}
+	if res == -int32(unix.ECANCELED) && !s.cancel && !s.timedOut && l.rerunsAfterKernelCancel(&s.op) {
+		if s.kernelCancels < maxKernelCancels {
+			// Nobody asked for this end: the kernel cancelled the op
+			// before it ran, and running it again is the op the caller
+			// asked for. Linux 6.1's io-wq does that to the work queued
+			// for a worker it could not start: creating the thread fails
+			// while the submitting thread has a signal pending (Go's
+			// preemption signals, measured under qemu: 0.6-0.9% of the
+			// first punted ops of a thread under GC), and after three
+			// tries it cancels what was waiting. 6.12 does not.
+			s.kernelCancels++
+			l.stats.resubmitted.add(1)
+			l.requeue(s, id)
+			return
+		}
+		l.log.Warn("uio: the kernel cancelled an op on its own, again and again; giving up",
+			zap.Stringer("op", s.op.Kind), zap.Int("runs", int(s.kernelCancels)+1))
 	}
 	if p := s.op.Pool; p != nil {
 		if res == -int32(unix.ENOBUFS) && p.ring != nil {
@@ -515,6 +540,36 @@ func retriesOnEAGAIN(op *Op) bool {
 	case OpRecv, OpSend, OpRecvmsg, OpSendmsg:
 		return op.Flags&unix.MSG_DONTWAIT == 0
 	case OpAccept:
+		return true
+	}
+	return false
+}
+
+// maxKernelCancels bounds the runs of an op the kernel keeps cancelling
+// on its own: a retry is for a passing failure, not a loop.
+const maxKernelCancels = 8
+
+// rerunsAfterKernelCancel reports whether op, ended with an -ECANCELED the
+// engine did not ask for, may simply run again: the kinds io_uring hands
+// to its io-wq workers, where that end comes from, and that are the same
+// op when repeated. io_uring may have done part of a read or write inline
+// before the punt, so one at the file position is not (the position
+// moved), nor is an appending write (RWF_APPEND, or an O_APPEND file: the
+// part would be appended twice); nor is a close, a connect or a uring_cmd.
+// The rerun names op's fd again, as the caller still holds it open (Close
+// an fd only after its ops completed).
+func (l *Loop) rerunsAfterKernelCancel(op *Op) bool {
+	switch op.Kind {
+	case OpRead, OpReadv:
+		return op.Offset >= 0
+	case OpWrite, OpWritev:
+		if op.Offset < 0 || op.Flags&unix.RWF_APPEND != 0 {
+			return false
+		}
+		fl, err := unix.FcntlInt(uintptr(op.Fd), unix.F_GETFL, 0) // this path is rare
+		l.stats.syscalls.Add(1)
+		return err == nil && fl&unix.O_APPEND == 0
+	case OpFsync, OpFdatasync, OpFallocate, OpFtruncate, OpOpenat, OpSplice:
 		return true
 	}
 	return false

@@ -63,6 +63,10 @@ type Stats struct {
 	// io_uring's READ_FIXED or WRITE_FIXED, their buffer lying in a
 	// registered one (RegisterBuffers, AddFixedBuffer).
 	FixedBufferOps uint64
+	// Resubmitted counts the ops the kernel cancelled on its own before
+	// they ran (Linux 6.1's io-wq, when it cannot start a worker thread)
+	// and the engine ran again; the caller sees only the second run.
+	Resubmitted uint64
 }
 
 // Syscalls is the total number of syscalls the engine made.
@@ -98,6 +102,7 @@ func (s Stats) Sub(old Stats) Stats {
 	d.DroppedCQEs -= old.DroppedCQEs
 	d.FixedFileOps -= old.FixedFileOps
 	d.FixedBufferOps -= old.FixedBufferOps
+	d.Resubmitted -= old.Resubmitted
 	for i := range d.Batches {
 		d.Batches[i] -= old.Batches[i]
 	}
@@ -129,6 +134,7 @@ func (s *Stats) add(o Stats) {
 	s.AIOContexts += o.AIOContexts
 	s.AIOEvents += o.AIOEvents
 	s.FixedBufferOps += o.FixedBufferOps
+	s.Resubmitted += o.Resubmitted
 	for i := range s.Batches {
 		s.Batches[i] += o.Batches[i]
 	}
@@ -145,6 +151,9 @@ func (s Stats) String() string {
 	if s.FixedBufferOps > 0 {
 		fmt.Fprintf(&b, " fixed-buffer-ops=%d", s.FixedBufferOps)
 	}
+	if s.Resubmitted > 0 {
+		fmt.Fprintf(&b, " resubmitted=%d", s.Resubmitted)
+	}
 	return b.String()
 }
 
@@ -154,15 +163,16 @@ func (s Stats) String() string {
 // store is an XCHG, which would be paid twice per op. The per-round and
 // per-flush counters are stored atomically as they change.
 type loopStats struct {
-	backend    string
-	rounds     counter
-	flushes    counter
-	flushedOps counter
-	batches    [BatchBuckets]counter
-	direct     atomic.Uint64 // ops Do ran on the caller's goroutine (any goroutine adds)
-	offloaded  atomic.Uint64 // ops run as a blocking syscall on a goroutine of the engine's
-	syscalls   atomic.Uint64 // syscalls the loop makes itself (a nonblocking splice, Loop.waiting's gettid)
-	rearms     uint64        // multishot ops the engine armed again (loop goroutine only; tests)
+	backend     string
+	rounds      counter
+	flushes     counter
+	flushedOps  counter
+	batches     [BatchBuckets]counter
+	direct      atomic.Uint64 // ops Do ran on the caller's goroutine (any goroutine adds)
+	offloaded   atomic.Uint64 // ops run as a blocking syscall on a goroutine of the engine's
+	syscalls    atomic.Uint64 // syscalls the loop makes itself (a nonblocking splice, Loop.waiting's gettid)
+	rearms      uint64        // multishot ops the engine armed again (loop goroutine only; tests)
+	resubmitted counter       // ops the kernel cancelled on its own, run again
 
 	cur struct{ opsStarted, completions uint64 }
 	pub struct{ opsStarted, completions counter }
@@ -204,6 +214,7 @@ func (l *Loop) Stats() Stats {
 		Offloaded:   ls.offloaded.Load(),
 		Flushes:     ls.flushes.load(),
 		FlushedOps:  ls.flushedOps.load(),
+		Resubmitted: ls.resubmitted.load(),
 	}
 	for i := range s.Batches {
 		s.Batches[i] = ls.batches[i].load()
