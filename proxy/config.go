@@ -260,7 +260,7 @@ func newFlagSet() (*Config, *flag.FlagSet) {
 	fs.DurationVar(&cfg.IdleTimeout, "idle-timeout", 0, "reset a connection that moved no byte in either direction for this long (0 = never)")
 	fs.IntVar(&cfg.MaxConns, "max-conns", 0, "stop accepting while this many connections are open (0 = no limit)")
 	fs.Var((*byteSizeFlag)(&cfg.BufferSize), "buffer", fmt.Sprintf("receive buffer `SIZE` (%s..%s): the most one recv takes; a direction holds its buffer from the loop's pool only while its bytes are being forwarded (on io_uring 6.17+ a TCP recv bundles 16 KiB pool buffers up to SIZE, for SIZE up to 256k)", byteSize(MinBufferSize), byteSize(MaxBufferSize)))
-	fs.Var((*notFlag)(&cfg.NoBundles), "bundles", "on io_uring 6.17+, receive TCP chunks as bundles of 16 KiB pool buffers up to -buffer (if 256k or less; -bundles=false: one -buffer sized buffer per chunk, as on other kernels)")
+	fs.Var((*notFlag)(&cfg.NoBundles), "bundles", "on io_uring 6.17+, receive TCP chunks as bundles of 16 KiB pool buffers up to -buffer (if 256k or less; -bundles=false: one -buffer sized buffer per chunk, as on other kernels, less CPU per byte for bulk streams but more memory held by slow readers)")
 	fs.BoolVar(&cfg.Splice, "splice", false, "move data with splice(2) through a pipe per direction instead of user-space buffers: less CPU per byte for bulk streams, but two splice syscalls per chunk (small request/response traffic is cheaper without it) and two more fds per connection")
 	fs.StringVar(&cfg.LogLevel, "log-level", "info", "least severe level logged: debug, info, warn or error")
 	fs.StringVar(&cfg.LogFormat, "log-format", "console", "log format: console or json")

@@ -58,7 +58,7 @@ const connectionAttemptDelay = 250 * time.Millisecond
 // After one side resets, the bytes already handed to the other side's
 // socket are let out before that side is reset too; a peer that takes
 // nothing for this long (or for -idle-timeout if shorter) is reset anyway.
-const maxFlushStall = 30 * time.Second
+var maxFlushStall = 30 * time.Second // a var for tests
 
 // The two directions of a connection.
 const (
@@ -181,6 +181,16 @@ type direction struct {
 	queue     []chunk // received chunks waiting for the send in flight
 
 	recvDone, sendDone func(uio.Handle, uio.Result)
+
+	// The watch on src while the direction is stuck on dst (watch.go):
+	// stuckOn is the op it waited on at the sweep before (stuckSeen);
+	// watched: a watch was made for the op in flight.
+	// srcGone: the watch saw src reset; the direction still sends what
+	// it holds and reads what src's socket still has (watch.go).
+	stuckSeen, watched, watchArmed, srcGone bool
+	stuckOn, watchID                        uio.OpID
+	stuckAt                                 time.Duration // monotime of the sweep that noted stuckOn
+	watchDone                               func(uio.Handle, uio.Result)
 
 	// Splice.
 	pipe          [2]int // read end, write end
@@ -568,6 +578,7 @@ func (c *conn) established() {
 	}
 	if c.state == stOpen {
 		c.d[dirDown].start()
+		c.w.startSweep()
 	}
 }
 
@@ -644,15 +655,22 @@ func (c *conn) kernelBytes() uint64 {
 // The other side first gets what the proxy already handed to its socket,
 // then a reset too, so that a broken stream never looks like a complete
 // one.
-func (c *conn) fail(err error, dead int) {
+func (c *conn) fail(err error, dead int) { c.reset(err, dead, true) }
+
+// reset is fail; without flush the other side is reset at once (it has
+// taken nothing for flushStall already).
+func (c *conn) reset(err error, dead int, flush bool) {
 	c.ctr.resets.add(1)
-	c.w.s.log.Debug("connection reset", zap.String("mapping", c.ms.label), zap.Error(err))
-	reason := endError
+	c.w.s.log.Debug("connection reset", zap.String("mapping", c.ms.label), zap.Error(err), zap.Bool("flush", flush))
+	reason, other := endError, -1
 	switch dead {
 	case c.cfd:
-		reason, c.flushFd = endClientReset, c.ufd
+		reason, other = endClientReset, c.ufd
 	case c.ufd:
-		reason, c.flushFd = endUpstreamReset, c.cfd
+		reason, other = endUpstreamReset, c.cfd
+	}
+	if flush {
+		c.flushFd = other
 	}
 	c.abort(reason, rstBoth)
 }
@@ -690,6 +708,9 @@ func (c *conn) abort(reason endReason, rst uint8) {
 		}
 		if d.recvArmed {
 			c.w.h.Cancel(d.recvID)
+		}
+		if d.watchArmed {
+			c.w.h.Cancel(d.watchID)
 		}
 	}
 	c.maybeClose()
@@ -749,11 +770,7 @@ func (c *conn) flushing() bool {
 	if c.flushSince == 0 || q < c.flushQ {
 		c.flushSince, c.flushQ = now, q
 	}
-	stall := maxFlushStall
-	if t := c.w.s.cfg.IdleTimeout; t > 0 {
-		stall = min(stall, t)
-	}
-	if now-c.flushSince > stall {
+	if now-c.flushSince > c.flushStall() {
 		c.flushFd = -1
 		return false
 	}
@@ -763,6 +780,15 @@ func (c *conn) flushing() bool {
 	}
 	c.flushTimer = c.w.h.AfterFunc(c.flushDelay, c.flushFn)
 	return true
+}
+
+// flushStall is how long a peer may take nothing while the proxy holds
+// bytes for it after the other side reset.
+func (c *conn) flushStall() time.Duration {
+	if t := c.w.s.cfg.IdleTimeout; t > 0 {
+		return min(maxFlushStall, t)
+	}
+	return maxFlushStall
 }
 
 func (c *conn) onFlushTimer(uio.Handle) {
@@ -919,9 +945,17 @@ func (d *direction) send() {
 // whether the connection is still forwarding.
 func (d *direction) completed() bool {
 	d.busy = false
-	c := d.c
+	if d.watched {
+		d.unwatch() // the op it was stuck on is done
+	}
+	return d.c.opEnded(stOpen)
+}
+
+// opEnded counts an op of the connection's as ended and reports whether
+// the connection is still in state; if not, it may close now.
+func (c *conn) opEnded(state connState) bool {
 	c.ops--
-	if c.state != stOpen {
+	if c.state != state {
 		c.maybeClose()
 		return false
 	}
@@ -1077,16 +1111,15 @@ func (d *direction) eof() {
 	if !c.d[d.idx^1].done {
 		unix.Shutdown(d.dst, unix.SHUT_WR)
 		c.w.syscalls.add(1)
+		return
 	}
-	// Else both ways are done: the close that follows (no op is in
-	// flight, the last send has completed) sends dst its FIN, and dst has
-	// nothing unread that would turn it into a reset (src's EOF came).
-	if c.d[d.idx^1].done {
-		c.stopTimers()
-		c.state = stClosing
-		c.end = endFIN
-		c.maybeClose()
-	}
+	// Both ways are done: the close that follows (no op is in flight, the
+	// last send has completed) sends dst its FIN, and dst has nothing
+	// unread that would turn it into a reset (src's EOF came).
+	c.stopTimers()
+	c.state = stClosing
+	c.end = endFIN
+	c.maybeClose()
 }
 
 // --- splice forwarding ------------------------------------------------------

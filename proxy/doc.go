@@ -32,7 +32,9 @@
 // send-proxy the upstream first gets a PROXY protocol header (v1 or v2)
 // with the client's address; with accept-proxy each client must start
 // with one (from a front balancer, within -proxy-header-timeout) or be
-// reset. The bytes after the header are the first ones sent upstream.
+// reset; a header is read into a buffer of -buffer bytes, at most the
+// largest v2 header (65,551), so one longer than a smaller -buffer is
+// refused. The bytes after the header are the first ones sent upstream.
 //
 // Once connected, each direction (client to upstream, upstream to client)
 // keeps one multishot recv armed that takes a -buffer sized buffer from its
@@ -54,7 +56,13 @@
 // recv, and after a pause each recv ends once it has taken -buffer (its
 // Limit). Directions from unix sockets (a second pool) and other kernels
 // get one -buffer sized buffer per chunk (a capped bundle on a unix socket
-// can miss the end of stream behind its data on 6.18). The default of
+// can miss the end of stream behind its data on 6.18). Bundling trades CPU
+// for memory: at -buffer 256k, 300 slow readers held 95 MiB of heap with
+// bundles and 190 MiB with -bundles=false (TestSlowReaders with
+// SLOW_FLAGS), while 8 bulk streams cost 1.23 CPU s/GB without bundles
+// against 1.51 with them (STREAMS=8 bench/proxy/bulk-cpu.sh; the copies
+// into and out of 16 KiB buffers cost more per byte); -bundles=false suits a
+// proxy of few, fast bulk streams. The default of
 // 256 KiB is measured: a bulk stream costs 0.79x (AIO) to 0.93x (io_uring)
 // the CPU per byte of 64 KiB (bench/proxy/bulk-cpu.sh), and a buffer's
 // pages are touched only as far as data fills them. Every op is
@@ -80,7 +88,14 @@
 // EPIPE), the other side first gets every byte the proxy already handed
 // to its socket (the proxy waits until TIOCOUTQ says the peer acknowledged
 // them, giving up on a peer that takes nothing for 30 s or -idle-timeout),
-// then the reset. -idle-timeout resets both sides of a connection that
+// then the reset. That holds too for a side that resets while the proxy is
+// not reading it (its peer stopped reading, so flow control paused this
+// direction): each loop looks over its connections every second and
+// watches, with a poll for the socket's error, a direction stuck on the
+// same send since the look before; once the reset is seen, a peer that
+// takes nothing for 30 s (or -idle-timeout) is reset too, where before the
+// connection waited for it for good. -idle-timeout resets both sides of a
+// connection that
 // moved no byte either way for that long (op completions, and for sends
 // stalled on a slow reader the sockets' TCP_INFO byte counts); a
 // connect failure resets the client. TCP keepalive is on for both sockets

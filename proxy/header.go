@@ -47,9 +47,7 @@ func (h *headerReader) recv() {
 func (h *headerReader) onRecv(_ uio.Handle, r uio.Result) {
 	c := h.c
 	h.busy = false
-	c.ops--
-	if c.state != stHeader {
-		c.maybeClose()
+	if !c.opEnded(stHeader) {
 		return
 	}
 	switch {

@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -45,9 +44,12 @@ type worker struct {
 	parked    []parkedConn // accepted beyond -max-conns, waiting for a slot
 	waiting   bool         // registered in Server.waiting; guarded by Server.mu
 	resumeFn  func(uio.Handle)
+	// The look for directions stuck on a slow dst (watch.go), armed while
+	// the worker has connections.
+	sweepTimer *uio.Timer
+	sweepFn    func(uio.Handle)
 
-	openListeners atomic.Int32
-	syscalls      counter // syscalls the proxy makes itself (socket, setsockopt, shutdown, ...)
+	syscalls counter // syscalls the proxy makes itself (socket, setsockopt, shutdown, ...)
 }
 
 // addAcceptors makes this loop's acceptors for ms's sockets; they are
@@ -55,9 +57,11 @@ type worker struct {
 func (w *worker) addAcceptors(ms *mapState) []*acceptor {
 	var added []*acceptor
 	for a := range ms.addrs {
-		for j, fd := range ms.fds[a] {
-			if fd >= 0 && j%w.s.cfg.Loops == w.idx {
-				ac := &acceptor{w: w, ms: ms, fd: fd}
+		// Only this loop's entries: another loop's acceptor may be
+		// closing (writing -1 into) its own meanwhile.
+		for j := w.idx; j < len(ms.fds[a]); j += w.s.cfg.Loops {
+			if fd := ms.fds[a][j]; fd >= 0 {
+				ac := &acceptor{w: w, ms: ms, fd: fd, addr: a, slot: j}
 				ac.done = ac.onAccept
 				added = append(added, ac)
 			}
@@ -69,7 +73,6 @@ func (w *worker) addAcceptors(ms *mapState) []*acceptor {
 
 func (w *worker) start(h uio.Handle) {
 	w.h = h
-	w.openListeners.Store(int32(len(w.acceptors)))
 	for _, a := range w.acceptors {
 		a.arm()
 	}
@@ -158,10 +161,12 @@ func (w *worker) getBuf() []byte {
 }
 
 // headerBufSize is the size of a PROXY-header buffer: -buffer, at most
-// 64 KiB (a v2 header is 16 bytes and up to 65,535 of addresses and TLVs,
-// rarely more than a few hundred); bytes behind the header beyond it wait
-// in the socket for the pool recvs.
-func (w *worker) headerBufSize() int { return min(w.s.cfg.BufferSize, 64<<10) }
+// the largest v2 header (16 bytes and up to 65,535 of addresses and TLVs;
+// rarely more than a few hundred are sent), so a connection of a large
+// -buffer does not allocate all of it before its header is read; bytes
+// behind the header beyond it wait in the socket for the pool recvs. A
+// smaller -buffer bounds the header too: a longer one is refused.
+func (w *worker) headerBufSize() int { return min(w.s.cfg.BufferSize, proxyV2MaxLen) }
 
 func (w *worker) putBuf(b []byte) {
 	if len(b) == w.headerBufSize() && len(w.freeBufs) < 64 {
@@ -174,6 +179,8 @@ type acceptor struct {
 	w       *worker
 	ms      *mapState
 	fd      int
+	addr    int // fd is ms.fds[addr][slot]
+	slot    int
 	id      uio.OpID
 	armed   bool
 	paused  bool // -max-conns reached
@@ -233,6 +240,12 @@ func (a *acceptor) onAccept(h uio.Handle, r uio.Result) {
 			// Another loop took the last slot first: hold the connection
 			// (as the backlog would) and stop accepting here.
 			a.w.parked = append(a.w.parked, parkedConn{a.ms, fd})
+			if a.ms.removed.Load() {
+				// Dropped by a reload whose cancel this accept beat: it
+				// is no longer among the acceptors resume re-arms.
+				a.close()
+				return
+			}
 			a.paused = true
 			if !s.wait(a.w) {
 				a.w.resume(a.w.h)
@@ -278,16 +291,13 @@ func (a *acceptor) close() {
 		a.timer.Stop()
 		a.timer = nil
 	}
+	s := a.w.s
+	s.fdsMu.Lock()
 	unix.Close(a.fd)
+	// Only its own entry: the other loops close theirs at the same time.
+	a.ms.fds[a.addr][a.slot] = -1
+	s.fdsMu.Unlock()
 	a.w.syscalls.add(1)
-	for _, fds := range a.ms.fds {
-		for j, fd := range fds {
-			if fd == a.fd {
-				fds[j] = -1
-			}
-		}
-	}
-	a.w.openListeners.Add(-1)
 }
 
 // listen binds ms's listening sockets: for every address the bind host
@@ -317,7 +327,7 @@ func (s *Server) listen(ms *mapState) (err error) {
 			return err
 		}
 		if fds != nil {
-			ms.inherited = s.cfg.systemdSockets
+			ms.inherited, ms.passedIn = s.cfg.systemdSockets, true
 		} else {
 			fd, err := listenUnix(m.BindUnix)
 			if err != nil {
@@ -342,7 +352,7 @@ func (s *Server) listen(ms *mapState) (err error) {
 		if fds, err := s.takeInherited(bindKey(ip, port)); err != nil {
 			return err
 		} else if fds != nil {
-			ms.inherited = s.cfg.systemdSockets
+			ms.inherited, ms.passedIn = s.cfg.systemdSockets, true
 			ms.fds = append(ms.fds, fds)
 			ms.addrs = append(ms.addrs, &net.TCPAddr{IP: ip.AsSlice(), Port: port, Zone: ip.Zone()})
 			continue
@@ -472,11 +482,9 @@ func listenGroup(ip netip.Addr, port, n int, keepalive time.Duration) (fds []int
 		// SO_REUSEPORT would let us join another process's group on this
 		// port and silently split its traffic; a plain bind first makes a
 		// port in use fail as it should.
-		fd, err := listenSocket(ip, port, false, keepalive)
-		if err != nil {
+		if err := bindProbe(ip, port); err != nil {
 			return nil, 0, err
 		}
-		unix.Close(fd)
 	}
 	for i := 0; i < n; i++ {
 		fd, err := listenSocket(ip, port, n > 1, keepalive)
@@ -504,6 +512,29 @@ func listenGroup(ip netip.Addr, port, n int, keepalive time.Duration) (fds []int
 // set here are inherited by every accepted socket, so connections need no
 // setsockopt of their own.
 func listenSocket(ip netip.Addr, port int, reusePort bool, keepalive time.Duration) (int, error) {
+	fd, err := boundSocket(ip, port, reusePort, keepalive)
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.Listen(fd, listenBacklog); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// bindProbe reports whether ip:port can be bound without SO_REUSEPORT,
+// with a socket that never listens (so no client is accepted and reset).
+func bindProbe(ip netip.Addr, port int) error {
+	fd, err := boundSocket(ip, port, false, 0)
+	if err == nil {
+		unix.Close(fd)
+	}
+	return err
+}
+
+// boundSocket opens a TCP socket with the listening options and binds it.
+func boundSocket(ip netip.Addr, port int, reusePort bool, keepalive time.Duration) (int, error) {
 	family := unix.AF_INET
 	if ip.Is6() {
 		family = unix.AF_INET6
@@ -538,9 +569,6 @@ func listenSocket(ip netip.Addr, port int, reusePort bool, keepalive time.Durati
 	setKeepalive(fd, keepalive)
 	setNoDelay(fd) // accepted sockets inherit it: no setsockopt per connection
 	if err := unix.Bind(fd, sockaddr(ip, port)); err != nil {
-		return fail(err)
-	}
-	if err := unix.Listen(fd, listenBacklog); err != nil {
 		return fail(err)
 	}
 	return fd, nil

@@ -548,7 +548,8 @@ func slowReaders(t *testing.T, buffer string, size, n int) {
 				}
 			}
 		})
-		p := startProxy(t, b, up.addr(), "-buffer", buffer)
+		// SLOW_FLAGS adds flags by hand (a later -buffer wins), to compare.
+		p := startProxy(t, b, up.addr(), append([]string{"-buffer", buffer}, strings.Fields(os.Getenv("SLOW_FLAGS"))...)...)
 		conns := make([]*net.TCPConn, n)
 		for i := range conns {
 			conns[i] = dial(t, p.addr)
@@ -661,6 +662,97 @@ func TestBundledForwarding(t *testing.T) {
 		t.Logf("%s: bundles %v, %.0f bytes per forwarded chunk", b, bundles, perChunk)
 		if bundles && perChunk <= bundleBuffer {
 			t.Errorf("bundles on, but %.0f bytes per chunk: no more than one %d-byte buffer each", perChunk, bundleBuffer)
+		}
+	})
+}
+
+// poolBuffersOut counts the pool buffers the proxy's loops have handed out
+// and not had back, read on each loop.
+func poolBuffersOut(s *Server) int {
+	var mu sync.Mutex
+	n := 0
+	s.onLoops(func(w *worker) {
+		_, out := w.pool.Stats()
+		if w.plain != nil {
+			_, o := w.plain.Stats()
+			out += o
+		}
+		mu.Lock()
+		n += out
+		mu.Unlock()
+	})
+	return n
+}
+
+// TestBuffersBackOnAbort: connections that end while they hold pool
+// buffers (chunks read from the client, waiting for an upstream that does
+// not read) give every one back, whichever way they end: the upstream
+// resets, -idle-timeout fires, or the client resets (the connection then
+// lives on until the upstream reads what came before the reset, see
+// TestClientResetAfterData). With the default -buffer, io_uring 6.17+
+// holds bundles of several buffers.
+func TestBuffersBackOnAbort(t *testing.T) {
+	const conns = 8
+	forEachBackend(t, func(t *testing.T, b string) {
+		for _, tc := range []struct {
+			name  string
+			flags []string
+		}{{"upstream reset", nil}, {"idle timeout", []string{"-idle-timeout", "2s"}}, {"client reset", nil}} {
+			t.Run(tc.name, func(t *testing.T) {
+				release := make(chan struct{})
+				var once sync.Once
+				releaseUp := func() { once.Do(func() { close(release) }) }
+				up := startUpstream(t, func(c *net.TCPConn) {
+					<-release // until then it does not read: the proxy's sends to it stall
+					switch tc.name {
+					case "upstream reset":
+						c.SetLinger(0)
+					case "client reset":
+						io.Copy(io.Discard, c) // what the client sent, then its reset
+					}
+				})
+				t.Cleanup(releaseUp) // before up's own cleanup, which waits for its handlers
+				p := startProxy(t, b, up.addr(), tc.flags...)
+				var clients []*net.TCPConn
+				for range conns {
+					c := dial(t, p.addr)
+					clients = append(clients, c)
+					t.Cleanup(func() { c.Close() })
+					go func() {
+						buf := make([]byte, 64<<10)
+						c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+						for {
+							if _, err := c.Write(buf); err != nil {
+								return
+							}
+						}
+					}()
+				}
+				// Held: each connection's send to the upstream is stuck
+				// with its chunk, and what arrived before the pause waits
+				// behind it.
+				held := 0
+				waitFor(t, 5*time.Second, "buffers held by stalled connections", func() bool {
+					held = poolBuffersOut(p.Server)
+					return held >= conns
+				})
+				t.Logf("%d pool buffers held by %d stalled connections", held, conns)
+				switch tc.name {
+				case "upstream reset":
+					releaseUp()
+				case "client reset":
+					for _, c := range clients {
+						c.SetLinger(0)
+						c.Close()
+					}
+					time.Sleep(100 * time.Millisecond)
+					releaseUp()
+				}
+				waitFor(t, 5*time.Second, "all connections closed", func() bool { return p.ActiveConns() == 0 })
+				if out := poolBuffersOut(p.Server); out != 0 {
+					t.Errorf("%d pool buffers still out after every connection ended, want 0", out)
+				}
+			})
 		}
 	})
 }

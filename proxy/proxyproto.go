@@ -21,6 +21,7 @@ var proxyV2Sig = []byte("\r\n\r\n\x00\r\nQUIT\n")
 const (
 	proxyV1MaxLen = 107
 	proxyV2HdrLen = 16
+	proxyV2MaxLen = proxyV2HdrLen + 65535 // the length field is 16 bits
 )
 
 // errHeaderIncomplete says parseProxyHeader needs more bytes.

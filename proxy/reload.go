@@ -8,6 +8,7 @@ import (
 	"os"
 	"reflect"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -27,14 +28,17 @@ func (c Config) Reread() (Config, error) {
 // address: a listener whose address stays keeps its sockets (nothing is
 // dropped, the accept queue included) and takes the new upstream-side
 // options for its next connections; a new address is bound and starts
-// accepting; a listener that is gone stops accepting and its connections
-// run to their end. Connections already open always keep the route they
-// started with. Everything new is bound before anything changes, so an
-// error (a bad config, an address in use) leaves the running config as it
-// was. Options other than the mappings need a restart: Reload names those
-// that changed in its log line and keeps the running values. A listener
-// keeps the name (metrics label) it started with; renaming a mapping on
-// the same address takes effect at the next restart.
+// accepting; a listener that is gone stops accepting, its sockets are
+// closed (within listenerCloseTimeout) and its ports free when Reload
+// returns, unless systemd or a hand-over passed them in and holds them
+// too, and its connections run to their end. Connections already open
+// always keep the route they started with. Everything new is bound before
+// anything changes, so an error (a bad config, an address in use) leaves
+// the running config as it was. Options other than the mappings need a
+// restart: Reload names those that changed in its log line and keeps the
+// running values. A listener keeps the name (metrics label) it started
+// with; renaming a mapping on the same address takes effect at the next
+// restart.
 func (s *Server) Reload(cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -60,13 +64,12 @@ func (s *Server) Reload(cfg Config) error {
 	kept := map[*mapState]Mapping{}
 	var added []*mapState
 	undo := func() {
+		s.fdsMu.Lock() // a hand-over may have seen them in s.maps
+		defer s.fdsMu.Unlock()
 		for _, ms := range added {
-			for _, fds := range ms.fds {
-				for _, fd := range fds {
-					if fd >= 0 {
-						unix.Close(fd)
-					}
-				}
+			for fd := range ms.openFds {
+				unix.Close(*fd)
+				*fd = -1
 			}
 			if ms.unixListen {
 				os.Remove(ms.m.BindUnix)
@@ -127,8 +130,9 @@ func (s *Server) Reload(cfg Config) error {
 		close(ms.cur.Load().stop)
 	}
 	s.mapsMu.Lock()
-	// Drop listeners removed earlier whose connections have all ended.
-	keep := s.maps[:0]
+	// Drop listeners removed earlier whose connections have all ended, in
+	// a new slice: a Snapshot may still range over the old one.
+	keep := make([]*mapState, 0, len(s.maps))
 	for _, ms := range s.maps {
 		if !ms.removed.Load() || ms.active() > 0 || contains(removed, ms) {
 			keep = append(keep, ms)
@@ -139,7 +143,6 @@ func (s *Server) Reload(cfg Config) error {
 	s.onLoops(func(w *worker) {
 		for _, ms := range added {
 			for _, a := range w.addAcceptors(ms) {
-				w.openListeners.Add(1)
 				if s.started {
 					a.arm()
 				}
@@ -153,6 +156,15 @@ func (s *Server) Reload(cfg Config) error {
 		if ms.unixListen {
 			os.Remove(ms.m.BindUnix)
 		}
+	}
+	// A removed listener's socket closes on its loop once its armed accept
+	// is cancelled. Waiting for that lets the next Reload bind the address
+	// again, and a client that connects after Reload returns be refused
+	// (unless the socket was passed in and its giver still listens).
+	if open := s.waitClosed(removed, listenerCloseTimeout); open > 0 {
+		s.log.Warn("removed listeners still open after the reload", zap.Int("sockets", open), zap.Duration("waited", listenerCloseTimeout))
+	} else {
+		waitUnbound(removed, unbindTimeout)
 	}
 
 	var restart []string
@@ -176,6 +188,59 @@ func (s *Server) Reload(cfg Config) error {
 		s.log.Info("stopped listening; open connections drain", zap.String("mapping", ms.label), zap.Uint64("open", ms.active()))
 	}
 	return nil
+}
+
+// listenerCloseTimeout bounds Reload's wait for the sockets of the
+// listeners it removed to close (a cancel takes a loop round).
+const listenerCloseTimeout = 2 * time.Second
+
+// waitClosed waits up to timeout for every listening socket of mss to be
+// closed, and returns how many are still open.
+func (s *Server) waitClosed(mss []*mapState, timeout time.Duration) int {
+	deadline := time.Now().Add(timeout)
+	for {
+		open := 0
+		s.fdsMu.Lock()
+		for _, ms := range mss {
+			for range ms.openFds {
+				open++
+			}
+		}
+		s.fdsMu.Unlock()
+		if open == 0 || time.Now().After(deadline) {
+			return open
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// unbindTimeout bounds the wait for the kernel to release the ports of
+// closed listeners. The last reference to a socket whose poll or accept
+// was cancelled may be dropped by the kernel a moment after close(2)
+// (measured here: about 1 ms); until then a plain bind of its port fails.
+const unbindTimeout = 200 * time.Millisecond
+
+// waitUnbound waits up to timeout until every TCP address of mss can be
+// bound again. An address still taken after that (another process bound
+// it meanwhile) is left for the next bind to report. Sockets passed in
+// (systemd, a hand-over) are skipped: their giver may keep them open.
+func waitUnbound(mss []*mapState, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for _, ms := range mss {
+		if ms.passedIn {
+			continue
+		}
+		for _, a := range ms.addrs {
+			ta, ok := a.(*net.TCPAddr)
+			if !ok {
+				continue
+			}
+			ip := ta.AddrPort().Addr()
+			for bindProbe(ip, ta.Port) != nil && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}
 }
 
 // active is the number of open connections accepted by ms.

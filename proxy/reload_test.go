@@ -7,6 +7,8 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -90,6 +92,18 @@ func TestReload(t *testing.T) {
 		if err := s.Reload(mustParse(t, append(base, m(p1, up2), m(p3, up1))...)); err != nil {
 			t.Fatalf("Reload: %v", err)
 		}
+		// Reload returns with the removed port closed and free, checked at
+		// once: the loops close the socket after its accept's cancel, and
+		// the kernel frees the port a moment after that close.
+		if x, err := net.DialTimeout("tcp", a2, time.Second); err == nil {
+			x.Close()
+			t.Errorf("removed listener %s still accepts after Reload returned", a2)
+		}
+		if ln, err := net.Listen("tcp", a2); err != nil {
+			t.Errorf("port of the removed listener after Reload returned: %v", err)
+		} else {
+			ln.Close()
+		}
 		for _, c := range []*net.TCPConn{c1, c2} {
 			if err := roundTrip(c, []byte("still here"), 2*time.Second); err != nil {
 				t.Fatalf("connection open across the reload: %v", err)
@@ -97,13 +111,6 @@ func TestReload(t *testing.T) {
 		}
 		expectTag(t, a1, "2")
 		expectTag(t, a3, "1")
-		waitFor(t, 2*time.Second, "removed listener closed", func() bool {
-			x, err := net.DialTimeout("tcp", a2, time.Second)
-			if err == nil {
-				x.Close()
-			}
-			return err != nil
-		})
 		if err := roundTrip(c2, []byte("draining"), 2*time.Second); err != nil {
 			t.Fatalf("connection of the removed listener: %v", err)
 		}
@@ -160,6 +167,94 @@ func TestSIGHUPReload(t *testing.T) {
 		c1.Close()
 		if code := ch.stop(t, pid); code != 0 {
 			t.Errorf("exit %d:\n%s", code, ch.output())
+		}
+	})
+}
+
+// TestStopWhileReloading: a Shutdown that overlaps Reloads, hand-over dups
+// of the listening sockets and Snapshots is clean under -race (the loops
+// close their acceptors while the others read the same state), every call
+// after it is refused or harmless, and no listening socket stays open.
+// The Reloads add and remove one address over and over: each must be able
+// to bind what the one before it closed.
+func TestStopWhileReloading(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b string) {
+		up := startUpstream(t, echoHandler)
+		p1, p2 := freePort(t), freePort(t)
+		m := func(port int) string { return fmt.Sprintf("127.0.0.1:%d:%s", port, up.addr()) }
+		base := []string{"-backend", b, "-loops", "2", "-log-level", "error"}
+		one, both := mustParse(t, append(base, m(p1))...), mustParse(t, append(base, m(p1), m(p2))...)
+		s, err := New(one, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Start()
+		var stop atomic.Bool
+		var wg sync.WaitGroup
+		var reloads, dups atomic.Int64
+		errs := make(chan error, 3)
+		wg.Add(3)
+		go func() { // p2 added and removed, over and over
+			defer wg.Done()
+			for i := 0; !stop.Load(); i++ {
+				cfg := one
+				if i%2 == 0 {
+					cfg = both
+				}
+				err := s.Reload(cfg)
+				if err != nil && !strings.Contains(err.Error(), "stopping") {
+					errs <- fmt.Errorf("Reload: %w", err)
+					return
+				}
+				if err == nil {
+					reloads.Add(1)
+				}
+			}
+		}()
+		go func() { // what SIGUSR2 does first
+			defer wg.Done()
+			for !stop.Load() {
+				files, err := s.dupListeners()
+				if err != nil {
+					errs <- err
+					return
+				}
+				for _, f := range files {
+					f.Close()
+				}
+				dups.Add(1)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			for !stop.Load() {
+				s.Snapshot()
+			}
+		}()
+		time.Sleep(100 * time.Millisecond)
+		s.Shutdown(0)
+		time.Sleep(20 * time.Millisecond) // the callers meet the stopped server too
+		stop.Store(true)
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		t.Logf("%d reloads, %d dups before and during the shutdown", reloads.Load(), dups.Load())
+		if err := s.Reload(both); err == nil || !strings.Contains(err.Error(), "stopping") {
+			t.Errorf("Reload after Shutdown: %v, want the server is stopping", err)
+		}
+		if files, err := s.dupListeners(); err != nil || len(files) != 0 {
+			t.Errorf("after Shutdown: %d listening sockets still to hand over (%v), want 0", len(files), err)
+			for _, f := range files {
+				f.Close()
+			}
+		}
+		for _, p := range []int{p1, p2} {
+			if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", p), time.Second); err == nil {
+				c.Close()
+				t.Errorf("port %d still accepts after Shutdown", p)
+			}
 		}
 	})
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -323,6 +324,59 @@ func TestAcceptProxy(t *testing.T) {
 		if n := p.Snapshot().Mappings[0].BadHeaders; n != 2 {
 			t.Errorf("BadHeaders = %d, want 2", n)
 		}
+	})
+}
+
+// paddedV2Header is a v2 header for src and dst (IPv4) padded with a NOOP
+// TLV to length bytes after its 16-byte start.
+func paddedV2Header(src, dst netip.AddrPort, length int) []byte {
+	h := proxyHeader("v2", src, dst)
+	pad := length - (len(h) - proxyV2HdrLen) - 3
+	h = append(h, 0x04, byte(pad>>8), byte(pad)) // PP2_TYPE_NOOP
+	h = append(h, make([]byte, pad)...)
+	binary.BigEndian.PutUint16(h[14:16], uint16(length))
+	return h
+}
+
+// TestAcceptProxyHeaderSize: the header buffer holds the largest v2 header
+// the protocol allows (length 65,535) under the default -buffer, and a
+// smaller -buffer refuses a longer header with an error that says so.
+func TestAcceptProxyHeaderSize(t *testing.T) {
+	src, dst := netip.MustParseAddrPort("192.0.2.9:5151"), netip.MustParseAddrPort("198.51.100.1:443")
+	forEachBackend(t, func(t *testing.T, b string) {
+		got := make(chan string, 4)
+		up := proxyHeaderUpstream(t, got)
+		t.Run("largest", func(t *testing.T) {
+			p := startProxyMapping(t, b, Mapping{Upstreams: targets(t, up), SendProxy: "v1", AcceptProxy: true})
+			hdr := paddedV2Header(src, dst, 65535)
+			if len(hdr) != proxyV2MaxLen {
+				t.Fatalf("test header is %d bytes, want %d", len(hdr), proxyV2MaxLen)
+			}
+			c := dial(t, p.addr)
+			go c.Write(append(hdr, "data"...))
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			echo := make([]byte, 4)
+			if _, err := io.ReadFull(c, echo); err != nil || string(echo) != "data" {
+				t.Fatalf("echo %q, %v", echo, err)
+			}
+			if h := <-got; !strings.Contains(h, " 192.0.2.9:5151 ") {
+				t.Errorf("upstream saw %s, want the front balancer's client passed on", h)
+			}
+		})
+		t.Run("longer than -buffer", func(t *testing.T) {
+			p := startProxyMapping(t, b, Mapping{Upstreams: targets(t, up), SendProxy: "v1", AcceptProxy: true}, "-buffer", "4k")
+			c := dial(t, p.addr)
+			go c.Write(paddedV2Header(src, dst, 5000))
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Read(make([]byte, 1)); !isReset(err) {
+				t.Errorf("client with a 5,016-byte header: %v, want a reset", err)
+			}
+			waitFor(t, 2*time.Second, "warning", func() bool { return p.logs.FilterMessage("bad PROXY header, resetting client").Len() == 1 })
+			e := p.logs.FilterMessage("bad PROXY header, resetting client").All()[0]
+			if msg, _ := e.ContextMap()["error"].(string); !strings.Contains(msg, "longer than the 4096-byte buffer") {
+				t.Errorf("logged error %q, want it to name the 4096-byte buffer", msg)
+			}
+		})
 	})
 }
 

@@ -544,3 +544,174 @@ func TestResetReportedOnce(t *testing.T) {
 		})
 	}
 }
+
+// TestResetWhileOtherSideStalls: one side stops reading, so the proxy
+// stops reading the other (flow control), and that other side then resets.
+// The proxy sees the reset anyway (watch.go), within a few seconds, while
+// the stalled side still reads nothing. A stalled side that reads again
+// gets every byte the proxy took, then the reset, as without the watch;
+// one that never reads is reset with the other once it has taken nothing
+// for the flush stall (30 s, here 1 s), where before the connection stayed
+// open for good (-idle-timeout is off by default). A FIN in place of the
+// reset is no error (on io_uring the watch fires on it too): the stalled
+// side gets every byte, then the end of stream.
+func TestResetWhileOtherSideStalls(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b string) {
+		for _, splice := range []bool{false, true} {
+			for _, end := range []stallEnd{clientResets, upstreamResets, clientResetsForGood, clientHalfCloses} {
+				name := [...]string{"client resets", "upstream resets", "client resets, upstream never reads", "client half-closes"}[end]
+				var flags []string
+				if splice {
+					name, flags = name+", splice", []string{"-splice"}
+				}
+				t.Run(name, func(t *testing.T) { testResetWhileStalled(t, b, end, flags) })
+			}
+		}
+	})
+}
+
+type stallEnd int
+
+const (
+	clientResets stallEnd = iota
+	upstreamResets
+	clientResetsForGood // the upstream never reads again
+	clientHalfCloses
+)
+
+func testResetWhileStalled(t *testing.T, b string, end stallEnd, flags []string) {
+	if end == clientResetsForGood {
+		// Put back after the proxy's own cleanup (cleanups run last
+		// first): its loops read it.
+		d := maxFlushStall
+		t.Cleanup(func() { maxFlushStall = d })
+		maxFlushStall = time.Second
+	}
+	release := make(chan struct{})
+	var once sync.Once
+	releaseReader := func() { once.Do(func() { close(release) }) }
+	type readEnd struct {
+		n   int64
+		bad int64 // offset of the first byte off the pattern, -1: none
+		err error
+	}
+	res := make(chan readEnd, 1)
+	// read waits for release, then reads to the end, checking the pattern.
+	read := func(c net.Conn) {
+		<-release
+		r := readEnd{bad: -1}
+		buf := make([]byte, 64<<10)
+		for {
+			k, err := c.Read(buf)
+			for i := range buf[:k] {
+				if r.bad < 0 && buf[i] != byte((r.n+int64(i))%251) {
+					r.bad = r.n + int64(i)
+				}
+			}
+			r.n += int64(k)
+			if err != nil {
+				r.err = err
+				break
+			}
+		}
+		res <- r
+	}
+	// fill writes the pattern until the writes stall, then resets (or
+	// half-closes).
+	fill := func(c *net.TCPConn) int64 {
+		buf := make([]byte, 64<<10)
+		var n int64
+		for {
+			for i := range buf {
+				buf[i] = byte((n + int64(i)) % 251)
+			}
+			c.SetWriteDeadline(time.Now().Add(300 * time.Millisecond))
+			k, err := c.Write(buf)
+			n += int64(k)
+			if err != nil {
+				break // stalled: everything between us and the reader is full
+			}
+		}
+		if end == clientHalfCloses {
+			c.CloseWrite()
+			return n
+		}
+		c.SetLinger(0)
+		c.Close()
+		return n
+	}
+	written := make(chan int64, 1)
+	up := startUpstream(t, func(c *net.TCPConn) {
+		if end == upstreamResets {
+			written <- fill(c)
+		} else {
+			read(c)
+		}
+	})
+	t.Cleanup(releaseReader) // before up's own cleanup, which waits for its handlers
+	p := startProxy(t, b, up.addr(), flags...)
+	c := dial(t, p.addr)
+	if end == upstreamResets {
+		go read(c)
+	} else {
+		written <- fill(c)
+	}
+	n := <-written
+	switch end {
+	case clientHalfCloses:
+		time.Sleep(2*watchEvery + 500*time.Millisecond) // two looks: a watch made and fired
+		if r := p.Snapshot().Mappings[0].Resets; r != 0 || srcGoneSeen(p.Server) {
+			t.Fatalf("a half-close while the upstream stalls counted %d resets (srcGone %v)", r, srcGoneSeen(p.Server))
+		}
+	case clientResetsForGood:
+		waitFor(t, 8*time.Second, "the proxy to reset a connection whose client reset and whose upstream reads nothing", func() bool {
+			return p.ActiveConns() == 0
+		})
+	default:
+		waitFor(t, 5*time.Second, "the proxy to see the reset while the other side reads nothing", func() bool {
+			return srcGoneSeen(p.Server)
+		})
+	}
+	releaseReader()
+	r := <-res
+	t.Logf("%d bytes written before the end, %d read after it (%v)", n, r.n, r.err)
+	m := p.Snapshot().Mappings[0]
+	took := int64(m.BytesUp) // what the proxy read from the side that wrote
+	if end == upstreamResets {
+		took = int64(m.BytesDown)
+	}
+	switch {
+	case r.bad >= 0 || r.n > n:
+		t.Errorf("read %d bytes of %d written, first wrong byte at %d", r.n, n, r.bad)
+	case end == clientHalfCloses && (r.n != n || r.err != io.EOF):
+		t.Errorf("after a half-close the upstream read %d of %d bytes, then %v; want all, then EOF", r.n, n, r.err)
+	case end != clientHalfCloses && !isReset(r.err):
+		t.Errorf("the stalled side's read ended with %v, want a reset", r.err)
+	case (end == clientResets || end == upstreamResets) && r.n != took:
+		t.Errorf("the stalled side read %d bytes, the proxy had taken %d: it must get every one before the reset", r.n, took)
+	}
+	if end == clientHalfCloses {
+		c.Close() // the upstream's FIN came back to it; now the client's end
+	}
+	waitFor(t, 5*time.Second, "connection closed", func() bool { return p.ActiveConns() == 0 })
+	if want := uint64(1); end != clientHalfCloses && m.Resets != want {
+		t.Errorf("resets = %d, want %d", m.Resets, want)
+	}
+}
+
+// srcGoneSeen reports whether a direction of an open connection has seen
+// its src reset through the watch.
+func srcGoneSeen(s *Server) bool {
+	var mu sync.Mutex
+	seen := false
+	s.onLoops(func(w *worker) {
+		for c := range w.conns {
+			if c.d[dirUp].srcGone || c.d[dirDown].srcGone {
+				mu.Lock()
+				seen = true
+				mu.Unlock()
+			}
+		}
+	})
+	return seen
+}

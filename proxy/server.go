@@ -80,8 +80,13 @@ type Server struct {
 	inherited  map[string][]int // listening sockets passed in, by listenKey, not yet matched
 	handedOver atomic.Bool      // SIGUSR2 passed the listeners on: do not unlink Unix sockets
 
-	mapsMu   sync.Mutex // guards maps against Reload (the loops never read it)
-	reloadMu sync.Mutex
+	mapsMu sync.Mutex // guards maps against Reload (the loops never read it)
+	// fdsMu guards the entries of every mapState's fds between an acceptor
+	// closing its socket on a loop and a hand-over duplicating them: with
+	// the close and the -1 under one lock, a dup never meets an fd number
+	// that was closed and handed out again.
+	fdsMu    sync.Mutex
+	reloadMu sync.Mutex // one Reload at a time; Start and Shutdown set started and closed under it
 
 	stopping atomic.Bool
 	ctx      context.Context // cancelled by Shutdown: ends pending lookups
@@ -107,7 +112,7 @@ type mapState struct {
 	m     Mapping    // as first configured: the listen side
 	label string     // m.Label(), the metrics label
 	addrs []net.Addr // one per bound address (port resolved)
-	fds   [][]int    // fds[addr][loop]; -1 where a loop has none
+	fds   [][]int    // fds[addr][j], accepted on by loop j%Loops (systemd may pass more than one per loop); -1 once closed (under Server.fdsMu)
 
 	cur     atomic.Pointer[route]
 	ctr     []mapCounters // per loop; written only by that loop
@@ -115,6 +120,23 @@ type mapState struct {
 
 	unixListen bool // listening on a Unix socket (accepted on loop 0 only)
 	inherited  bool // its sockets came from systemd, which owns a Unix socket's file
+	// passedIn: some of its sockets came from the process that started
+	// this one (systemd, or a hand-over), which may hold them still, so
+	// closing ours need not free the port.
+	passedIn bool
+}
+
+// openFds yields each of ms's listening sockets still open, as its fds
+// entry: the one record of whether a listener is open (the caller holds
+// Server.fdsMu, or ms is not published yet).
+func (ms *mapState) openFds(yield func(fd *int) bool) {
+	for _, fds := range ms.fds {
+		for i := range fds {
+			if fds[i] >= 0 && !yield(&fds[i]) {
+				return
+			}
+		}
+	}
 }
 
 // route is what a connection follows: the mapping's upstream-side options
@@ -211,6 +233,8 @@ func (s *Server) Addrs(i int) []net.Addr {
 
 // Start begins accepting on every listener.
 func (s *Server) Start() {
+	s.reloadMu.Lock() // against a Reload or Shutdown running meanwhile
+	defer s.reloadMu.Unlock()
 	if s.started {
 		return
 	}
@@ -240,15 +264,21 @@ func (s *Server) Shutdown(drain time.Duration) int { return s.shutdown(drain, ni
 
 // shutdown is Shutdown whose drain also ends when abort is closed.
 func (s *Server) shutdown(drain time.Duration, abort <-chan struct{}) int {
+	// Under reloadMu: a Reload running meanwhile finishes first, and one
+	// that comes later sees closed.
+	s.reloadMu.Lock()
 	if s.closed {
+		s.reloadMu.Unlock()
 		return 0
 	}
 	s.closed = true
 	s.stopping.Store(true)
+	started := s.started
+	s.reloadMu.Unlock()
 	s.mu.Lock()
 	s.waiting = nil
 	s.mu.Unlock()
-	if !s.started {
+	if !started {
 		s.closeListeners()
 	} else {
 		s.onLoops(func(w *worker) { w.stopAccepting() })
@@ -282,12 +312,10 @@ drain:
 		}
 	}
 	// Listeners whose accept was cancelled close in that op's callback.
-	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); {
-		if s.openListeners() == 0 {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+	s.mapsMu.Lock()
+	maps := s.maps
+	s.mapsMu.Unlock()
+	s.waitClosed(maps, 5*time.Second)
 	s.cancel()
 	s.mapsMu.Lock()
 	for _, ms := range s.maps {
@@ -318,25 +346,15 @@ func (s *Server) onLoops(fn func(w *worker)) {
 	wg.Wait()
 }
 
-func (s *Server) openListeners() int {
-	n := 0
-	for _, w := range s.ws {
-		n += int(w.openListeners.Load())
-	}
-	return n
-}
-
 // closeListeners closes listening fds nobody else will: before Start, or
 // after the loops are gone.
 func (s *Server) closeListeners() {
+	s.fdsMu.Lock()
+	defer s.fdsMu.Unlock()
 	for _, ms := range s.maps {
-		for _, fds := range ms.fds {
-			for i, fd := range fds {
-				if fd >= 0 {
-					unix.Close(fd)
-					fds[i] = -1
-				}
-			}
+		for fd := range ms.openFds {
+			unix.Close(*fd)
+			*fd = -1
 		}
 	}
 }
@@ -497,7 +515,10 @@ func runWith(ctx context.Context, cfg Config, log *zap.Logger, logFile *LogFile)
 	}()
 	s.logNofile(limit) // before Start: counts the descriptors held without connections
 	s.Start()
-	for _, ms := range s.maps {
+	s.mapsMu.Lock() // a SIGHUP may be reloading already
+	maps := s.maps
+	s.mapsMu.Unlock()
+	for _, ms := range maps {
 		log.Info("forwarding", zap.Strings("listen", addrStrings(ms.addrs)), zap.String("target", ms.m.Target()))
 	}
 	log.Info("uioproxy started", zap.String("backend", s.Backend()), zap.Int("loops", cfg.Loops),

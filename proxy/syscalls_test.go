@@ -121,6 +121,18 @@ func testSyscalls(t *testing.T, strace, backend string) {
 	if perRT > maxSyscallsPerRoundTrip {
 		t.Errorf("%.3f syscalls per round trip, want <= %.2f", perRT, maxSyscallsPerRoundTrip)
 	}
+	// Every connection ends cleanly: the client's FIN is passed on with
+	// one shutdown, and the upstream's, which ends both directions, with
+	// the close alone.
+	if got := calls["shutdown"]; got != sysConns {
+		t.Errorf("%d shutdown calls for %d cleanly closed connections, want one each", got, sysConns)
+	}
+	// Per connection, eof's TCP_INFO check and at most one more: AIO's
+	// accept once cost a getsockopt(SO_PROTOCOL) (unix.Accept4 decoding
+	// the peer address) and its connect a getsockopt(SO_ERROR), 257 here.
+	if got := calls["getsockopt"]; got > 2*sysConns+8 {
+		t.Errorf("%d getsockopt calls for %d connections, want at most 2 each", got, sysConns)
+	}
 	// The engine's counters must agree with strace.
 	for _, k := range []struct{ sys, field string }{
 		{"io_submit", "io_submit"}, {"io_getevents", "io_getevents"}, {"io_uring_enter", "io_uring_enter"},

@@ -155,38 +155,49 @@ func notifyReloading() {
 // to say it runs.
 const handOverTimeout = 30 * time.Second
 
+// dupListeners duplicates the listening sockets of every mapping not
+// removed, as files named by their mapping. An acceptor closing meanwhile
+// (a Shutdown, a Reload) either finds its socket duplicated already or is
+// left out.
+func (s *Server) dupListeners() ([]*os.File, error) {
+	var files []*os.File
+	s.mapsMu.Lock()
+	defer s.mapsMu.Unlock()
+	s.fdsMu.Lock()
+	defer s.fdsMu.Unlock()
+	for _, ms := range s.maps {
+		if ms.removed.Load() {
+			continue
+		}
+		for fd := range ms.openFds {
+			d, err := unix.FcntlInt(uintptr(*fd), unix.F_DUPFD_CLOEXEC, 0)
+			if err != nil {
+				for _, f := range files {
+					f.Close()
+				}
+				return nil, fmt.Errorf("dup of listening socket %d of %s: %w", *fd, ms.label, err)
+			}
+			files = append(files, os.NewFile(uintptr(d), ms.label))
+		}
+	}
+	return files, nil
+}
+
 // handOver starts a new uioproxy (this binary, as found by its argv[0],
 // so an upgraded file is what runs) with the same arguments, passing it
 // every listening socket. It returns once the new process says it
 // accepts, or with an error (the new process died, or was not ready in
 // time), in which case this process just goes on.
 func (s *Server) handOver() (pid int, err error) {
-	var files []*os.File
+	files, err := s.dupListeners()
 	defer func() {
 		for _, f := range files {
 			f.Close()
 		}
 	}()
-	s.mapsMu.Lock()
-	for _, ms := range s.maps {
-		if ms.removed.Load() {
-			continue
-		}
-		for _, fds := range ms.fds {
-			for _, fd := range fds {
-				if fd < 0 {
-					continue
-				}
-				d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
-				if err != nil {
-					s.mapsMu.Unlock()
-					return 0, fmt.Errorf("dup of listening socket: %w", err)
-				}
-				files = append(files, os.NewFile(uintptr(d), ms.label))
-			}
-		}
+	if err != nil {
+		return 0, err
 	}
-	s.mapsMu.Unlock()
 	r, w, err := os.Pipe()
 	if err != nil {
 		return 0, err
