@@ -19,8 +19,8 @@ build: deps
 vet:
 	$(GO) vet ./...
 
-# Every test: the Go packages (engine and bindings also under the race
-# detector), with the strace comparisons required rather than skipped; then
+# Every test: the Go packages (engine, bindings and proxy also under the
+# race detector), with the strace comparisons required rather than skipped; then
 # the kernel module: checkpatch, a compile against sid's headers, and the
 # checks inside qemu VMs booting Debian's 6.1 and 6.12 kernels. In between:
 # the engine and uring/ again on the giouring ring setup, and a scratch
@@ -28,7 +28,7 @@ vet:
 # example is a module of its own, so ./... does not reach it.
 test: deps
 	UIO_REQUIRE_STRACE=1 UIO_REQUIRE_NBDKIT=1 $(GO) test -count=1 -timeout 20m ./...
-	$(GO) test -race -count=1 -timeout 10m . ./aio ./uring
+	$(GO) test -race -count=1 -timeout 15m . ./aio ./uring ./proxy
 	$(GO) test $(GIOURING_FLAGS) -count=1 -timeout 10m . ./uring
 	GO=$(GO) ./scripts/check-import.sh
 	cd examples/pebble && $(GO) test -count=1 -timeout 10m ./...

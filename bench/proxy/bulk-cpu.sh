@@ -12,23 +12,21 @@
 #   VARIANTS='name a:flags;name b:flags' replaces the four variants, for
 #   example VARIANTS='uring 64k:-backend uring -buffer 64k;uring 256k:-backend uring -buffer 256k'
 #   (each name is two words: the table matches them)
+#   STREAMS=N runs N bulk streams at once instead of one
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 ROUNDS=${ROUNDS:-5}
 SECONDS_PER=${SECONDS_PER:-4}
+STREAMS=${STREAMS:-1}
 if [[ -n ${VARIANTS:-} ]]; then
 	IFS=';' read -r -a VARIANTS <<<"$VARIANTS"
 else
 	VARIANTS=("uring copy:-backend uring" "uring splice:-backend uring -splice" "aio copy:-backend aio" "aio splice:-backend aio -splice")
 fi
-WORK=$(mktemp -d)
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+# shellcheck source=bench/proxy/tools.sh
+. "$HERE/tools.sh"
 cd "$ROOT"
-go build -o "$WORK/uioproxy" ./cmd/uioproxy
-go build -o "$WORK/loadgen" ./bench/proxy/loadgen
-go build -o "$WORK/echoserver" ./bench/proxy/echoserver
 last=$(($(nproc) - 1))
 taskset -c 0 "$WORK/echoserver" -listen 127.0.0.1:29810 -max-time 3600s >/dev/null 2>&1 &
 pids+=($!)
@@ -43,7 +41,7 @@ for r in $(seq "$ROUNDS"); do
 		p=$!
 		sleep 0.4
 		t0=$(ticks "$p")
-		out=$(taskset -c 0 timeout $((SECONDS_PER + 20)) "$WORK/loadgen" -mode bulk -addr 127.0.0.1:29811 -conns 1 -duration "${SECONDS_PER}s")
+		out=$(taskset -c 0 timeout $((SECONDS_PER + 20)) "$WORK/loadgen" -mode bulk -addr 127.0.0.1:29811 -conns "$STREAMS" -duration "${SECONDS_PER}s")
 		t1=$(ticks "$p")
 		kill "$p"
 		wait "$p" 2>/dev/null || true
@@ -55,7 +53,7 @@ for r in $(seq "$ROUNDS"); do
 done
 
 med() { sort -g | awk '{a[++k] = $1} END {print (k % 2) ? a[(k+1)/2] : (a[k/2] + a[k/2+1]) / 2}'; }
-echo "| variant (one stream, $ROUNDS rounds of ${SECONDS_PER} s) | MB/s | proxy CPU s per GB |"
+echo "| variant ($STREAMS stream(s), $ROUNDS rounds of ${SECONDS_PER} s) | MB/s | proxy CPU s per GB |"
 echo "| --- | ---: | ---: |"
 for v in "${VARIANTS[@]}"; do
 	name=${v%%:*}

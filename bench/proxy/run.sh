@@ -344,6 +344,17 @@ cpu_ticks() {
 }
 CLK_TCK=$(getconf CLK_TCK)
 
+# steal_ticks: the steal time (ticks the hypervisor gave this VM's CPU to
+# someone else) of the proxy's CPUs, from /proc/stat. On a shared host it
+# is how a slow round shows.
+# PROXY_CPU_NAMES: the /proc/stat rows (cpu1, ...) of the CPUs in PROXY_CPUS.
+read -r -a PROXY_CPU_NAMES <<<"$(awk -v l="$PROXY_CPUS" 'BEGIN { k = split(l, p, ","); for (i = 1; i <= k; i++) { if (split(p[i], r, "-") == 2) { for (c = r[1]; c <= r[2]; c++) printf "cpu%d ", c } else printf "cpu%d ", p[i] } }')"
+PROXY_NCPU=${#PROXY_CPU_NAMES[@]}
+steal_ticks() {
+	awk -v l="${PROXY_CPU_NAMES[*]}" 'BEGIN { k = split(l, n, " "); for (i = 1; i <= k; i++) want[n[i]] = 1 }
+		$1 in want { t += $9 } END { print t + 0 }' /proc/stat
+}
+
 # json FILE KEY: a numeric or string field of loadgen's one-line JSON.
 json() {
 	sed -n "s/.*\"$2\":\"\{0,1\}\([^,\"}]*\).*/\1/p" "$1" | head -n 1
@@ -383,7 +394,8 @@ fmt1() { awk -v x="${1:-}" 'BEGIN { if (x == "") print "-"; else printf "%.1f", 
 # one line per metric to VALUES. The strace run is in the last round only.
 measure() {
 	local proxy=$1 round=$2 addr=$3 res=$4 vals=$5
-	local c s t0=0 t1 cpu_per_req sys_per_req f where="round $2"
+	local c s t0=0 t1 cpu_per_req sys_per_req f where="round $2" st0 w0
+	st0=$(steal_ticks) w0=$(date +%s%N)
 	for c in "${ECHO_CONNS[@]}"; do
 		f=$res/echo$c.json
 		if [[ -n $PROXY_PID ]]; then t0=$(cpu_ticks "$PROXY_PID"); fi
@@ -409,6 +421,9 @@ measure() {
 	run_loadgen "$f" -mode connect -addr "$addr" -conns "$CONNECT_WORKERS" -duration "${CELL_SECONDS}s" -label "$proxy"
 	note_errors "$proxy" "connect ($where)" "$f"
 	record "$vals" connect_cps "$(json "$f" cps)"
+	# The host's steal time on the proxy's CPUs over this round's cells.
+	record "$vals" steal_pct "$(awk -v d=$(($(steal_ticks) - st0)) -v hz="$CLK_TCK" -v ns=$(($(date +%s%N) - w0)) -v n="$PROXY_NCPU" \
+		'BEGIN { if (ns > 0) printf "%.1f", 100 * d / hz / (ns / 1e9) / n }')"
 
 	if [[ -n $PROXY_PID ]] && ((round == ROUNDS)) && command -v strace >/dev/null; then
 		# A separate, shorter echo x64 run under strace: ptrace slows the
@@ -551,10 +566,10 @@ for proxy in "${PROXY_LIST[@]}"; do
 		fi
 		row=$proxy
 		[[ $proxy == direct ]] && row="none (direct)"
-		for k in echo64_rps echo512_rps bulk1_mbs connect_cps cpu64_us cpu512_us; do
+		for k in echo64_rps echo512_rps bulk1_mbs connect_cps cpu64_us cpu512_us steal_pct; do
 			if [[ -z ${LO[$k]:-} ]]; then row+="	-"; continue; fi
 			f=fmt0
-			[[ $k == cpu* ]] && f=fmt1
+			[[ $k == cpu* || $k == steal* ]] && f=fmt1
 			row+="	$($f "${LO[$k]}")-$($f "${HI[$k]}")"
 		done
 		SPREAD_ROWS+=("$row")
@@ -599,7 +614,7 @@ fi
 
 SPREAD_TABLE=""
 if ((${#SPREAD_ROWS[@]})); then
-	SPREAD_TABLE=$(markdown "proxy	echo x64 req/s	echo x512 req/s	bulk x1 MB/s	connect/s	CPU us/req x64	CPU us/req x512" "${SPREAD_ROWS[@]}")
+	SPREAD_TABLE=$(markdown "proxy	echo x64 req/s	echo x512 req/s	bulk x1 MB/s	connect/s	CPU us/req x64	CPU us/req x512	host steal % on the proxy CPU" "${SPREAD_ROWS[@]}")
 fi
 
 echo "$TABLE"
@@ -641,7 +656,7 @@ BLOCK=$WORK/block.md
 	fi
 	if [[ -n $SPREAD_TABLE ]]; then
 		echo
-		echo "Spread: the lowest and the highest of the $ROUNDS rounds for the headline cells of the first table (its figures are their medians). A row whose range is wide, or whose ranges overlap another's, says a difference between them is not settled by this run."
+		echo "Spread: the lowest and the highest of the $ROUNDS rounds for the headline cells of the first table (its figures are their medians). A row whose range is wide, or whose ranges overlap another's, says a difference between them is not settled by this run. The last column is the host's steal time on the proxy's CPU over each round's cells: this machine is a VM on a shared host, and a round whose CPU was partly given to other guests is slower for that reason alone."
 		echo
 		echo "$SPREAD_TABLE"
 	fi
