@@ -29,6 +29,7 @@ mkdir -p "$LOGDIR" "$CACHE"
 T0=$EPOCHREALTIME
 SUMMARY=()
 FAILED=0
+FAILED_STEPS=()
 
 step() { # step NAME CMD...: run, log to $LOGDIR/NAME.log, record PASS/FAIL
 	local name=$1 t=$EPOCHREALTIME rc
@@ -43,6 +44,7 @@ step() { # step NAME CMD...: run, log to $LOGDIR/NAME.log, record PASS/FAIL
 	else
 		SUMMARY+=("FAIL $name (exit $rc, ${dt}s; log $LOGDIR/$name.log)")
 		FAILED=1
+		FAILED_STEPS+=("$name")
 		tail -40 "$LOGDIR/$name.log"
 	fi
 	grep -E '^RESULT:|^total:' "$LOGDIR/$name.log" || true
@@ -157,5 +159,16 @@ echo "=== summary ($(echo "$EPOCHREALTIME - $T0" | bc | cut -c1-6)s, logs in $LO
 printf '%s\n' "${SUMMARY[@]}"
 passed=$(printf '%s\n' "${SUMMARY[@]}" | grep -c '^PASS' || true)
 failed=$(printf '%s\n' "${SUMMARY[@]}" | grep -c '^FAIL' || true)
+# Last, so that a report showing only the end of this output still says
+# why each failed step failed: the guest's last words and the verdict.
+for f in "${FAILED_STEPS[@]}"; do
+	echo "=== why $f failed (the end of $LOGDIR/$f.log)"
+	grep -E 'qemu exit|Kernel panic|BUG:|Oops|general protection|Call Trace|KMODLAB: FAIL|SETUP ERROR' "$LOGDIR/$f.log" | head -10
+	if grep -q '^----- end of guest log' "$LOGDIR/$f.log"; then
+		grep -v '^ *[0-9.]*| *$' "$LOGDIR/$f.log" | grep -B12 -m1 '^----- end of guest log'
+	else
+		tail -12 "$LOGDIR/$f.log"
+	fi
+done
 echo "kmod: $passed passed, $failed failed"
 exit $FAILED
