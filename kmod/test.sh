@@ -28,7 +28,6 @@ GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 mkdir -p "$LOGDIR" "$CACHE"
 T0=$EPOCHREALTIME
 SUMMARY=()
-FAILED=0
 FAILED_STEPS=()
 
 step() { # step NAME CMD...: run, log to $LOGDIR/NAME.log, record PASS/FAIL
@@ -43,7 +42,6 @@ step() { # step NAME CMD...: run, log to $LOGDIR/NAME.log, record PASS/FAIL
 		SUMMARY+=("PASS $name (${dt}s)")
 	else
 		SUMMARY+=("FAIL $name (exit $rc, ${dt}s; log $LOGDIR/$name.log)")
-		FAILED=1
 		FAILED_STEPS+=("$name")
 		tail -40 "$LOGDIR/$name.log"
 	fi
@@ -158,7 +156,6 @@ fi
 echo "=== summary ($(echo "$EPOCHREALTIME - $T0" | bc | cut -c1-6)s, logs in $LOGDIR)"
 printf '%s\n' "${SUMMARY[@]}"
 passed=$(printf '%s\n' "${SUMMARY[@]}" | grep -c '^PASS' || true)
-failed=$(printf '%s\n' "${SUMMARY[@]}" | grep -c '^FAIL' || true)
 # Last, so that a report showing only the end of this output still says
 # why each failed step failed: the guest's last words and the verdict.
 for f in "${FAILED_STEPS[@]}"; do
@@ -170,5 +167,5 @@ for f in "${FAILED_STEPS[@]}"; do
 		tail -12 "$LOGDIR/$f.log"
 	fi
 done
-echo "kmod: $passed passed, $failed failed"
-exit $FAILED
+echo "kmod: $passed passed, ${#FAILED_STEPS[@]} failed"
+[ ${#FAILED_STEPS[@]} = 0 ]
